@@ -1,0 +1,709 @@
+//! Configuration: the serde layer (defaults file, operator file, environment) and the
+//! validation step that turns it into settings the rest of the code can trust.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::clock::{parse_duration, Secs, DAY};
+use crate::engine::rule::Rule;
+use crate::engine::settings::{
+    DeliverySettings, FrequencyDropSettings, LoyalSettings, RiskSettings, Settings,
+    Step, SupportSettings, ThankYouSettings, WelcomeBackSettings, WinbackMode, WinbackSettings,
+    BUCKETS, BUCKET_SECS, MAX_CAP,
+};
+
+/// The defaults, embedded so `replay` runs with no file at hand.
+pub const DEFAULT_TOML: &str = include_str!("../config/churnwatch.toml");
+
+/// Environment variable naming the config file.
+pub const CONFIG_ENV: &str = "CHURNWATCH_CONFIG";
+
+/// Default config path.
+pub const DEFAULT_PATH: &str = "config/churnwatch.toml";
+
+/// A configuration problem, naming the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed.
+    #[error("{0}")]
+    Load(String),
+    /// A key is unknown or has the wrong type.
+    #[error("config key `{key}`: {message}")]
+    Key {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Several problems at once (one per line).
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// A duration written humanly in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Duration(pub Secs);
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Duration).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `wall` or `event`.
+    pub clock: String,
+    /// `[engine]`
+    pub engine: RawEngine,
+    /// `[risk]`
+    pub risk: RawRisk,
+    /// `[templates]`
+    pub templates: RawTemplates,
+    /// `[smtp]`
+    pub smtp: RawSmtp,
+    /// `[delivery]`
+    pub delivery: RawDelivery,
+    /// `[loyal]`
+    pub loyal: RawLoyal,
+    /// `[rules.*]`
+    pub rules: RawRules,
+}
+
+/// `[engine]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngine {
+    /// See the defaults file.
+    pub allowed_lateness: Duration,
+    /// See the defaults file.
+    pub dedup_window: Duration,
+    /// See the defaults file.
+    pub id_secret: String,
+}
+
+/// `[risk]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRisk {
+    /// See the defaults file.
+    pub dropout: f64,
+    /// See the defaults file.
+    pub prior_gap_days: f64,
+    /// See the defaults file.
+    pub prior_weight: f64,
+    /// See the defaults file.
+    pub gap_smoothing: f64,
+    /// See the defaults file.
+    pub at_risk: f64,
+    /// See the defaults file.
+    pub support_factor: f64,
+    /// See the defaults file.
+    pub support_memory: Duration,
+}
+
+/// `[templates]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplates {
+    /// See the defaults file.
+    pub dir: PathBuf,
+    /// See the defaults file.
+    pub default_locale: String,
+    /// See the defaults file.
+    pub shop_name: String,
+    /// See the defaults file.
+    pub feedback_url: String,
+    /// See the defaults file.
+    pub unsubscribe_url: String,
+}
+
+/// `[smtp]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    /// See the defaults file.
+    pub from: String,
+    /// See the defaults file.
+    pub reply_to: String,
+    /// See the defaults file.
+    pub message_id_domain: String,
+}
+
+/// `[delivery]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    /// See the defaults file.
+    pub transport: String,
+    /// See the defaults file.
+    pub holdout_percent: f64,
+    /// See the defaults file.
+    pub holdout_rules: Vec<String>,
+    /// See the defaults file.
+    pub holdout_salt: String,
+    /// See the defaults file.
+    pub max_emails: u8,
+    /// See the defaults file.
+    pub window: Duration,
+    /// See the defaults file.
+    pub max_decision_age: Duration,
+    /// See the defaults file.
+    pub require_consent: bool,
+}
+
+/// `[loyal]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoyal {
+    /// See the defaults file.
+    pub min_purchases: u32,
+    /// See the defaults file.
+    pub min_tenure: Duration,
+}
+
+/// `[rules]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    /// `[rules.winback]`
+    pub winback: RawWinback,
+    /// `[rules.frequency_drop]`
+    pub frequency_drop: RawFrequencyDrop,
+    /// `[rules.support_recovery]`
+    pub support_recovery: RawSupport,
+    /// `[rules.thank_you]`
+    pub thank_you: RawThankYou,
+    /// `[rules.welcome_back]`
+    pub welcome_back: RawWelcomeBack,
+}
+
+/// `[rules.winback]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWinback {
+    /// See the defaults file.
+    pub enabled: bool,
+    /// See the defaults file.
+    pub mode: String,
+    /// See the defaults file.
+    pub inactive_after: Duration,
+    /// See the defaults file.
+    pub multiplier: f64,
+    /// See the defaults file.
+    pub min: Duration,
+    /// See the defaults file.
+    pub max: Duration,
+    /// See the defaults file.
+    pub cooldown: Duration,
+    /// See the defaults file.
+    pub steps: Vec<RawStep>,
+}
+
+/// One `rules.winback.steps` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    /// See the defaults file.
+    pub after: Duration,
+    /// See the defaults file.
+    pub template: String,
+    /// See the defaults file.
+    #[serde(default)]
+    pub offer_code: String,
+}
+
+/// `[rules.frequency_drop]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFrequencyDrop {
+    /// See the defaults file.
+    pub enabled: bool,
+    /// See the defaults file.
+    pub recent_window: Duration,
+    /// See the defaults file.
+    pub baseline_window: Duration,
+    /// See the defaults file.
+    pub max_ratio: f64,
+    /// See the defaults file.
+    pub significance: f64,
+    /// See the defaults file.
+    pub min_baseline_purchases: u32,
+    /// See the defaults file.
+    pub template: String,
+    /// See the defaults file.
+    pub offer_code: String,
+    /// See the defaults file.
+    pub cooldown: Duration,
+}
+
+/// `[rules.support_recovery]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSupport {
+    /// See the defaults file.
+    pub enabled: bool,
+    /// See the defaults file.
+    pub max_score: u8,
+    /// See the defaults file.
+    pub sla: Duration,
+    /// See the defaults file.
+    pub template: String,
+    /// See the defaults file.
+    pub offer_code: String,
+    /// See the defaults file.
+    pub cooldown: Duration,
+}
+
+/// `[rules.thank_you]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThankYou {
+    /// See the defaults file.
+    pub enabled: bool,
+    /// See the defaults file.
+    pub milestones: Vec<u32>,
+    /// See the defaults file.
+    pub on_loyal: bool,
+    /// See the defaults file.
+    pub anniversary: bool,
+    /// See the defaults file.
+    pub milestone_template: String,
+    /// See the defaults file.
+    pub loyal_template: String,
+    /// See the defaults file.
+    pub anniversary_template: String,
+    /// See the defaults file.
+    pub cooldown: Duration,
+}
+
+/// `[rules.welcome_back]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWelcomeBack {
+    /// See the defaults file.
+    pub enabled: bool,
+    /// See the defaults file.
+    pub attribution_window: Duration,
+    /// See the defaults file.
+    pub template: String,
+    /// See the defaults file.
+    pub offer_code: String,
+    /// See the defaults file.
+    pub cooldown: Duration,
+}
+
+/// Where the event-time clock comes from in service mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockMode {
+    /// Wall time.
+    Wall,
+    /// Event time.
+    Event,
+}
+
+/// Email rendering settings.
+#[derive(Clone, Debug)]
+pub struct MailSettings {
+    /// Template folder.
+    pub templates_dir: PathBuf,
+    /// Fallback locale.
+    pub default_locale: String,
+    /// Shop name.
+    pub shop_name: String,
+    /// Feedback link.
+    pub feedback_url: String,
+    /// Unsubscribe link template (`{alert_id}` placeholder), "" for none.
+    pub unsubscribe_url: String,
+    /// From header.
+    pub from: String,
+    /// Reply-To header ("" for none).
+    pub reply_to: String,
+    /// Message-ID domain.
+    pub message_id_domain: String,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where it was loaded from (None: defaults only).
+    pub path: Option<PathBuf>,
+    /// Service-mode clock.
+    pub clock: ClockMode,
+    /// `file` or `smtp`.
+    pub transport: String,
+    /// The engine's settings.
+    pub engine: Settings,
+    /// Rendering and headers.
+    pub mail: MailSettings,
+}
+
+/// Loads defaults, then `path` (when given or present at the default location), then
+/// `CHURNWATCH__…` environment variables, and validates the result.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    load_with_env(path, std::env::vars())
+}
+
+/// [`load`] with an explicit environment (for tests).
+pub fn load_with_env(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let explicit = path
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+    let file = match explicit {
+        Some(p) => Some(p),
+        None => Some(PathBuf::from(DEFAULT_PATH)).filter(|p| p.exists()),
+    };
+    let mut builder = config::Config::builder().add_source(config::File::from_str(
+        DEFAULT_TOML,
+        config::FileFormat::Toml,
+    ));
+    if let Some(p) = &file {
+        if !p.exists() {
+            return Err(ConfigError::Load(format!(
+                "config file {} does not exist",
+                p.display()
+            )));
+        }
+        builder = builder.add_source(
+            config::File::from(p.as_path())
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    let env_map: std::collections::HashMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("CHURNWATCH__"))
+        .collect();
+    builder = builder.add_source(
+        config::Environment::with_prefix("CHURNWATCH")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("delivery.holdout_rules")
+            .with_list_parse_key("rules.thank_you.milestones")
+            .try_parsing(true)
+            .source(Some(env_map)),
+    );
+    let where_ = file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "embedded defaults".into());
+    let merged = builder
+        .build()
+        .map_err(|e| ConfigError::Load(format!("{where_}: {e}")))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(merged).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::Key {
+            key: format!("{key} (in {where_})"),
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    validate(raw, file)
+}
+
+fn template_name(problems: &mut Vec<String>, key: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        problems.push(format!(
+            "{key}: template name `{name}` must be letters, digits, '_' or '-'"
+        ));
+    }
+}
+
+fn window_buckets(problems: &mut Vec<String>, key: &str, d: Duration) -> u8 {
+    if d.0 == 0 || d.0 % BUCKET_SECS != 0 {
+        problems.push(format!(
+            "{key}: must be a positive multiple of 30d (activity is counted in 30-day buckets), got {}",
+            crate::engine::clock::format_duration(d.0)
+        ));
+        return 1;
+    }
+    u8::try_from(d.0 / BUCKET_SECS).unwrap_or(u8::MAX)
+}
+
+/// Checks consistency and builds the validated [`Config`]; every problem is reported.
+pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigError> {
+    let mut p = Vec::new();
+    let clock = match raw.clock.as_str() {
+        "wall" => ClockMode::Wall,
+        "event" => ClockMode::Event,
+        other => {
+            p.push(format!("clock: must be \"wall\" or \"event\", got `{other}`"));
+            ClockMode::Wall
+        }
+    };
+    if !matches!(raw.delivery.transport.as_str(), "file" | "smtp") {
+        p.push(format!(
+            "delivery.transport: must be \"file\" or \"smtp\", got `{}`",
+            raw.delivery.transport
+        ));
+    }
+    let r = &raw.risk;
+    if !(r.dropout > 0.0 && r.dropout < 1.0) {
+        p.push(format!("risk.dropout: must be between 0 and 1 (exclusive), got {}", r.dropout));
+    }
+    if r.prior_gap_days < 0.5 {
+        p.push(format!("risk.prior_gap_days: must be at least 0.5, got {}", r.prior_gap_days));
+    }
+    if r.prior_weight < 0.0 {
+        p.push(format!("risk.prior_weight: must be ≥ 0, got {}", r.prior_weight));
+    }
+    if !(r.gap_smoothing > 0.0 && r.gap_smoothing <= 1.0) {
+        p.push(format!("risk.gap_smoothing: must be in (0, 1], got {}", r.gap_smoothing));
+    }
+    if !(r.at_risk > 0.0 && r.at_risk < 1.0) {
+        p.push(format!("risk.at_risk: must be between 0 and 1 (exclusive), got {}", r.at_risk));
+    }
+    if r.support_factor < 1.0 {
+        p.push(format!("risk.support_factor: must be ≥ 1, got {}", r.support_factor));
+    }
+    let d = &raw.delivery;
+    if !(0.0..=100.0).contains(&d.holdout_percent) {
+        p.push(format!("delivery.holdout_percent: must be 0–100, got {}", d.holdout_percent));
+    }
+    let mut holdout_rules = [false; Rule::COUNT];
+    for name in &d.holdout_rules {
+        match Rule::from_name(name) {
+            Some(rule) => holdout_rules[rule.index()] = true,
+            None => p.push(format!("delivery.holdout_rules: unknown rule `{name}`")),
+        }
+    }
+    if d.max_emails == 0 || d.max_emails > MAX_CAP {
+        p.push(format!(
+            "delivery.max_emails: must be 1–{MAX_CAP} (0 would never send), got {}",
+            d.max_emails
+        ));
+    }
+    if d.window.0 < DAY || d.window.0 % DAY != 0 {
+        p.push("delivery.window: must be a whole number of days, at least 1d".to_string());
+    }
+    if raw.engine.id_secret.is_empty() {
+        p.push("engine.id_secret: must not be empty".to_string());
+    }
+    if raw.engine.dedup_window.0 < DAY {
+        p.push("engine.dedup_window: must be at least 1d".to_string());
+    }
+    let w = &raw.rules.winback;
+    let mode = match w.mode.as_str() {
+        "fixed" => {
+            if w.inactive_after.0 == 0 {
+                p.push("rules.winback.inactive_after: must be positive".to_string());
+            }
+            WinbackMode::Fixed {
+                inactive_after: w.inactive_after.0,
+            }
+        }
+        "adaptive" => {
+            if w.multiplier <= 0.0 {
+                p.push(format!("rules.winback.multiplier: must be positive, got {}", w.multiplier));
+            }
+            if w.min.0 > w.max.0 {
+                p.push("rules.winback.min: must not exceed rules.winback.max".to_string());
+            }
+            WinbackMode::Adaptive {
+                multiplier: w.multiplier,
+                min: w.min.0,
+                max: w.max.0,
+            }
+        }
+        other => {
+            p.push(format!(
+                "rules.winback.mode: must be \"fixed\" or \"adaptive\", got `{other}`"
+            ));
+            WinbackMode::Fixed {
+                inactive_after: w.inactive_after.0,
+            }
+        }
+    };
+    if w.steps.is_empty() {
+        p.push("rules.winback.steps: at least one step is needed".to_string());
+    }
+    if w.steps.len() > 8 {
+        p.push("rules.winback.steps: at most 8 steps".to_string());
+    }
+    for (i, pair) in w.steps.windows(2).enumerate() {
+        if pair[1].after.0 <= pair[0].after.0 {
+            p.push(format!(
+                "rules.winback.steps[{}].after: must come after step {} ({} ≤ {})",
+                i + 1,
+                i,
+                crate::engine::clock::format_duration(pair[1].after.0),
+                crate::engine::clock::format_duration(pair[0].after.0)
+            ));
+        }
+    }
+    for (i, s) in w.steps.iter().enumerate() {
+        template_name(&mut p, &format!("rules.winback.steps[{i}].template"), &s.template);
+    }
+    let f = &raw.rules.frequency_drop;
+    let recent_buckets = window_buckets(&mut p, "rules.frequency_drop.recent_window", f.recent_window);
+    let baseline_buckets =
+        window_buckets(&mut p, "rules.frequency_drop.baseline_window", f.baseline_window);
+    if usize::from(recent_buckets) + usize::from(baseline_buckets) >= BUCKETS {
+        p.push(format!(
+            "rules.frequency_drop: recent_window + baseline_window must be at most {}d",
+            (BUCKETS - 1) * 30
+        ));
+    }
+    if !(f.max_ratio > 0.0 && f.max_ratio <= 1.0) {
+        p.push(format!("rules.frequency_drop.max_ratio: must be in (0, 1], got {}", f.max_ratio));
+    }
+    if !(f.significance > 0.0 && f.significance < 1.0) {
+        p.push(format!(
+            "rules.frequency_drop.significance: must be in (0, 1), got {}",
+            f.significance
+        ));
+    }
+    if f.min_baseline_purchases == 0 {
+        p.push("rules.frequency_drop.min_baseline_purchases: must be at least 1".to_string());
+    }
+    template_name(&mut p, "rules.frequency_drop.template", &f.template);
+    let sr = &raw.rules.support_recovery;
+    if !(1..=5).contains(&sr.max_score) {
+        p.push(format!("rules.support_recovery.max_score: must be 1–5, got {}", sr.max_score));
+    }
+    if sr.sla.0 == 0 {
+        p.push("rules.support_recovery.sla: must be positive".to_string());
+    }
+    template_name(&mut p, "rules.support_recovery.template", &sr.template);
+    let ty = &raw.rules.thank_you;
+    if ty.milestones.windows(2).any(|m| m[1] <= m[0]) || ty.milestones.contains(&0) {
+        p.push("rules.thank_you.milestones: must be positive and strictly ascending".to_string());
+    }
+    template_name(&mut p, "rules.thank_you.milestone_template", &ty.milestone_template);
+    template_name(&mut p, "rules.thank_you.loyal_template", &ty.loyal_template);
+    template_name(&mut p, "rules.thank_you.anniversary_template", &ty.anniversary_template);
+    let wb = &raw.rules.welcome_back;
+    template_name(&mut p, "rules.welcome_back.template", &wb.template);
+    if raw.loyal.min_purchases < 2 {
+        p.push("loyal.min_purchases: must be at least 2".to_string());
+    }
+    if raw.smtp.message_id_domain.is_empty()
+        || !raw
+            .smtp
+            .message_id_domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
+        p.push(format!(
+            "smtp.message_id_domain: must be a domain name, got `{}`",
+            raw.smtp.message_id_domain
+        ));
+    }
+    if raw.templates.default_locale.is_empty() {
+        p.push("templates.default_locale: must not be empty".to_string());
+    }
+    if !p.is_empty() {
+        let where_ = path
+            .as_ref()
+            .map(|x| x.display().to_string())
+            .unwrap_or_else(|| "embedded defaults".into());
+        return Err(ConfigError::Invalid(
+            p.into_iter().map(|m| format!("{where_}: {m}")).collect(),
+        ));
+    }
+    let engine = Settings {
+        allowed_lateness: raw.engine.allowed_lateness.0,
+        dedup_window: raw.engine.dedup_window.0,
+        id_secret: raw.engine.id_secret.into_bytes(),
+        risk: RiskSettings {
+            dropout: r.dropout,
+            prior_gap_days: r.prior_gap_days,
+            prior_weight: r.prior_weight,
+            gap_smoothing: r.gap_smoothing,
+            at_risk: r.at_risk,
+            support_factor: r.support_factor,
+            support_memory: r.support_memory.0,
+        },
+        loyal: LoyalSettings {
+            min_purchases: raw.loyal.min_purchases,
+            min_tenure: raw.loyal.min_tenure.0,
+        },
+        winback: WinbackSettings {
+            enabled: w.enabled,
+            mode,
+            steps: w
+                .steps
+                .iter()
+                .map(|s| Step {
+                    after: s.after.0,
+                    template: s.template.clone(),
+                    offer_code: s.offer_code.clone(),
+                })
+                .collect(),
+            cooldown: w.cooldown.0,
+        },
+        frequency_drop: FrequencyDropSettings {
+            enabled: f.enabled,
+            recent_buckets,
+            baseline_buckets,
+            max_ratio: f.max_ratio,
+            significance: f.significance,
+            min_baseline_purchases: f.min_baseline_purchases,
+            template: f.template.clone(),
+            offer_code: f.offer_code.clone(),
+            cooldown: f.cooldown.0,
+        },
+        support_recovery: SupportSettings {
+            enabled: sr.enabled,
+            max_score: sr.max_score,
+            sla: sr.sla.0,
+            template: sr.template.clone(),
+            offer_code: sr.offer_code.clone(),
+            cooldown: sr.cooldown.0,
+        },
+        thank_you: ThankYouSettings {
+            enabled: ty.enabled,
+            milestones: ty.milestones.clone(),
+            on_loyal: ty.on_loyal,
+            anniversary: ty.anniversary,
+            milestone_template: ty.milestone_template.clone(),
+            loyal_template: ty.loyal_template.clone(),
+            anniversary_template: ty.anniversary_template.clone(),
+            cooldown: ty.cooldown.0,
+        },
+        welcome_back: WelcomeBackSettings {
+            enabled: wb.enabled,
+            attribution_window: wb.attribution_window.0,
+            template: wb.template.clone(),
+            offer_code: wb.offer_code.clone(),
+            cooldown: wb.cooldown.0,
+        },
+        delivery: DeliverySettings {
+            holdout_percent: d.holdout_percent,
+            holdout_rules,
+            holdout_salt: d.holdout_salt.clone(),
+            max_emails: d.max_emails,
+            window_days: u16::try_from(d.window.0 / DAY).unwrap_or(u16::MAX),
+            max_decision_age: d.max_decision_age.0,
+            require_consent: d.require_consent,
+            default_locale: raw.templates.default_locale.clone(),
+        },
+    };
+    Ok(Config {
+        path,
+        clock,
+        transport: raw.delivery.transport,
+        engine,
+        mail: MailSettings {
+            templates_dir: raw.templates.dir,
+            default_locale: raw.templates.default_locale,
+            shop_name: raw.templates.shop_name,
+            feedback_url: raw.templates.feedback_url,
+            unsubscribe_url: raw.templates.unsubscribe_url,
+            from: raw.smtp.from,
+            reply_to: raw.smtp.reply_to,
+            message_id_domain: raw.smtp.message_id_domain,
+        },
+    })
+}

@@ -1,0 +1,158 @@
+//! Event time as the engine sees it: compact instants and durations in seconds.
+//!
+//! Instants are stored as seconds since 2000-01-01T00:00:00Z in a `NonZeroU32`, so an
+//! `Option<Stamp>` costs four bytes of per-customer state and covers 2000..2136.
+
+use std::num::NonZeroU32;
+
+/// Seconds between the Unix epoch and 2000-01-01T00:00:00Z.
+const EPOCH_2000: i64 = 946_684_800;
+
+/// Seconds in one day, the unit most thresholds are written in.
+pub const DAY: u32 = 86_400;
+
+/// A length of event time in seconds.
+pub type Secs = u32;
+
+/// An instant of event time, one-second resolution, after 2000-01-01T00:00:00Z.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp(NonZeroU32);
+
+impl Stamp {
+    /// The earliest representable instant, 2000-01-01T00:00:01Z.
+    pub const MIN: Stamp = Stamp(NonZeroU32::MIN);
+    /// The latest representable instant (early 2136).
+    pub const MAX: Stamp = Stamp(NonZeroU32::MAX);
+
+    /// Converts Unix seconds; `None` outside the supported range.
+    pub fn from_unix(secs: i64) -> Option<Stamp> {
+        let rel = secs.checked_sub(EPOCH_2000)?;
+        let rel = u32::try_from(rel).ok()?;
+        NonZeroU32::new(rel).map(Stamp)
+    }
+
+    /// Builds a stamp from the raw seconds-since-2000 value (0 is clamped to `MIN`).
+    pub fn from_raw(raw: u32) -> Stamp {
+        Stamp(NonZeroU32::new(raw).unwrap_or(NonZeroU32::MIN))
+    }
+
+    /// Seconds since 2000-01-01T00:00:00Z.
+    pub fn raw(self) -> u32 {
+        self.0.get()
+    }
+
+    /// Unix seconds.
+    pub fn unix(self) -> i64 {
+        i64::from(self.0.get()) + EPOCH_2000
+    }
+
+    /// Whole days since 2000-01-01, used for day-granular bookkeeping.
+    pub fn day(self) -> u16 {
+        u16::try_from(self.0.get() / DAY).unwrap_or(u16::MAX)
+    }
+
+    /// This instant plus `d`, saturating at `MAX`.
+    pub fn plus(self, d: Secs) -> Stamp {
+        Stamp::from_raw(self.0.get().saturating_add(d))
+    }
+
+    /// This instant minus `d`, saturating at `MIN`.
+    pub fn minus(self, d: Secs) -> Stamp {
+        Stamp::from_raw(self.0.get().saturating_sub(d))
+    }
+
+    /// Seconds from `earlier` to `self` (0 when `earlier` is later).
+    pub fn since(self, earlier: Stamp) -> Secs {
+        self.0.get().saturating_sub(earlier.0.get())
+    }
+
+    /// Fractional days from `earlier` to `self` (0 when `earlier` is later).
+    pub fn days_since(self, earlier: Stamp) -> f64 {
+        f64::from(self.since(earlier)) / f64::from(DAY)
+    }
+
+    /// Parses an RFC 3339 timestamp that carries an offset (`Z` or `±hh:mm`).
+    pub fn parse_rfc3339(s: &str) -> Result<Stamp, String> {
+        let ts: jiff::Timestamp = s
+            .parse()
+            .map_err(|e: jiff::Error| format!("not an RFC 3339 timestamp with offset: {e}"))?;
+        Stamp::from_unix(ts.as_second())
+            .ok_or_else(|| "outside the supported range 2000-01-01 .. 2136-01-01".to_string())
+    }
+
+    /// Formats as RFC 3339 UTC with second precision (`2025-03-01T10:00:00Z`).
+    pub fn to_rfc3339(self) -> String {
+        match jiff::Timestamp::from_second(self.unix()) {
+            Ok(ts) => ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            Err(_) => format!("@{}", self.unix()),
+        }
+    }
+
+    /// The same calendar instant `years` years later (UTC; 29 Feb maps to 28 Feb).
+    pub fn plus_years(self, years: u8) -> Stamp {
+        let Ok(ts) = jiff::Timestamp::from_second(self.unix()) else {
+            return Stamp::MAX;
+        };
+        let zoned = ts.to_zoned(jiff::tz::TimeZone::UTC);
+        match zoned.checked_add(jiff::Span::new().years(i64::from(years))) {
+            Ok(z) => Stamp::from_unix(z.timestamp().as_second()).unwrap_or(Stamp::MAX),
+            Err(_) => Stamp::MAX,
+        }
+    }
+}
+
+/// Parses a human duration such as `"60d"`, `"48h"` or `"90 days"` into seconds.
+pub fn parse_duration(s: &str) -> Result<Secs, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like \"60d\" or \"48h\": {e}"))?;
+    u32::try_from(d.as_secs()).map_err(|_| format!("`{s}` is longer than 136 years"))
+}
+
+/// Formats seconds back into the shortest human form used in the config (`"14d"`).
+pub fn format_duration(secs: Secs) -> String {
+    if secs % DAY == 0 {
+        format!("{}d", secs / DAY)
+    } else if secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_offsets_to_the_same_instant() {
+        let a = Stamp::parse_rfc3339("2025-03-01T13:00:00+03:00").unwrap();
+        let b = Stamp::parse_rfc3339("2025-03-01T10:00:00Z").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.to_rfc3339(), "2025-03-01T10:00:00Z");
+    }
+
+    #[test]
+    fn rejects_missing_offset_and_out_of_range() {
+        assert!(Stamp::parse_rfc3339("2025-03-01T10:00:00").is_err());
+        assert!(Stamp::parse_rfc3339("1999-12-31T23:59:59Z").is_err());
+        assert!(Stamp::parse_rfc3339("yesterday").is_err());
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        assert_eq!(parse_duration("60d").unwrap(), 60 * DAY);
+        assert_eq!(parse_duration("48h").unwrap(), 48 * 3600);
+        assert_eq!(format_duration(14 * DAY), "14d");
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn years_follow_the_calendar() {
+        let a = Stamp::parse_rfc3339("2024-02-29T12:00:00Z").unwrap();
+        assert_eq!(a.plus_years(1).to_rfc3339(), "2025-02-28T12:00:00Z");
+        let b = Stamp::parse_rfc3339("2025-06-15T08:30:00Z").unwrap();
+        assert_eq!(b.plus_years(2).to_rfc3339(), "2027-06-15T08:30:00Z");
+    }
+}

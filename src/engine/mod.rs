@@ -1,0 +1,587 @@
+//! The pure churn engine: events in, decisions out. No I/O, no wall clock, no async —
+//! `replay`, `simulate`, `run` and the benchmarks all drive this same struct.
+//!
+//! Two entry points: [`Engine::apply`] for one event, and [`Engine::advance`] /
+//! [`Engine::finish`] to move the event-time clock and fire due timers.
+
+pub mod clock;
+pub mod customer;
+pub mod guards;
+pub mod profile;
+pub mod risk;
+pub mod rule;
+pub mod rules;
+pub mod settings;
+pub mod stage;
+pub mod timers;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hashbrown::{HashMap, HashTable};
+use serde::Serialize;
+
+use crate::alert::{Alert, Decision};
+use crate::event::{Event, EventKind, EVENT_TYPES};
+use clock::{Stamp, DAY};
+use customer::{flag, Customer};
+use profile::Profile;
+use risk::Population;
+use rule::Rule;
+use rules::{frequency_drop, support_recovery, thank_you, welcome_back, winback};
+use settings::Settings;
+use stage::{Cause, Stage};
+use timers::{TimerIndex, TimerKind};
+
+/// What happened to an applied event.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied, rules ran.
+    Applied,
+    /// Applied to counters only: later than `allowed_lateness` behind the clock.
+    Late,
+    /// Same `event_id` seen recently for this customer: ignored.
+    Duplicate,
+    /// The customer was erased.
+    Erased,
+}
+
+/// Counters of what the engine saw and decided.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Applied events per type, in [`EVENT_TYPES`] order.
+    pub events: [u64; EVENT_TYPES.len()],
+    /// Events ignored as duplicates.
+    pub duplicates: u64,
+    /// Events applied too late to trigger alerts.
+    pub late: u64,
+    /// Alerts per rule.
+    pub alerts: [u64; Rule::COUNT],
+    /// Alerts per (rule, decision).
+    pub decisions: BTreeMap<(Rule, Decision), u64>,
+    /// Win-back sequences that touched a customer: [emailed, holdout].
+    pub winback_touched: [u64; 2],
+    /// Of those, customers who bought within the attribution window: [emailed, holdout].
+    pub winback_converted: [u64; 2],
+    /// Customers erased.
+    pub erased: u64,
+}
+
+impl Stats {
+    pub(crate) fn record_alert(&mut self, a: &Alert) {
+        self.alerts[a.rule.index()] += 1;
+        *self.decisions.entry((a.rule, a.decision)).or_default() += 1;
+    }
+
+    /// Alerts whose decision is `Email`.
+    pub fn emails(&self) -> u64 {
+        self.decisions
+            .iter()
+            .filter(|((_, d), _)| *d == Decision::Email)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// What a rule sees while deciding about one customer.
+pub(crate) struct Ctx<'a> {
+    pub s: &'a Settings,
+    pub id: &'a str,
+    pub c: &'a mut Customer,
+    pub profile: Option<&'a Profile>,
+    pub clock: Stamp,
+    /// A late event: update state, emit nothing.
+    pub quiet: bool,
+    pub out: &'a mut Vec<Alert>,
+    pub stats: &'a mut Stats,
+}
+
+struct Slot {
+    id: Box<str>,
+    c: Customer,
+}
+
+/// The per-task churn engine.
+pub struct Engine {
+    settings: Arc<Settings>,
+    index: HashTable<u32>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    profiles: HashMap<u32, Profile>,
+    timers: TimerIndex,
+    clock: Option<Stamp>,
+    population: Population,
+    stats: Stats,
+}
+
+fn id_hash(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+impl Engine {
+    /// An empty engine.
+    pub fn new(settings: Arc<Settings>) -> Engine {
+        Engine {
+            settings,
+            index: HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            profiles: HashMap::new(),
+            timers: TimerIndex::default(),
+            clock: None,
+            population: Population::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.settings
+    }
+
+    /// Swaps in new settings (hot reload); pending timers are re-derived lazily as
+    /// customers change, and at once for customers whose next due time moved earlier.
+    pub fn set_settings(&mut self, settings: Arc<Settings>) {
+        self.settings = settings;
+        for slot in 0..self.slots.len() as u32 {
+            if !self.slots[slot as usize].id.is_empty() {
+                self.reschedule(slot);
+            }
+        }
+    }
+
+    /// The event-time clock (greatest event time applied, or where it was advanced to).
+    pub fn clock(&self) -> Option<Stamp> {
+        self.clock
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Population statistics learned so far.
+    pub fn population(&self) -> &Population {
+        &self.population
+    }
+
+    /// Customers tracked.
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Whether no customer is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Customers with a pending timer.
+    pub fn pending_timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    fn find(&self, id: &str) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(id_hash(id), |&s| &*slots[s as usize].id == id)
+            .copied()
+    }
+
+    fn find_or_create(&mut self, id: &str) -> u32 {
+        if let Some(s) = self.find(id) {
+            return s;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Slot {
+                    id: id.into(),
+                    c: Customer::default(),
+                };
+                s
+            }
+            None => {
+                self.slots.push(Slot {
+                    id: id.into(),
+                    c: Customer::default(),
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slots = &self.slots;
+        self.index
+            .insert_unique(id_hash(id), slot, |&s| id_hash(&slots[s as usize].id));
+        slot
+    }
+
+    fn erase(&mut self, id: &str) {
+        let Some(slot) = self.find(id) else {
+            return;
+        };
+        let hash = id_hash(id);
+        let slots = &self.slots;
+        if let Ok(entry) = self.index.find_entry(hash, |&s| &*slots[s as usize].id == id) {
+            entry.remove();
+        }
+        let due = self.slots[slot as usize].c.due;
+        self.timers.reschedule(slot, due, None);
+        self.profiles.remove(&slot);
+        self.slots[slot as usize] = Slot {
+            id: Box::from(""),
+            c: Customer::default(),
+        };
+        self.free.push(slot);
+        self.stats.erased += 1;
+    }
+
+    fn reschedule(&mut self, slot: u32) {
+        let c = &mut self.slots[slot as usize].c;
+        let new = timers::next(&self.settings, c).map(|(d, _)| d);
+        self.timers.reschedule(slot, c.due, new);
+        c.due = new;
+    }
+
+    /// Runs `f` with a rule context for one customer.
+    fn with_ctx<R>(
+        &mut self,
+        slot: u32,
+        quiet: bool,
+        out: &mut Vec<Alert>,
+        f: impl FnOnce(&mut Ctx<'_>) -> R,
+    ) -> R {
+        let settings = Arc::clone(&self.settings);
+        let s = &mut self.slots[slot as usize];
+        let mut ctx = Ctx {
+            s: &settings,
+            id: &s.id,
+            c: &mut s.c,
+            profile: self.profiles.get(&slot),
+            clock: self.clock.unwrap_or(Stamp::MIN),
+            quiet,
+            out,
+            stats: &mut self.stats,
+        };
+        f(&mut ctx)
+    }
+
+    /// Fires one customer's timers due at or before `limit`, in due order.
+    fn fire_customer(&mut self, slot: u32, limit: Stamp, out: &mut Vec<Alert>) {
+        // Each handler moves its own due time forward; the bound guards against a bug
+        // turning into a hang.
+        for _ in 0..10_000 {
+            let Some((due, kind)) = timers::next(&self.settings, &self.slots[slot as usize].c)
+            else {
+                break;
+            };
+            if due > limit {
+                break;
+            }
+            self.with_ctx(slot, false, out, |ctx| match kind {
+                TimerKind::Sla => support_recovery::fire(ctx, due),
+                TimerKind::AtRisk => {
+                    ctx.c.move_to(Stage::AtRisk, Cause::RiskCrossed, due);
+                }
+                TimerKind::FrequencyDrop => frequency_drop::fire(ctx, due),
+                TimerKind::Winback => winback::fire(ctx, due),
+                TimerKind::Anniversary => thank_you::fire(ctx, due),
+            });
+        }
+        self.reschedule(slot);
+    }
+
+    /// Fires every timer due at or before `limit`, earliest first.
+    fn fire_until(&mut self, limit: Stamp, out: &mut Vec<Alert>) {
+        while let Some((_, slot)) = self.timers.pop_due(limit) {
+            self.slots[slot as usize].c.due = None;
+            self.fire_customer(slot, limit, out);
+        }
+    }
+
+    /// Moves the clock to at least `to` and fires timers due by `clock − allowed_lateness`.
+    pub fn advance(&mut self, to: Stamp, out: &mut Vec<Alert>) {
+        let clock = self.clock.map_or(to, |c| c.max(to));
+        self.clock = Some(clock);
+        let limit = clock.minus(self.settings.allowed_lateness);
+        self.fire_until(limit, out);
+    }
+
+    /// End of input: moves the clock to `until` and fires every timer due by then
+    /// (no lateness to wait for once nothing more can arrive).
+    pub fn finish(&mut self, until: Stamp, out: &mut Vec<Alert>) {
+        let clock = self.clock.map_or(until, |c| c.max(until));
+        self.clock = Some(clock);
+        self.fire_until(until, out);
+    }
+
+    /// Applies one event: the clock moves, due timers fire (this customer's up to the
+    /// event's time first), then the event updates state and the rules decide.
+    pub fn apply(&mut self, ev: Event, out: &mut Vec<Alert>) -> Applied {
+        let t = ev.at;
+        self.advance(t, out);
+        let clock = self.clock.unwrap_or(t);
+        if ev.kind == EventKind::Erased {
+            self.erase(&ev.customer_id);
+            self.stats.events[9] += 1;
+            return Applied::Erased;
+        }
+        let slot = self.find_or_create(&ev.customer_id);
+        let window_days = (self.settings.dedup_window / DAY).max(1) as u16;
+        if !self.slots[slot as usize]
+            .c
+            .dedup
+            .insert(ev.id_hash, t.day(), clock.day(), window_days)
+        {
+            self.stats.duplicates += 1;
+            return Applied::Duplicate;
+        }
+        let type_index = EVENT_TYPES
+            .iter()
+            .position(|n| *n == ev.kind.type_name())
+            .unwrap_or(0);
+        self.stats.events[type_index] += 1;
+        self.fire_customer(slot, t, out);
+        let quiet = clock.since(t) > self.settings.allowed_lateness;
+        if quiet {
+            self.stats.late += 1;
+        }
+        match ev.kind {
+            EventKind::Purchase { amount, categories } => {
+                let returned =
+                    self.with_ctx(slot, quiet, out, |ctx| welcome_back::on_purchase(ctx, t));
+                self.record_purchase(slot, t, amount);
+                if !categories.is_empty() {
+                    self.profiles
+                        .entry(slot)
+                        .or_default()
+                        .count_categories(&categories);
+                }
+                self.with_ctx(slot, quiet, out, |ctx| {
+                    if !returned && ctx.c.stage != Stage::Loyal {
+                        let base = if ctx.c.has(flag::LOYAL) {
+                            Stage::Loyal
+                        } else if ctx.c.purchases == 1 {
+                            Stage::New
+                        } else {
+                            Stage::Active
+                        };
+                        ctx.c.move_to(base, Cause::Purchase, t);
+                    }
+                    thank_you::on_purchase(ctx, t, returned);
+                });
+            }
+            EventKind::Refund { amount } => {
+                let c = &mut self.slots[slot as usize].c;
+                if c.currency == amount.currency {
+                    c.spend_minor -= amount.minor;
+                }
+            }
+            EventKind::TicketOpened { ticket_id, .. } => {
+                support_recovery::on_opened(&mut self.slots[slot as usize].c, t, &ticket_id);
+            }
+            EventKind::TicketClosed { ticket_id, .. } => {
+                support_recovery::on_closed(&mut self.slots[slot as usize].c, &ticket_id);
+            }
+            EventKind::Complaint { ticket_id } => {
+                self.with_ctx(slot, quiet, out, |ctx| {
+                    support_recovery::on_complaint(ctx, t, ticket_id.as_deref(), ev.id_hash)
+                });
+            }
+            EventKind::Satisfaction { score, ticket_id } => {
+                self.with_ctx(slot, quiet, out, |ctx| {
+                    support_recovery::on_score(ctx, t, score, ticket_id.as_deref(), ev.id_hash)
+                });
+            }
+            EventKind::Profile(update) => {
+                self.profiles.entry(slot).or_default().update(update);
+            }
+            EventKind::Unsubscribed => {
+                self.profiles.entry(slot).or_default().unsubscribed = true;
+            }
+            EventKind::Bounced { hard } => {
+                if hard {
+                    self.profiles.entry(slot).or_default().hard_bounced = true;
+                }
+            }
+            EventKind::Erased => {}
+        }
+        self.reschedule(slot);
+        if quiet {
+            Applied::Late
+        } else {
+            Applied::Applied
+        }
+    }
+
+    fn record_purchase(&mut self, slot: u32, t: Stamp, amount: crate::event::Amount) {
+        let s = &self.settings;
+        let c = &mut self.slots[slot as usize].c;
+        let prev_last = c.last_purchase;
+        if c.first_purchase.is_none_or(|f| t < f) {
+            c.first_purchase = Some(t);
+        }
+        if let Some(last) = prev_last {
+            if t > last {
+                let gap = t.days_since(last);
+                c.gap_avg_days = if c.purchases <= 1 {
+                    gap as f32
+                } else {
+                    let a = s.risk.gap_smoothing;
+                    (a * gap + (1.0 - a) * f64::from(c.gap_avg_days)) as f32
+                };
+                self.population.observe_gap(gap);
+            }
+        }
+        c.purchases = c.purchases.saturating_add(1);
+        if c.currency == 0 {
+            c.currency = amount.currency;
+        }
+        if c.currency == amount.currency {
+            c.spend_minor = c.spend_minor.saturating_add(amount.minor);
+        }
+        c.buckets.add(t);
+        if prev_last.is_none_or(|l| t >= l) {
+            // A new latest purchase starts new inactivity and drop episodes.
+            c.last_purchase = Some(t);
+            c.winback_step = 0;
+            c.set(flag::DROP_FIRED | flag::WINBACK_MUTED, false);
+        }
+        let pop_gap = self.population.typical_gap_days(&s.risk);
+        c.typical_gap_days = risk::typical_gap_days(c, pop_gap, &s.risk) as f32;
+    }
+
+    /// A customer's state, explained, as of the clock.
+    pub fn snapshot(&self, customer_id: &str) -> Option<Snapshot> {
+        self.find(customer_id).map(|slot| self.snapshot_slot(slot))
+    }
+
+    fn snapshot_slot(&self, slot: u32) -> Snapshot {
+        let s = &self.settings;
+        let Slot { id, c } = &self.slots[slot as usize];
+        let as_of = self.clock.unwrap_or(Stamp::MIN);
+        let risk = risk::churn_risk(c, as_of, &s.risk);
+        let b = customer::Buckets::index(as_of);
+        let drop = frequency_drop::test(&s.frequency_drop, &c.buckets, b.saturating_add(1));
+        Snapshot {
+            customer_id: id.to_string(),
+            stage: c.stage.name(),
+            stage_since: c.stage_since.map(Stamp::to_rfc3339),
+            stage_cause: c.cause.explain(),
+            churn_risk: risk.as_ref().map(|r| risk::round4(r.value)),
+            as_of: as_of.to_rfc3339(),
+            risk_inputs: risk.as_ref().map(|r| RiskInputs {
+                recency_days: risk::round4(r.recency_days),
+                typical_gap_days: risk::round4(r.typical_gap_days),
+                support_factor: r.support_factor,
+                dropout: s.risk.dropout,
+            }),
+            purchases: c.purchases,
+            first_purchase: c.first_purchase.map(Stamp::to_rfc3339),
+            last_purchase: c.last_purchase.map(Stamp::to_rfc3339),
+            days_since_last_purchase: c.last_purchase.map(|_| c.days_since_purchase(as_of)),
+            spend_minor: c.spend_minor,
+            currency: iso_currency::Currency::from_numeric(c.currency).map(|cur| cur.code()),
+            recent_purchases: drop.recent,
+            baseline_purchases: drop.baseline,
+            winback_threshold_days: c
+                .last_purchase
+                .map(|_| winback::threshold(s, c) / DAY),
+            winback_steps_done: c.winback_step,
+            loyal: c.has(flag::LOYAL),
+            open_tickets: c.open_tickets().len(),
+            last_satisfaction: (c.last_score > 0).then_some(c.last_score),
+            pending_timers: timers::pending(s, c)
+                .into_iter()
+                .map(|(d, k)| PendingTimer {
+                    kind: k.name(),
+                    due: d.to_rfc3339(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Every customer's snapshot, sorted by customer id.
+    pub fn snapshots_sorted(&self) -> Vec<Snapshot> {
+        let mut slots: Vec<u32> = (0..self.slots.len() as u32)
+            .filter(|&s| !self.slots[s as usize].id.is_empty())
+            .collect();
+        slots.sort_by(|a, b| self.slots[*a as usize].id.cmp(&self.slots[*b as usize].id));
+        slots.into_iter().map(|s| self.snapshot_slot(s)).collect()
+    }
+
+    /// Customers per stage, in [`Stage::ALL`] order.
+    pub fn stage_counts(&self) -> [u64; 7] {
+        let mut n = [0u64; 7];
+        for s in self.slots.iter().filter(|s| !s.id.is_empty()) {
+            n[s.c.stage as usize] += 1;
+        }
+        n
+    }
+}
+
+/// The inputs churn_risk was computed from.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RiskInputs {
+    /// Days since the last purchase.
+    pub recency_days: f64,
+    /// Typical gap between purchases, days.
+    pub typical_gap_days: f64,
+    /// Odds multiplier for recent bad support.
+    pub support_factor: f64,
+    /// `risk.dropout`.
+    pub dropout: f64,
+}
+
+/// A pending timer of a customer.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PendingTimer {
+    /// What it is for.
+    pub kind: &'static str,
+    /// When it is due.
+    pub due: String,
+}
+
+/// One customer's state, explained; no email or name (safe for analysts).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Snapshot {
+    /// Customer id.
+    pub customer_id: String,
+    /// Current stage.
+    pub stage: &'static str,
+    /// Since when.
+    pub stage_since: Option<String>,
+    /// Why.
+    pub stage_cause: &'static str,
+    /// churn_risk at `as_of` (null without purchases).
+    pub churn_risk: Option<f64>,
+    /// The instant this snapshot describes (the engine clock).
+    pub as_of: String,
+    /// What churn_risk was computed from.
+    pub risk_inputs: Option<RiskInputs>,
+    /// Purchases.
+    pub purchases: u32,
+    /// First purchase.
+    pub first_purchase: Option<String>,
+    /// Last purchase.
+    pub last_purchase: Option<String>,
+    /// Whole days since the last purchase.
+    pub days_since_last_purchase: Option<u32>,
+    /// Spend in minor units of `currency`, refunds subtracted.
+    pub spend_minor: i64,
+    /// ISO 4217 code of the spend.
+    pub currency: Option<&'static str>,
+    /// Purchases in the frequency_drop recent window ending now.
+    pub recent_purchases: u32,
+    /// Purchases in the baseline window before it.
+    pub baseline_purchases: u32,
+    /// The customer's win-back inactivity threshold, days.
+    pub winback_threshold_days: Option<u32>,
+    /// Win-back steps decided in the current episode.
+    pub winback_steps_done: u8,
+    /// Promoted to loyal at some point.
+    pub loyal: bool,
+    /// Open support tickets.
+    pub open_tickets: usize,
+    /// Last satisfaction score.
+    pub last_satisfaction: Option<u8>,
+    /// Pending timers, earliest first.
+    pub pending_timers: Vec<PendingTimer>,
+}

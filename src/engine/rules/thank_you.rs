@@ -1,0 +1,127 @@
+//! `thank_you`: purchase-count milestones, promotion to loyal, and the yearly
+//! anniversary of a loyal customer's first purchase.
+
+use crate::alert::Inputs;
+use crate::engine::clock::{Stamp, DAY};
+use crate::engine::customer::{flag, Customer};
+use crate::engine::guards::{emit, Candidate};
+use crate::engine::rule::Rule;
+use crate::engine::settings::Settings;
+use crate::engine::stage::{Cause, Stage};
+use crate::engine::Ctx;
+
+/// Whether the customer meets the loyal criteria at `t`.
+pub fn meets_loyal(s: &Settings, c: &Customer, t: Stamp) -> bool {
+    c.purchases >= s.loyal.min_purchases && c.tenure(t) >= s.loyal.min_tenure
+}
+
+/// Whole years from `first` to `t` on the calendar.
+fn years_between(first: Stamp, t: Stamp) -> u8 {
+    let mut n = 0u8;
+    while n < u8::MAX && first.plus_years(n + 1) <= t {
+        n += 1;
+    }
+    n
+}
+
+/// Called after a purchase at `t` updated the counters (`returned`: it was a comeback).
+pub(crate) fn on_purchase(ctx: &mut Ctx<'_>, t: Stamp, returned: bool) {
+    let s = ctx.s;
+    let ty = &s.thank_you;
+    let n = ctx.c.purchases;
+    if ty.enabled && ty.milestones.contains(&n) {
+        let from = ctx.c.stage;
+        emit(
+            ctx,
+            Candidate {
+                rule: Rule::ThankYou,
+                step: 0,
+                episode: format!("milestone:{n}"),
+                at: t,
+                stage_from: from,
+                template: &ty.milestone_template,
+                offer_code: "",
+                inputs: Inputs::default().int("purchases", n).int("milestone", n),
+                milestone: n,
+                years: 0,
+                ticket_id: None,
+                continues_episode: false,
+            },
+        );
+    }
+    if ctx.c.has(flag::LOYAL) || returned || !meets_loyal(s, ctx.c, t) {
+        return;
+    }
+    ctx.c.set(flag::LOYAL, true);
+    if let Some(first) = ctx.c.first_purchase {
+        // Anniversaries already past at promotion are not thanked retroactively.
+        ctx.c.anniversaries = years_between(first, t);
+    }
+    let from = ctx.c.move_to(Stage::Loyal, Cause::LoyalPromotion, t);
+    if ty.enabled && ty.on_loyal {
+        let tenure_days = ctx.c.tenure(t) / DAY;
+        emit(
+            ctx,
+            Candidate {
+                rule: Rule::ThankYou,
+                step: 0,
+                episode: "loyal".to_string(),
+                at: t,
+                stage_from: from,
+                template: &ty.loyal_template,
+                offer_code: "",
+                inputs: Inputs::default()
+                    .int("purchases", n)
+                    .int("tenure_days", tenure_days)
+                    .int("min_purchases", s.loyal.min_purchases)
+                    .int("min_tenure_days", s.loyal.min_tenure / DAY),
+                milestone: 0,
+                years: 0,
+                ticket_id: None,
+                continues_episode: false,
+            },
+        );
+    }
+}
+
+/// The next anniversary of a loyal customer's first purchase.
+pub fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
+    if !(s.thank_you.enabled && s.thank_you.anniversary && c.has(flag::LOYAL)) {
+        return None;
+    }
+    let first = c.first_purchase?;
+    if c.anniversaries == u8::MAX {
+        return None;
+    }
+    Some(first.plus_years(c.anniversaries + 1))
+}
+
+/// Thanks a customer who is `loyal` on the anniversary due at `due`.
+pub(crate) fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
+    ctx.c.anniversaries = ctx.c.anniversaries.saturating_add(1);
+    if ctx.c.stage != Stage::Loyal {
+        return;
+    }
+    let s = ctx.s;
+    let years = ctx.c.anniversaries;
+    let from = ctx.c.stage;
+    emit(
+        ctx,
+        Candidate {
+            rule: Rule::ThankYou,
+            step: 0,
+            episode: format!("anniversary:{years}"),
+            at: due,
+            stage_from: from,
+            template: &s.thank_you.anniversary_template,
+            offer_code: "",
+            inputs: Inputs::default()
+                .int("years", years)
+                .int("purchases", ctx.c.purchases),
+            milestone: 0,
+            years: u32::from(years),
+            ticket_id: None,
+            continues_episode: false,
+        },
+    );
+}

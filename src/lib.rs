@@ -1,0 +1,19 @@
+//! churnwatch: an event-driven churn-alert worker.
+//!
+//! Purchase and support events go in; per-customer state, stages, churn_risk and alerts
+//! come out; alerts that pass the guards become short emails rendered from templates.
+//! The pure [`engine`] decides; [`source`], [`mail`] and [`replay`] are the adapters
+//! around it.
+
+pub mod alert;
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod mail;
+pub mod replay;
+pub mod source;
+
+pub use alert::{Alert, Decision};
+pub use config::Config;
+pub use engine::Engine;
+pub use event::{Event, Reject};

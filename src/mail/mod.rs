@@ -1,0 +1,5 @@
+//! Email: templates, message building, and the transports that hand messages over.
+
+pub mod message;
+pub mod outbox;
+pub mod template;

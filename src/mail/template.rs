@@ -1,0 +1,275 @@
+//! Templates (SPEC §5): `templates/<name>/<locale>.subject.txt`, `.text.txt`, `.html`,
+//! rendered with minijinja in strict mode; `.html` autoescapes customer data.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+
+use crate::alert::MailContext;
+use crate::config::MailSettings;
+
+/// The three parts of every template, by file suffix.
+pub const PARTS: [&str; 3] = ["subject.txt", "text.txt", "html"];
+
+/// Locales every template must have (SPEC §5).
+pub const REQUIRED_LOCALES: [&str; 2] = ["en", "ar"];
+
+/// One rendered email.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// Locale actually used after fallback.
+    pub locale: String,
+    /// Subject, one line, control characters removed.
+    pub subject: String,
+    /// Plain-text body.
+    pub text: String,
+    /// HTML body.
+    pub html: String,
+}
+
+/// The loaded template set.
+pub struct Templates {
+    env: Environment<'static>,
+    dir: PathBuf,
+    locales: BTreeMap<String, BTreeSet<String>>,
+    settings: MailSettings,
+}
+
+/// Removes characters that could break a header line (CR, LF and other controls).
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Templates {
+    /// Loads every template under the configured folder. Problems name the file.
+    pub fn load(settings: &MailSettings) -> Result<Templates, Vec<String>> {
+        let dir = settings.templates_dir.clone();
+        let mut problems = Vec::new();
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(false);
+        let mut locales: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                return Err(vec![format!(
+                    "{}: cannot read the templates folder: {e}",
+                    dir.display()
+                )])
+            }
+        };
+        let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        names.sort();
+        for folder in names.into_iter().filter(|p| p.is_dir()) {
+            let Some(name) = folder.file_name().and_then(|n| n.to_str()).map(str::to_string)
+            else {
+                continue;
+            };
+            let mut files: Vec<PathBuf> = match std::fs::read_dir(&folder) {
+                Ok(e) => e.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                Err(e) => {
+                    problems.push(format!("{}: {e}", folder.display()));
+                    continue;
+                }
+            };
+            files.sort();
+            let mut parts: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+            for file in files {
+                let Some(fname) = file.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                let Some((locale, part)) = PARTS
+                    .iter()
+                    .find_map(|p| fname.strip_suffix(&format!(".{p}")).map(|l| (l, *p)))
+                else {
+                    problems.push(format!(
+                        "{}: not a template part (expected <locale>.subject.txt, <locale>.text.txt or <locale>.html)",
+                        file.display()
+                    ));
+                    continue;
+                };
+                match std::fs::read_to_string(&file) {
+                    Ok(src) => {
+                        if let Err(e) = env.add_template_owned(format!("{name}/{fname}"), src) {
+                            problems.push(format!("{}: {}", file.display(), describe(&e)));
+                        }
+                        parts.entry(locale.to_string()).or_default().insert(part);
+                    }
+                    Err(e) => problems.push(format!("{}: {e}", file.display())),
+                }
+            }
+            for (locale, have) in &parts {
+                for part in PARTS.iter().filter(|p| !have.contains(*p)) {
+                    problems.push(format!(
+                        "{}: missing {locale}.{part}",
+                        folder.join("").display()
+                    ));
+                }
+            }
+            locales.insert(name, parts.into_keys().collect());
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Templates {
+            env,
+            dir,
+            locales,
+            settings: settings.clone(),
+        })
+    }
+
+    /// Template names found.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.locales.keys().map(String::as_str)
+    }
+
+    /// Locales a template has.
+    pub fn locales(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.locales
+            .get(name)
+            .into_iter()
+            .flat_map(|s| s.iter().map(String::as_str))
+    }
+
+    /// The locale a template is rendered in: `en-GB` → `en` → the default locale.
+    pub fn resolve_locale(&self, name: &str, requested: &str) -> Option<String> {
+        let have = self.locales.get(name)?;
+        let find = |l: &str| have.iter().find(|h| h.eq_ignore_ascii_case(l)).cloned();
+        if !requested.is_empty() {
+            if let Some(l) = find(requested) {
+                return Some(l);
+            }
+            if let Some(lang) = requested.split(['-', '_']).next() {
+                if let Some(l) = find(lang) {
+                    return Some(l);
+                }
+            }
+        }
+        find(&self.settings.default_locale)
+    }
+
+    fn context(&self, m: &MailContext, alert_id: &str) -> Value {
+        let unsubscribe_url = self.settings.unsubscribe_url.replace("{alert_id}", alert_id);
+        minijinja::context! {
+            shop_name => self.settings.shop_name.clone(),
+            customer_name => one_line(&m.name),
+            days_since_last_purchase => m.days_since_last_purchase,
+            purchase_count => m.purchase_count,
+            favourite_category => m.favourite_category.clone(),
+            offer_code => m.offer_code.clone(),
+            unsubscribe_url => unsubscribe_url,
+            feedback_url => self.settings.feedback_url.clone(),
+            milestone => m.milestone,
+            years => m.years,
+            ticket_id => m.ticket_id.clone(),
+        }
+    }
+
+    /// Renders template `name` for a customer.
+    pub fn render(&self, name: &str, m: &MailContext, alert_id: &str) -> Result<Rendered, String> {
+        let locale = self.resolve_locale(name, &m.locale).ok_or_else(|| {
+            format!(
+                "template `{name}` has no locale `{}` nor the default `{}` in {}",
+                m.locale,
+                self.settings.default_locale,
+                self.dir.display()
+            )
+        })?;
+        let ctx = self.context(m, alert_id);
+        let part = |p: &str| -> Result<String, String> {
+            let tname = format!("{name}/{locale}.{p}");
+            let t = self
+                .env
+                .get_template(&tname)
+                .map_err(|e| format!("{}: {}", self.dir.join(&tname).display(), describe(&e)))?;
+            t.render(&ctx)
+                .map_err(|e| format!("{}: {}", self.dir.join(&tname).display(), describe(&e)))
+        };
+        Ok(Rendered {
+            subject: one_line(&part("subject.txt")?),
+            text: part("text.txt")?,
+            html: part("html")?,
+            locale,
+        })
+    }
+
+    /// Checks that every template the rules use exists in the required locales and that
+    /// every template renders in every locale with sample data. One problem per line.
+    pub fn check(&self, required: &[&str]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for name in required {
+            let Some(have) = self.locales.get(*name) else {
+                problems.push(format!(
+                    "{}: template `{name}` used by the config does not exist",
+                    self.dir.join(name).display()
+                ));
+                continue;
+            };
+            for l in REQUIRED_LOCALES
+                .iter()
+                .copied()
+                .chain([self.settings.default_locale.as_str()])
+            {
+                if !have.contains(l) {
+                    problems.push(format!(
+                        "{}: template `{name}` lacks locale `{l}`",
+                        self.dir.join(name).display()
+                    ));
+                }
+            }
+        }
+        for (name, locales) in &self.locales {
+            for locale in locales {
+                for sample in samples(locale) {
+                    if let Err(e) = self.render(name, &sample, "0123456789abcdef0123456789abcdef") {
+                        problems.push(e);
+                        break;
+                    }
+                }
+            }
+        }
+        problems.sort();
+        problems.dedup();
+        problems
+    }
+}
+
+/// Sample customers for validation: every optional value empty, and every one filled.
+fn samples(locale: &str) -> [MailContext; 2] {
+    [
+        MailContext {
+            locale: locale.to_string(),
+            email: "sample@example.com".into(),
+            ..MailContext::default()
+        },
+        MailContext {
+            email: "sample@example.com".into(),
+            name: "Sample <Customer> & Co".into(),
+            locale: locale.to_string(),
+            days_since_last_purchase: 75,
+            purchase_count: 10,
+            favourite_category: "books".into(),
+            offer_code: "SAMPLE10".into(),
+            milestone: 10,
+            years: 2,
+            ticket_id: "T-1".into(),
+        },
+    ]
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(&format!(": {inner}"));
+        src = inner.source();
+    }
+    s
+}

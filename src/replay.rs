@@ -1,0 +1,342 @@
+//! `churnwatch replay`: the whole pipeline over JSONL files, effects into a folder.
+//!
+//! Each run starts from empty state and replaces the earlier results in the output
+//! folder: `*.eml`, `alerts.jsonl`, `sends.jsonl`, `rejects.jsonl`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::alert::{Alert, Decision};
+use crate::config::Config;
+use crate::engine::clock::Stamp;
+use crate::engine::rule::Rule;
+use crate::engine::stage::Stage;
+use crate::engine::{Applied, Engine, Stats};
+use crate::event::EVENT_TYPES;
+use crate::mail::message;
+use crate::mail::outbox::FileOutbox;
+use crate::mail::template::Templates;
+use crate::source::file::FileSource;
+
+/// What to replay and where to.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Input files, merged by event time.
+    pub events: Vec<PathBuf>,
+    /// Output folder.
+    pub outbox: PathBuf,
+    /// Advance the clock to this instant after the last event.
+    pub until: Option<Stamp>,
+    /// Write every customer's final state here (JSONL, sorted by id).
+    pub export_customers: Option<PathBuf>,
+    /// Records read and applied between output flushes (never changes decisions).
+    pub batch_size: usize,
+    /// Render and write emails (false: decisions only, as `simulate` will).
+    pub write_emails: bool,
+}
+
+impl Options {
+    /// Defaults for the given input files.
+    pub fn new(events: Vec<PathBuf>) -> Options {
+        Options {
+            events,
+            outbox: PathBuf::from("outbox"),
+            until: None,
+            export_customers: None,
+            batch_size: 4096,
+            write_emails: true,
+        }
+    }
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Records read (lines that were not blank).
+    pub records: u64,
+    /// Engine counters.
+    pub stats: Stats,
+    /// Rejected lines by class.
+    pub rejects: BTreeMap<&'static str, u64>,
+    /// Emails written as .eml.
+    pub emails_written: u64,
+    /// Emails that could not be built (bad address, template error).
+    pub emails_failed: u64,
+    /// Customers tracked at the end, per stage.
+    pub stages: [u64; 7],
+    /// The clock at the end.
+    pub clock: Option<Stamp>,
+    /// Wall time taken.
+    pub elapsed: Duration,
+    /// The output folder.
+    pub outbox: PathBuf,
+}
+
+impl Summary {
+    /// Total rejects.
+    pub fn rejected(&self) -> u64 {
+        self.rejects.values().sum()
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        writeln!(
+            f,
+            "replayed {} records in {:.2}s ({:.0} records/s); clock at {}",
+            self.records,
+            secs,
+            self.records as f64 / secs,
+            self.clock.map(Stamp::to_rfc3339).unwrap_or_else(|| "-".into())
+        )?;
+        writeln!(f, "\nevents by type")?;
+        for (i, name) in EVENT_TYPES.iter().enumerate() {
+            writeln!(f, "  {name:<24}{:>9}", self.stats.events[i])?;
+        }
+        writeln!(f, "  {:<24}{:>9}", "duplicates (ignored)", self.stats.duplicates)?;
+        writeln!(f, "  {:<24}{:>9}", "late (no alerts)", self.stats.late)?;
+        writeln!(f, "\nrejected lines: {} (see rejects.jsonl)", self.rejected())?;
+        for (class, n) in &self.rejects {
+            writeln!(f, "  {class:<24}{n:>9}")?;
+        }
+        writeln!(f, "\nalerts by rule and decision")?;
+        for rule in Rule::ALL {
+            writeln!(f, "  {:<24}{:>9}", rule.name(), self.stats.alerts[rule.index()])?;
+            for ((r, d), n) in &self.stats.decisions {
+                if *r == rule {
+                    writeln!(f, "    {:<22}{n:>9}", d.label())?;
+                }
+            }
+        }
+        let [emailed, holdout] = self.stats.winback_touched;
+        let [conv_e, conv_h] = self.stats.winback_converted;
+        let rate = |c: u64, n: u64| if n == 0 { 0.0 } else { 100.0 * c as f64 / n as f64 };
+        writeln!(
+            f,
+            "\nwin-back conversion: emailed {conv_e}/{emailed} ({:.1}%), holdout {conv_h}/{holdout} ({:.1}%)",
+            rate(conv_e, emailed),
+            rate(conv_h, holdout)
+        )?;
+        writeln!(f, "\ncustomers by stage")?;
+        for s in Stage::ALL {
+            writeln!(f, "  {:<24}{:>9}", s.name(), self.stages[s as usize])?;
+        }
+        writeln!(
+            f,
+            "\nemails written: {} into {}{}",
+            self.emails_written,
+            self.outbox.display(),
+            if self.emails_failed > 0 {
+                format!(" ({} could not be built, see sends.jsonl)", self.emails_failed)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct RejectLine<'a> {
+    file: String,
+    line: u64,
+    raw: &'a str,
+    class: &'static str,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct SendLine<'a> {
+    alert_id: &'a str,
+    message_id: String,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    locale: &'a str,
+}
+
+/// Removes the results of an earlier replay (only files replay itself writes).
+fn clear_outbox(dir: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let ours = name.ends_with(".eml")
+            || name.ends_with(".eml.tmp")
+            || matches!(name, "alerts.jsonl" | "rejects.jsonl" | "sends.jsonl");
+        if ours && path.is_file() {
+            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+struct Sink<'a> {
+    cfg: &'a Config,
+    templates: Option<&'a Templates>,
+    outbox: FileOutbox,
+    alerts: BufWriter<File>,
+    sends: BufWriter<File>,
+    written: u64,
+    failed: u64,
+}
+
+impl Sink<'_> {
+    fn flush_alerts(&mut self, alerts: &mut Vec<Alert>) -> anyhow::Result<()> {
+        let domain = &self.cfg.mail.message_id_domain;
+        for mut alert in alerts.drain(..) {
+            if alert.decision == Decision::Email {
+                if let Some(t) = self.templates {
+                    self.send(t, &mut alert)?;
+                }
+            }
+            writeln!(self.alerts, "{}", alert.to_json(domain))?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, t: &Templates, alert: &mut Alert) -> anyhow::Result<()> {
+        let domain = &self.cfg.mail.message_id_domain;
+        let message_id = alert.message_id(domain);
+        let requested = alert.mail.as_ref().map(|m| m.locale.clone()).unwrap_or_default();
+        if let Some(l) = t.resolve_locale(&alert.template, &requested) {
+            alert.locale = l;
+        }
+        let built = alert
+            .mail
+            .as_deref()
+            .ok_or_else(|| "alert carries no recipient".to_string())
+            .and_then(|m| t.render(&alert.template, m, &alert.alert_id))
+            .and_then(|r| message::build(alert, &r, &self.cfg.mail).map_err(|e| e.0));
+        let line = match built {
+            Ok(msg) => {
+                let path = self.outbox.write(&message_id, &msg)?;
+                self.written += 1;
+                SendLine {
+                    alert_id: &alert.alert_id,
+                    message_id: format!("<{message_id}>"),
+                    status: "written",
+                    file: path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    reason: None,
+                    locale: &alert.locale,
+                }
+            }
+            Err(reason) => {
+                self.failed += 1;
+                tracing::warn!(alert_id = %alert.alert_id, %reason, "email not written");
+                SendLine {
+                    alert_id: &alert.alert_id,
+                    message_id: format!("<{message_id}>"),
+                    status: "failed",
+                    file: None,
+                    reason: Some(reason),
+                    locale: &alert.locale,
+                }
+            }
+        };
+        serde_json::to_writer(&mut self.sends, &line)?;
+        self.sends.write_all(b"\n")?;
+        Ok(())
+    }
+}
+
+/// Runs a replay; `templates` must be loaded from `cfg` (None: write no emails).
+pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    clear_outbox(&opts.outbox)?;
+    let create = |name: &str| -> anyhow::Result<BufWriter<File>> {
+        let p = opts.outbox.join(name);
+        Ok(BufWriter::new(
+            File::create(&p).with_context(|| format!("cannot create {}", p.display()))?,
+        ))
+    };
+    let mut rejects_out = create("rejects.jsonl")?;
+    let mut sink = Sink {
+        cfg,
+        templates: if opts.write_emails { templates } else { None },
+        outbox: FileOutbox::new(&opts.outbox)?,
+        alerts: create("alerts.jsonl")?,
+        sends: create("sends.jsonl")?,
+        written: 0,
+        failed: 0,
+    };
+    let mut source = FileSource::open(&opts.events)?;
+    let mut engine = Engine::new(Arc::new(cfg.engine.clone()));
+    let mut summary = Summary {
+        outbox: opts.outbox.clone(),
+        ..Summary::default()
+    };
+    let mut alerts = Vec::new();
+    let batch = opts.batch_size.max(1);
+    let mut done = false;
+    while !done {
+        for _ in 0..batch {
+            let Some(rec) = source.next_record()? else {
+                done = true;
+                break;
+            };
+            summary.records += 1;
+            match rec.parsed {
+                Ok(ev) => {
+                    let _: Applied = engine.apply(ev, &mut alerts);
+                }
+                Err(rej) => {
+                    *summary.rejects.entry(rej.class).or_default() += 1;
+                    let line = RejectLine {
+                        file: source.path(rec.file).display().to_string(),
+                        line: rec.line,
+                        raw: &rec.raw,
+                        class: rej.class,
+                        reason: &rej.reason,
+                    };
+                    serde_json::to_writer(&mut rejects_out, &line)?;
+                    rejects_out.write_all(b"\n")?;
+                }
+            }
+        }
+        sink.flush_alerts(&mut alerts)?;
+    }
+    if let Some(until) = opts.until {
+        engine.finish(until, &mut alerts);
+        sink.flush_alerts(&mut alerts)?;
+    }
+    sink.alerts.flush()?;
+    sink.sends.flush()?;
+    rejects_out.flush()?;
+    if let Some(path) = &opts.export_customers {
+        export_customers(&engine, path)?;
+    }
+    summary.stats = engine.stats().clone();
+    summary.emails_written = sink.written;
+    summary.emails_failed = sink.failed;
+    summary.stages = engine.stage_counts();
+    summary.clock = engine.clock();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Writes every customer's snapshot as JSONL, sorted by customer id.
+pub fn export_customers(engine: &Engine, path: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    let mut out = BufWriter::new(
+        File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+    );
+    for snap in engine.snapshots_sorted() {
+        serde_json::to_writer(&mut out, &snap)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}

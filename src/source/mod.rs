@@ -1,0 +1,3 @@
+//! Where events come from: JSONL files (replay, simulate); Kafka comes later.
+
+pub mod file;
