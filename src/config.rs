@@ -97,7 +97,7 @@ pub struct RawRisk {
     /// See the defaults file.
     pub prior_weight: f64,
     /// See the defaults file.
-    pub gap_smoothing: f64,
+    pub dropout_concentration: f64,
     /// See the defaults file.
     pub at_risk: f64,
     /// See the defaults file.
@@ -194,6 +194,8 @@ pub struct RawWinback {
     pub inactive_after: Duration,
     /// See the defaults file.
     pub multiplier: f64,
+    /// See the defaults file.
+    pub prior_weight: f64,
     /// See the defaults file.
     pub min: Duration,
     /// See the defaults file.
@@ -455,11 +457,14 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     if r.prior_gap_days < 0.5 {
         p.push(format!("risk.prior_gap_days: must be at least 0.5, got {}", r.prior_gap_days));
     }
-    if r.prior_weight < 0.0 {
-        p.push(format!("risk.prior_weight: must be ≥ 0, got {}", r.prior_weight));
+    if r.prior_weight <= 0.0 {
+        p.push(format!("risk.prior_weight: must be positive, got {}", r.prior_weight));
     }
-    if !(r.gap_smoothing > 0.0 && r.gap_smoothing <= 1.0) {
-        p.push(format!("risk.gap_smoothing: must be in (0, 1], got {}", r.gap_smoothing));
+    if r.dropout_concentration <= 0.0 {
+        p.push(format!(
+            "risk.dropout_concentration: must be positive, got {}",
+            r.dropout_concentration
+        ));
     }
     if !(r.at_risk > 0.0 && r.at_risk < 1.0) {
         p.push(format!("risk.at_risk: must be between 0 and 1 (exclusive), got {}", r.at_risk));
@@ -506,6 +511,12 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         "adaptive" => {
             if w.multiplier <= 0.0 {
                 p.push(format!("rules.winback.multiplier: must be positive, got {}", w.multiplier));
+            }
+            if w.prior_weight < 0.0 {
+                p.push(format!(
+                    "rules.winback.prior_weight: must be ≥ 0, got {}",
+                    w.prior_weight
+                ));
             }
             if w.min.0 > w.max.0 {
                 p.push("rules.winback.min: must not exceed rules.winback.max".to_string());
@@ -620,7 +631,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
             dropout: r.dropout,
             prior_gap_days: r.prior_gap_days,
             prior_weight: r.prior_weight,
-            gap_smoothing: r.gap_smoothing,
+            dropout_concentration: r.dropout_concentration,
             at_risk: r.at_risk,
             support_factor: r.support_factor,
             support_memory: r.support_memory.0,
@@ -632,6 +643,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         winback: WinbackSettings {
             enabled: w.enabled,
             mode,
+            prior_weight: w.prior_weight,
             steps: w
                 .steps
                 .iter()

@@ -144,10 +144,9 @@ pub struct Customer {
     pub spend_minor: i64,
     /// ISO 4217 numeric code of the first purchase's currency; others are not summed.
     pub currency: u16,
-    /// Moving average of the gaps between purchases, days.
-    pub gap_avg_days: f32,
-    /// Typical gap used by risk and adaptive win-back, fixed at the last purchase, days.
-    pub typical_gap_days: f32,
+    /// The population's typical gap when the last purchase was recorded, days: fixed
+    /// then, so later events of other customers never change this customer's decisions.
+    pub population_gap_days: f32,
     /// Last decided alert per rule that started an episode (for cooldowns).
     pub rule_last: [Option<Stamp>; Rule::COUNT],
     /// Days (since 2000) of the latest emails, for the per-customer cap.

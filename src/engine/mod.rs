@@ -415,20 +415,13 @@ impl Engine {
         let s = &self.settings;
         let c = &mut self.slots[slot as usize].c;
         let prev_last = c.last_purchase;
+        match c.first_purchase {
+            None => self.population.observe_first(t, None),
+            Some(f) if t < f => self.population.observe_first(t, Some(f)),
+            Some(_) => self.population.observe_repeat(),
+        }
         if c.first_purchase.is_none_or(|f| t < f) {
             c.first_purchase = Some(t);
-        }
-        if let Some(last) = prev_last {
-            if t > last {
-                let gap = t.days_since(last);
-                c.gap_avg_days = if c.purchases <= 1 {
-                    gap as f32
-                } else {
-                    let a = s.risk.gap_smoothing;
-                    (a * gap + (1.0 - a) * f64::from(c.gap_avg_days)) as f32
-                };
-                self.population.observe_gap(gap);
-            }
         }
         c.purchases = c.purchases.saturating_add(1);
         if c.currency == 0 {
@@ -444,8 +437,7 @@ impl Engine {
             c.winback_step = 0;
             c.set(flag::DROP_FIRED | flag::WINBACK_MUTED, false);
         }
-        let pop_gap = self.population.typical_gap_days(&s.risk);
-        c.typical_gap_days = risk::typical_gap_days(c, pop_gap, &s.risk) as f32;
+        c.population_gap_days = self.population.typical_gap_days(t, &s.risk) as f32;
     }
 
     /// A customer's state, explained, as of the clock.
@@ -471,7 +463,8 @@ impl Engine {
                 recency_days: risk::round4(r.recency_days),
                 typical_gap_days: risk::round4(r.typical_gap_days),
                 support_factor: r.support_factor,
-                dropout: s.risk.dropout,
+                repeat_purchases: r.repeat_purchases,
+                dropout_odds: risk::round4(r.dropout_odds),
             }),
             purchases: c.purchases,
             first_purchase: c.first_purchase.map(Stamp::to_rfc3339),
@@ -496,6 +489,18 @@ impl Engine {
                 })
                 .collect(),
         }
+    }
+
+    /// A customer's churn_risk at the clock, with its inputs.
+    pub fn risk(&self, customer_id: &str) -> Option<risk::Risk> {
+        let slot = self.find(customer_id)?;
+        let as_of = self.clock?;
+        risk::churn_risk(&self.slots[slot as usize].c, as_of, &self.settings.risk)
+    }
+
+    /// Ids of every tracked customer (unordered).
+    pub fn customer_ids(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().filter(|s| !s.id.is_empty()).map(|s| &*s.id)
     }
 
     /// Every customer's snapshot, sorted by customer id.
@@ -526,8 +531,10 @@ pub struct RiskInputs {
     pub typical_gap_days: f64,
     /// Odds multiplier for recent bad support.
     pub support_factor: f64,
-    /// `risk.dropout`.
-    pub dropout: f64,
+    /// Purchases after the first.
+    pub repeat_purchases: u32,
+    /// Odds of having dropped out right after the last purchase.
+    pub dropout_odds: f64,
 }
 
 /// A pending timer of a customer.

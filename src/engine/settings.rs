@@ -42,14 +42,15 @@ pub struct Settings {
 /// Parameters of the churn_risk model (see `engine::risk`).
 #[derive(Clone, Debug)]
 pub struct RiskSettings {
-    /// Probability that a customer silently stops buying after any purchase.
+    /// Mean probability that a customer silently stops buying after a purchase.
     pub dropout: f64,
+    /// How alike customers' drop-out probabilities are (beta prior a + b; lower = more varied).
+    pub dropout_concentration: f64,
     /// Typical gap between purchases assumed before the population has taught one, days.
     pub prior_gap_days: f64,
-    /// How many gaps' worth of weight the population gap gets against a customer's own.
+    /// How many gaps' worth of weight the population gap gets against a customer's own
+    /// (the shape `r` of the gamma prior on purchase rates).
     pub prior_weight: f64,
-    /// Weight of the newest gap in the customer's moving average of gaps.
-    pub gap_smoothing: f64,
     /// churn_risk at which a buying customer becomes `at_risk`.
     pub at_risk: f64,
     /// Odds multiplier applied while a bad support experience is recent.
@@ -104,6 +105,8 @@ pub struct WinbackSettings {
     pub enabled: bool,
     /// Threshold mode.
     pub mode: WinbackMode,
+    /// Weight of the population gap in the adaptive typical gap, in gaps.
+    pub prior_weight: f64,
     /// Sequence steps, `after` strictly increasing from the first.
     pub steps: Vec<Step>,
     /// No new sequence within this long of the previous one.

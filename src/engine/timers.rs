@@ -43,7 +43,7 @@ fn at_risk_due(s: &Settings, c: &Customer) -> Option<Stamp> {
         return None;
     }
     let last = c.last_purchase?;
-    Some(last.plus(risk::at_risk_after(f64::from(c.typical_gap_days), &s.risk)))
+    Some(last.plus(risk::at_risk_after(c, &s.risk)))
 }
 
 fn candidates(s: &Settings, c: &Customer) -> [(Option<Stamp>, TimerKind); 5] {

@@ -9,6 +9,12 @@ use crate::engine::settings::{Settings, WinbackMode};
 use crate::engine::stage::{Cause, Stage};
 use crate::engine::Ctx;
 
+/// The customer's own mean gap between purchases, with the population gap weighing in
+/// as `rules.winback.prior_weight` gaps for customers with few purchases, days.
+pub fn typical_gap_days(s: &Settings, c: &Customer) -> f64 {
+    crate::engine::risk::shrunk_gap_days(c, s.winback.prior_weight)
+}
+
 /// The inactivity after which a customer counts as lapsed (fixed, or adaptive to rhythm).
 pub fn threshold(s: &Settings, c: &Customer) -> Secs {
     match s.winback.mode {
@@ -18,7 +24,7 @@ pub fn threshold(s: &Settings, c: &Customer) -> Secs {
             min,
             max,
         } => {
-            let secs = multiplier * f64::from(c.typical_gap_days) * f64::from(DAY);
+            let secs = multiplier * typical_gap_days(s, c) * f64::from(DAY);
             (secs.min(f64::from(u32::MAX)) as Secs).clamp(min, max)
         }
     }
@@ -53,7 +59,7 @@ pub(crate) fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
             "threshold_days",
             f64::from(threshold(s, ctx.c)) / f64::from(DAY),
         )
-        .real("typical_gap_days", f64::from(ctx.c.typical_gap_days))
+        .real("typical_gap_days", typical_gap_days(s, ctx.c))
         .int("purchases", ctx.c.purchases)
         .text(
             "mode",
