@@ -1,1 +1,99 @@
-fn main() {}
+//! Memory per customer at 1 million customers (SPEC §8: ≤ 128 bytes of hot state, not
+//! counting the key, the profile and the timer index; 10M customers with 16-byte ids in
+//! 2 GiB RSS). Prints its figures.
+//!
+//! `cargo bench --bench memory`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use churnwatch::config;
+use churnwatch::engine::customer::Customer;
+use churnwatch::engine::Engine;
+use churnwatch::event;
+
+#[path = "support/gen.rs"]
+mod gen;
+
+/// Counts live heap bytes.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        LIVE.fetch_add(n, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let customers: u64 = std::env::var("CUSTOMERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let settings = match config::load_with_env(None, Vec::new()) {
+        Ok(cfg) => Arc::new(cfg.engine),
+        Err(e) => panic!("default config must load: {e}"),
+    };
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut engine = Engine::new(settings);
+    let mut out = Vec::new();
+    // Three events per customer on average, generated in chunks so the input's own
+    // memory does not count.
+    let total = (customers * 3) as usize;
+    let chunk = 300_000;
+    let mut done = 0;
+    let mut seed = 11;
+    while done < total {
+        let n = chunk.min(total - done);
+        for l in gen::lines(n, customers, seed) {
+            if let Ok(ev) = event::parse(l.as_bytes()) {
+                engine.apply(ev, &mut out);
+            }
+            out.clear();
+        }
+        done += n;
+        seed += 1;
+    }
+    out.shrink_to_fit();
+    let heap = LIVE.load(Ordering::Relaxed) - before;
+    let n = engine.len();
+    let hot = engine.hot_state_bytes();
+    println!("customers                         {n}");
+    println!(
+        "hot state per customer            {:.1} bytes (size_of::<Customer>() = {}, plus open tickets)",
+        hot as f64 / n as f64,
+        std::mem::size_of::<Customer>()
+    );
+    println!(
+        "whole engine heap per customer    {:.1} bytes (keys, index, profiles, timers included)",
+        heap as f64 / n as f64
+    );
+    println!("pending timers                    {}", engine.pending_timers());
+    println!("process RSS                       {:.1} MiB", rss_kib() as f64 / 1024.0);
+}

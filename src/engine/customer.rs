@@ -87,7 +87,7 @@ impl Buckets {
 
 /// Recent event ids: 48 bits of hash + the event's day, so entries can expire.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Dedup([u64; 3]);
+pub struct Dedup([u64; 2]);
 
 impl Dedup {
     fn entry(id_hash: u64, day: u16) -> u64 {
@@ -97,7 +97,9 @@ impl Dedup {
     /// Records `id_hash` seen at `day`; returns false when it was already there.
     ///
     /// Entries older than `window_days` before `today` no longer count, and the
-    /// oldest entry makes room when all three are recent.
+    /// older entry makes room when both are recent: upstream duplicates (producer
+    /// retries) arrive next to their original, and replays after a crash are handled by
+    /// the offsets stored with the state, not by this.
     pub fn insert(&mut self, id_hash: u64, day: u16, today: u16, window_days: u16) -> bool {
         let key = id_hash & !0xFFFF;
         let fresh = |e: u64| e != 0 && (e as u16).saturating_add(window_days) >= today;
@@ -267,8 +269,8 @@ mod tests {
         assert!(!d.insert(0xABCD_0000_0000_0000, 100, 101, 7));
         // after the window the id may count again
         assert!(d.insert(0xABCD_0000_0000_0000, 120, 120, 7));
-        // three others push it out (bounded per customer)
-        for k in 1..=3u64 {
+        // two others push it out (bounded per customer)
+        for k in 1..=2u64 {
             assert!(d.insert(k << 20, 120, 120, 7));
         }
         assert!(d.insert(0xABCD_0000_0000_0000, 120, 120, 7));

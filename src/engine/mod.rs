@@ -404,6 +404,10 @@ impl Engine {
             EventKind::Erased => {}
         }
         self.reschedule(slot);
+        // A late event can leave this customer with a timer already overdue; decide it
+        // now, at this clock, so the next call (or batch boundary) cannot change it.
+        let limit = clock.minus(self.settings.allowed_lateness);
+        self.fire_until(limit, out);
         if quiet {
             Applied::Late
         } else {
@@ -510,6 +514,23 @@ impl Engine {
             .collect();
         slots.sort_by(|a, b| self.slots[*a as usize].id.cmp(&self.slots[*b as usize].id));
         slots.into_iter().map(|s| self.snapshot_slot(s)).collect()
+    }
+
+    /// Bytes of hot state: every customer's fixed part plus the open tickets it owns.
+    /// (Keys, profiles and the timer index are counted apart, as SPEC §8 does.)
+    pub fn hot_state_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| !s.id.is_empty())
+            .map(|s| {
+                let tickets = s.c.tickets.as_deref().map_or(0, |v| {
+                    std::mem::size_of::<Vec<customer::OpenTicket>>()
+                        + v.capacity() * std::mem::size_of::<customer::OpenTicket>()
+                        + v.iter().map(|t| t.id.len()).sum::<usize>()
+                });
+                std::mem::size_of::<Customer>() + tickets
+            })
+            .sum()
     }
 
     /// Customers per stage, in [`Stage::ALL`] order.

@@ -80,7 +80,8 @@ pub(crate) fn on_score(ctx: &mut Ctx<'_>, at: Stamp, score: u8, ticket: Option<&
 
 /// A ticket was opened (the oldest is forgotten beyond eight).
 pub fn on_opened(c: &mut Customer, at: Stamp, ticket: &str) {
-    let list = c.tickets.get_or_insert_with(Default::default);
+    // Most customers have one open ticket at a time: start with room for exactly one.
+    let list = c.tickets.get_or_insert_with(|| Box::new(Vec::with_capacity(1)));
     if list.iter().any(|o| &*o.id == ticket) {
         return;
     }
