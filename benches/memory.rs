@@ -94,6 +94,12 @@ fn main() {
         "whole engine heap per customer    {:.1} bytes (keys, index, profiles, timers included)",
         heap as f64 / n as f64
     );
-    println!("pending timers                    {}", engine.pending_timers());
-    println!("process RSS                       {:.1} MiB", rss_kib() as f64 / 1024.0);
+    println!(
+        "pending timers                    {}",
+        engine.pending_timers()
+    );
+    println!(
+        "process RSS                       {:.1} MiB",
+        rss_kib() as f64 / 1024.0
+    );
 }

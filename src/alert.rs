@@ -186,7 +186,11 @@ pub fn alert_id(secret: &[u8], customer_id: &str, rule: Rule, episode: &str, ste
     // HMAC takes keys of any length, so the fallback is never used; it avoids a panic path.
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
         .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
-    for part in [customer_id.as_bytes(), rule.name().as_bytes(), episode.as_bytes()] {
+    for part in [
+        customer_id.as_bytes(),
+        rule.name().as_bytes(),
+        episode.as_bytes(),
+    ] {
         mac.update(&(part.len() as u32).to_be_bytes());
         mac.update(part);
     }

@@ -8,9 +8,9 @@ use serde::Deserialize;
 use crate::engine::clock::{parse_duration, Secs, DAY};
 use crate::engine::rule::Rule;
 use crate::engine::settings::{
-    DeliverySettings, FrequencyDropSettings, LoyalSettings, RiskSettings, Settings,
-    Step, SupportSettings, ThankYouSettings, WelcomeBackSettings, WinbackMode, WinbackSettings,
-    BUCKETS, BUCKET_SECS, MAX_CAP,
+    DeliverySettings, FrequencyDropSettings, LoyalSettings, RiskSettings, Settings, Step,
+    SupportSettings, ThankYouSettings, WelcomeBackSettings, WinbackMode, WinbackSettings, BUCKETS,
+    BUCKET_SECS, MAX_CAP,
 };
 
 /// The defaults, embedded so `replay` runs with no file at hand.
@@ -48,7 +48,9 @@ pub struct Duration(pub Secs);
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Duration).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(Duration)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -423,7 +425,7 @@ fn template_name(problems: &mut Vec<String>, key: &str, name: &str) {
 }
 
 fn window_buckets(problems: &mut Vec<String>, key: &str, d: Duration) -> u8 {
-    if d.0 == 0 || d.0 % BUCKET_SECS != 0 {
+    if d.0 == 0 || !d.0.is_multiple_of(BUCKET_SECS) {
         problems.push(format!(
             "{key}: must be a positive multiple of 30d (activity is counted in 30-day buckets), got {}",
             crate::engine::clock::format_duration(d.0)
@@ -440,7 +442,9 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         "wall" => ClockMode::Wall,
         "event" => ClockMode::Event,
         other => {
-            p.push(format!("clock: must be \"wall\" or \"event\", got `{other}`"));
+            p.push(format!(
+                "clock: must be \"wall\" or \"event\", got `{other}`"
+            ));
             ClockMode::Wall
         }
     };
@@ -452,13 +456,22 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     }
     let r = &raw.risk;
     if !(r.dropout > 0.0 && r.dropout < 1.0) {
-        p.push(format!("risk.dropout: must be between 0 and 1 (exclusive), got {}", r.dropout));
+        p.push(format!(
+            "risk.dropout: must be between 0 and 1 (exclusive), got {}",
+            r.dropout
+        ));
     }
     if r.prior_gap_days < 0.5 {
-        p.push(format!("risk.prior_gap_days: must be at least 0.5, got {}", r.prior_gap_days));
+        p.push(format!(
+            "risk.prior_gap_days: must be at least 0.5, got {}",
+            r.prior_gap_days
+        ));
     }
     if r.prior_weight <= 0.0 {
-        p.push(format!("risk.prior_weight: must be positive, got {}", r.prior_weight));
+        p.push(format!(
+            "risk.prior_weight: must be positive, got {}",
+            r.prior_weight
+        ));
     }
     if r.dropout_concentration <= 0.0 {
         p.push(format!(
@@ -467,14 +480,23 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         ));
     }
     if !(r.at_risk > 0.0 && r.at_risk < 1.0) {
-        p.push(format!("risk.at_risk: must be between 0 and 1 (exclusive), got {}", r.at_risk));
+        p.push(format!(
+            "risk.at_risk: must be between 0 and 1 (exclusive), got {}",
+            r.at_risk
+        ));
     }
     if r.support_factor < 1.0 {
-        p.push(format!("risk.support_factor: must be ≥ 1, got {}", r.support_factor));
+        p.push(format!(
+            "risk.support_factor: must be ≥ 1, got {}",
+            r.support_factor
+        ));
     }
     let d = &raw.delivery;
     if !(0.0..=100.0).contains(&d.holdout_percent) {
-        p.push(format!("delivery.holdout_percent: must be 0–100, got {}", d.holdout_percent));
+        p.push(format!(
+            "delivery.holdout_percent: must be 0–100, got {}",
+            d.holdout_percent
+        ));
     }
     let mut holdout_rules = [false; Rule::COUNT];
     for name in &d.holdout_rules {
@@ -489,7 +511,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
             d.max_emails
         ));
     }
-    if d.window.0 < DAY || d.window.0 % DAY != 0 {
+    if d.window.0 < DAY || !d.window.0.is_multiple_of(DAY) {
         p.push("delivery.window: must be a whole number of days, at least 1d".to_string());
     }
     if raw.engine.id_secret.is_empty() {
@@ -510,7 +532,10 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         }
         "adaptive" => {
             if w.multiplier <= 0.0 {
-                p.push(format!("rules.winback.multiplier: must be positive, got {}", w.multiplier));
+                p.push(format!(
+                    "rules.winback.multiplier: must be positive, got {}",
+                    w.multiplier
+                ));
             }
             if w.prior_weight < 0.0 {
                 p.push(format!(
@@ -554,12 +579,23 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         }
     }
     for (i, s) in w.steps.iter().enumerate() {
-        template_name(&mut p, &format!("rules.winback.steps[{i}].template"), &s.template);
+        template_name(
+            &mut p,
+            &format!("rules.winback.steps[{i}].template"),
+            &s.template,
+        );
     }
     let f = &raw.rules.frequency_drop;
-    let recent_buckets = window_buckets(&mut p, "rules.frequency_drop.recent_window", f.recent_window);
-    let baseline_buckets =
-        window_buckets(&mut p, "rules.frequency_drop.baseline_window", f.baseline_window);
+    let recent_buckets = window_buckets(
+        &mut p,
+        "rules.frequency_drop.recent_window",
+        f.recent_window,
+    );
+    let baseline_buckets = window_buckets(
+        &mut p,
+        "rules.frequency_drop.baseline_window",
+        f.baseline_window,
+    );
     if usize::from(recent_buckets) + usize::from(baseline_buckets) >= BUCKETS {
         p.push(format!(
             "rules.frequency_drop: recent_window + baseline_window must be at most {}d",
@@ -567,7 +603,10 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         ));
     }
     if !(f.max_ratio > 0.0 && f.max_ratio <= 1.0) {
-        p.push(format!("rules.frequency_drop.max_ratio: must be in (0, 1], got {}", f.max_ratio));
+        p.push(format!(
+            "rules.frequency_drop.max_ratio: must be in (0, 1], got {}",
+            f.max_ratio
+        ));
     }
     if !(f.significance > 0.0 && f.significance < 1.0) {
         p.push(format!(
@@ -581,7 +620,10 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     template_name(&mut p, "rules.frequency_drop.template", &f.template);
     let sr = &raw.rules.support_recovery;
     if !(1..=5).contains(&sr.max_score) {
-        p.push(format!("rules.support_recovery.max_score: must be 1–5, got {}", sr.max_score));
+        p.push(format!(
+            "rules.support_recovery.max_score: must be 1–5, got {}",
+            sr.max_score
+        ));
     }
     if sr.sla.0 == 0 {
         p.push("rules.support_recovery.sla: must be positive".to_string());
@@ -591,9 +633,17 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     if ty.milestones.windows(2).any(|m| m[1] <= m[0]) || ty.milestones.contains(&0) {
         p.push("rules.thank_you.milestones: must be positive and strictly ascending".to_string());
     }
-    template_name(&mut p, "rules.thank_you.milestone_template", &ty.milestone_template);
+    template_name(
+        &mut p,
+        "rules.thank_you.milestone_template",
+        &ty.milestone_template,
+    );
     template_name(&mut p, "rules.thank_you.loyal_template", &ty.loyal_template);
-    template_name(&mut p, "rules.thank_you.anniversary_template", &ty.anniversary_template);
+    template_name(
+        &mut p,
+        "rules.thank_you.anniversary_template",
+        &ty.anniversary_template,
+    );
     let wb = &raw.rules.welcome_back;
     template_name(&mut p, "rules.welcome_back.template", &wb.template);
     if raw.loyal.min_purchases < 2 {

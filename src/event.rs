@@ -266,7 +266,10 @@ fn boolean(field: &str, raw: Option<&RawValue>) -> Result<Option<bool>, Reject> 
         "false" => Ok(Some(false)),
         _ => Err(Reject::new(
             "wrong_type",
-            format!("field `{field}` must be true or false, got {}", describe(raw)),
+            format!(
+                "field `{field}` must be true or false, got {}",
+                describe(raw)
+            ),
         )),
     }
 }
@@ -290,9 +293,10 @@ fn parse_minor(text: &str, exp: u32) -> Result<i64, String> {
         return Err(format!("has more than {exp} decimal places"));
     }
     let mut minor: i64 = 0;
-    let digits = int.bytes().chain(kept.bytes()).chain(
-        std::iter::repeat_n(b'0', exp_us - kept.len()),
-    );
+    let digits = int
+        .bytes()
+        .chain(kept.bytes())
+        .chain(std::iter::repeat_n(b'0', exp_us - kept.len()));
     for b in digits {
         minor = minor
             .checked_mul(10)
@@ -368,13 +372,15 @@ pub fn parse(bytes: &[u8]) -> Result<Event, Reject> {
         )
     })?;
     let trimmed = text.trim_start();
-    if !trimmed.starts_with('{') {
-        if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
-            return Err(Reject::new("invalid_json", "not a JSON object"));
-        }
+    if !trimmed.starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        return Err(Reject::new("invalid_json", "not a JSON object"));
     }
     let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| {
-        let class = if e.is_data() { "wrong_type" } else { "invalid_json" };
+        let class = if e.is_data() {
+            "wrong_type"
+        } else {
+            "invalid_json"
+        };
         Reject::new(class, format!("invalid JSON: {e}"))
     })?;
     let event_id = required("event_id", wire.event_id)?;
@@ -471,7 +477,9 @@ pub fn parse(bytes: &[u8]) -> Result<Event, Reject> {
                 let ok = !l.is_empty()
                     && l.len() <= 35
                     && l.split('-').all(|p| {
-                        !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric())
+                        !p.is_empty()
+                            && p.len() <= 8
+                            && p.bytes().all(|b| b.is_ascii_alphanumeric())
                     });
                 if !ok {
                     return Err(Reject::new(

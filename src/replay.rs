@@ -96,21 +96,36 @@ impl fmt::Display for Summary {
             self.records,
             secs,
             self.records as f64 / secs,
-            self.clock.map(Stamp::to_rfc3339).unwrap_or_else(|| "-".into())
+            self.clock
+                .map(Stamp::to_rfc3339)
+                .unwrap_or_else(|| "-".into())
         )?;
         writeln!(f, "\nevents by type")?;
         for (i, name) in EVENT_TYPES.iter().enumerate() {
             writeln!(f, "  {name:<24}{:>9}", self.stats.events[i])?;
         }
-        writeln!(f, "  {:<24}{:>9}", "duplicates (ignored)", self.stats.duplicates)?;
+        writeln!(
+            f,
+            "  {:<24}{:>9}",
+            "duplicates (ignored)", self.stats.duplicates
+        )?;
         writeln!(f, "  {:<24}{:>9}", "late (no alerts)", self.stats.late)?;
-        writeln!(f, "\nrejected lines: {} (see rejects.jsonl)", self.rejected())?;
+        writeln!(
+            f,
+            "\nrejected lines: {} (see rejects.jsonl)",
+            self.rejected()
+        )?;
         for (class, n) in &self.rejects {
             writeln!(f, "  {class:<24}{n:>9}")?;
         }
         writeln!(f, "\nalerts by rule and decision")?;
         for rule in Rule::ALL {
-            writeln!(f, "  {:<24}{:>9}", rule.name(), self.stats.alerts[rule.index()])?;
+            writeln!(
+                f,
+                "  {:<24}{:>9}",
+                rule.name(),
+                self.stats.alerts[rule.index()]
+            )?;
             for ((r, d), n) in &self.stats.decisions {
                 if *r == rule {
                     writeln!(f, "    {:<22}{n:>9}", d.label())?;
@@ -119,7 +134,13 @@ impl fmt::Display for Summary {
         }
         let [emailed, holdout] = self.stats.winback_touched;
         let [conv_e, conv_h] = self.stats.winback_converted;
-        let rate = |c: u64, n: u64| if n == 0 { 0.0 } else { 100.0 * c as f64 / n as f64 };
+        let rate = |c: u64, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                100.0 * c as f64 / n as f64
+            }
+        };
         writeln!(
             f,
             "\nwin-back conversion: emailed {conv_e}/{emailed} ({:.1}%), holdout {conv_h}/{holdout} ({:.1}%)",
@@ -136,7 +157,10 @@ impl fmt::Display for Summary {
             self.emails_written,
             self.outbox.display(),
             if self.emails_failed > 0 {
-                format!(" ({} could not be built, see sends.jsonl)", self.emails_failed)
+                format!(
+                    " ({} could not be built, see sends.jsonl)",
+                    self.emails_failed
+                )
             } else {
                 String::new()
             }
@@ -208,7 +232,11 @@ impl Sink<'_> {
     fn send(&mut self, t: &Templates, alert: &mut Alert) -> anyhow::Result<()> {
         let domain = &self.cfg.mail.message_id_domain;
         let message_id = alert.message_id(domain);
-        let requested = alert.mail.as_ref().map(|m| m.locale.clone()).unwrap_or_default();
+        let requested = alert
+            .mail
+            .as_ref()
+            .map(|m| m.locale.clone())
+            .unwrap_or_default();
         if let Some(l) = t.resolve_locale(&alert.template, &requested) {
             alert.locale = l;
         }
@@ -256,9 +284,9 @@ pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyho
     clear_outbox(&opts.outbox)?;
     let create = |name: &str| -> anyhow::Result<BufWriter<File>> {
         let p = opts.outbox.join(name);
-        Ok(BufWriter::new(
-            File::create(&p).with_context(|| format!("cannot create {}", p.display()))?,
-        ))
+        Ok(BufWriter::new(File::create(&p).with_context(|| {
+            format!("cannot create {}", p.display())
+        })?))
     };
     let mut rejects_out = create("rejects.jsonl")?;
     let mut sink = Sink {

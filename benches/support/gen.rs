@@ -34,7 +34,8 @@ pub fn lines(n: usize, customers: u64, seed: u64) -> Vec<String> {
     let mut open_tickets: std::collections::VecDeque<u64> = Default::default();
     for i in 0..n {
         let t = start + (i as i64 * span) / n as i64;
-        let ts = jiff::Timestamp::from_second(t).map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        let ts =
+            jiff::Timestamp::from_second(t).map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
         let ts = ts.unwrap_or_default();
         let mut c = rng.below(customers);
         let id = rng.next();

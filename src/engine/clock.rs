@@ -110,11 +110,11 @@ pub fn parse_duration(s: &str) -> Result<Secs, String> {
 
 /// Formats seconds back into the shortest human form used in the config (`"14d"`).
 pub fn format_duration(secs: Secs) -> String {
-    if secs % DAY == 0 {
+    if secs.is_multiple_of(DAY) {
         format!("{}d", secs / DAY)
-    } else if secs % 3600 == 0 {
+    } else if secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")

@@ -107,7 +107,13 @@ impl Dedup {
             return false;
         }
         let slot = (0..self.0.len())
-            .min_by_key(|&k| if fresh(self.0[k]) { self.0[k] as u16 } else { 0 })
+            .min_by_key(|&k| {
+                if fresh(self.0[k]) {
+                    self.0[k] as u16
+                } else {
+                    0
+                }
+            })
             .unwrap_or(0);
         self.0[slot] = Dedup::entry(id_hash, day.max(1));
         true

@@ -108,7 +108,10 @@ pub(crate) fn emit(ctx: &mut Ctx<'_>, cand: Candidate<'_>) -> Option<Decision> {
         Some(Box::new(MailContext {
             email: p.and_then(|p| p.email.as_deref()).unwrap_or("").to_string(),
             name: p.and_then(|p| p.name.as_deref()).unwrap_or("").to_string(),
-            locale: p.and_then(|p| p.locale.as_deref()).unwrap_or("").to_string(),
+            locale: p
+                .and_then(|p| p.locale.as_deref())
+                .unwrap_or("")
+                .to_string(),
             days_since_last_purchase: c.days_since_purchase(cand.at),
             purchase_count: c.purchases,
             favourite_category: p

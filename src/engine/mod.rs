@@ -219,7 +219,10 @@ impl Engine {
         };
         let hash = id_hash(id);
         let slots = &self.slots;
-        if let Ok(entry) = self.index.find_entry(hash, |&s| &*slots[s as usize].id == id) {
+        if let Ok(entry) = self
+            .index
+            .find_entry(hash, |&s| &*slots[s as usize].id == id)
+        {
             entry.remove();
         }
         let due = self.slots[slot as usize].c.due;
@@ -338,7 +341,9 @@ impl Engine {
             .position(|n| *n == ev.kind.type_name())
             .unwrap_or(0);
         self.stats.events[type_index] += 1;
-        self.fire_customer(slot, t, out);
+        if self.slots[slot as usize].c.due.is_some_and(|d| d <= t) {
+            self.fire_customer(slot, t, out);
+        }
         let quiet = clock.since(t) > self.settings.allowed_lateness;
         if quiet {
             self.stats.late += 1;
@@ -478,9 +483,7 @@ impl Engine {
             currency: iso_currency::Currency::from_numeric(c.currency).map(|cur| cur.code()),
             recent_purchases: drop.recent,
             baseline_purchases: drop.baseline,
-            winback_threshold_days: c
-                .last_purchase
-                .map(|_| winback::threshold(s, c) / DAY),
+            winback_threshold_days: c.last_purchase.map(|_| winback::threshold(s, c) / DAY),
             winback_steps_done: c.winback_step,
             loyal: c.has(flag::LOYAL),
             open_tickets: c.open_tickets().len(),
@@ -504,7 +507,10 @@ impl Engine {
 
     /// Ids of every tracked customer (unordered).
     pub fn customer_ids(&self) -> impl Iterator<Item = &str> {
-        self.slots.iter().filter(|s| !s.id.is_empty()).map(|s| &*s.id)
+        self.slots
+            .iter()
+            .filter(|s| !s.id.is_empty())
+            .map(|s| &*s.id)
     }
 
     /// Every customer's snapshot, sorted by customer id.

@@ -224,7 +224,12 @@ impl Settings {
 
     /// Every template name the rules refer to.
     pub fn template_names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.winback.steps.iter().map(|s| s.template.as_str()).collect();
+        let mut v: Vec<&str> = self
+            .winback
+            .steps
+            .iter()
+            .map(|s| s.template.as_str())
+            .collect();
         v.extend([
             self.frequency_drop.template.as_str(),
             self.support_recovery.template.as_str(),

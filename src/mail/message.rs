@@ -42,7 +42,10 @@ pub fn build(alert: &Alert, rendered: &Rendered, s: &MailSettings) -> Result<Mes
         .from(from)
         .to(to)
         .subject(one_line(&rendered.subject))
-        .message_id(Some(format!("<{}>", alert.message_id(&s.message_id_domain))))
+        .message_id(Some(format!(
+            "<{}>",
+            alert.message_id(&s.message_id_domain)
+        )))
         .date(date);
     if !s.reply_to.is_empty() {
         let reply_to: Mailbox = s

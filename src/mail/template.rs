@@ -67,7 +67,10 @@ impl Templates {
         let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         names.sort();
         for folder in names.into_iter().filter(|p| p.is_dir()) {
-            let Some(name) = folder.file_name().and_then(|n| n.to_str()).map(str::to_string)
+            let Some(name) = folder
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
             else {
                 continue;
             };
@@ -156,7 +159,10 @@ impl Templates {
     }
 
     fn context(&self, m: &MailContext, alert_id: &str) -> Value {
-        let unsubscribe_url = self.settings.unsubscribe_url.replace("{alert_id}", alert_id);
+        let unsubscribe_url = self
+            .settings
+            .unsubscribe_url
+            .replace("{alert_id}", alert_id);
         minijinja::context! {
             shop_name => self.settings.shop_name.clone(),
             customer_name => one_line(&m.name),

@@ -55,9 +55,8 @@ pub fn test(f: &FrequencyDropSettings, buckets: &Buckets, b: u16) -> DropTest {
         1.0
     };
     let p_value = poisson_cdf(recent, expected);
-    let fires = baseline >= f.min_baseline_purchases
-        && ratio < f.max_ratio
-        && p_value < f.significance;
+    let fires =
+        baseline >= f.min_baseline_purchases && ratio < f.max_ratio && p_value < f.significance;
     DropTest {
         recent,
         baseline,

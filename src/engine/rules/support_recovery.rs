@@ -23,7 +23,14 @@ fn episode(ticket: Option<&str>, id_hash: u64) -> String {
     }
 }
 
-fn raise(ctx: &mut Ctx<'_>, at: Stamp, step: u8, ticket: Option<&str>, id_hash: u64, inputs: Inputs) {
+fn raise(
+    ctx: &mut Ctx<'_>,
+    at: Stamp,
+    step: u8,
+    ticket: Option<&str>,
+    id_hash: u64,
+    inputs: Inputs,
+) {
     ctx.c.last_bad_support = Some(at);
     let s = ctx.s;
     if !s.support_recovery.enabled {
@@ -31,7 +38,12 @@ fn raise(ctx: &mut Ctx<'_>, at: Stamp, step: u8, ticket: Option<&str>, id_hash: 
     }
     // One apology per ticket: a later trigger for a ticket already handled is noted only.
     if let Some(t) = ticket {
-        if let Some(open) = ctx.c.tickets.as_deref_mut().and_then(|v| v.iter_mut().find(|o| &*o.id == t)) {
+        if let Some(open) = ctx
+            .c
+            .tickets
+            .as_deref_mut()
+            .and_then(|v| v.iter_mut().find(|o| &*o.id == t))
+        {
             if open.sla_fired {
                 return;
             }
@@ -65,7 +77,13 @@ pub(crate) fn on_complaint(ctx: &mut Ctx<'_>, at: Stamp, ticket: Option<&str>, i
 }
 
 /// A satisfaction score arrived.
-pub(crate) fn on_score(ctx: &mut Ctx<'_>, at: Stamp, score: u8, ticket: Option<&str>, id_hash: u64) {
+pub(crate) fn on_score(
+    ctx: &mut Ctx<'_>,
+    at: Stamp,
+    score: u8,
+    ticket: Option<&str>,
+    id_hash: u64,
+) {
     ctx.c.last_score = score;
     let max = ctx.s.support_recovery.max_score;
     if score > max {
@@ -81,7 +99,9 @@ pub(crate) fn on_score(ctx: &mut Ctx<'_>, at: Stamp, score: u8, ticket: Option<&
 /// A ticket was opened (the oldest is forgotten beyond eight).
 pub fn on_opened(c: &mut Customer, at: Stamp, ticket: &str) {
     // Most customers have one open ticket at a time: start with room for exactly one.
-    let list = c.tickets.get_or_insert_with(|| Box::new(Vec::with_capacity(1)));
+    let list = c
+        .tickets
+        .get_or_insert_with(|| Box::new(Vec::with_capacity(1)));
     if list.iter().any(|o| &*o.id == ticket) {
         return;
     }
@@ -132,7 +152,12 @@ pub(crate) fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
             .real("sla_days", f64::from(sla) / f64::from(DAY));
         raise(ctx, at, STEP_SLA, Some(&id), 0, inputs);
         // Disabled rule: still mark it so the timer does not fire again.
-        if let Some(o) = ctx.c.tickets.as_deref_mut().and_then(|v| v.iter_mut().find(|o| o.id == id)) {
+        if let Some(o) = ctx
+            .c
+            .tickets
+            .as_deref_mut()
+            .and_then(|v| v.iter_mut().find(|o| o.id == id))
+        {
             o.sla_fired = true;
         }
     }
