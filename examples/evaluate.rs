@@ -114,8 +114,14 @@ fn main() -> anyhow::Result<()> {
         churned,
         100.0 * churned as f64 / ids.len().max(1) as f64
     );
-    println!("ROC AUC churn_risk                 {:.4}", auc(&risk, &labels));
-    println!("ROC AUC days since last purchase   {:.4}", auc(&recency, &labels));
+    println!(
+        "ROC AUC churn_risk                 {:.4}",
+        auc(&risk, &labels)
+    );
+    println!(
+        "ROC AUC days since last purchase   {:.4}",
+        auc(&recency, &labels)
+    );
     Ok(())
 }
 
