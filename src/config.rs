@@ -381,20 +381,7 @@ pub fn load_with_env(
                 .required(true),
         );
     }
-    let env_map: std::collections::HashMap<String, String> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("CHURNWATCH__"))
-        .collect();
-    builder = builder.add_source(
-        config::Environment::with_prefix("CHURNWATCH")
-            .prefix_separator("__")
-            .separator("__")
-            .list_separator(",")
-            .with_list_parse_key("delivery.holdout_rules")
-            .with_list_parse_key("rules.thank_you.milestones")
-            .try_parsing(true)
-            .source(Some(env_map)),
-    );
+    builder = apply_env(builder, env)?;
     let where_ = file
         .as_ref()
         .map(|p| p.display().to_string())
@@ -410,6 +397,49 @@ pub fn load_with_env(
         }
     })?;
     validate(raw, file)
+}
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: [&str; 2] = ["delivery.holdout_rules", "rules.thank_you.milestones"];
+
+/// Applies `CHURNWATCH__SECTION__KEY=value` variables as overrides. Values stay text
+/// (serde converts them where a number or bool is wanted), so a secret like `0012345`
+/// is kept verbatim; list keys are split on commas and trimmed.
+fn apply_env(
+    mut builder: config::ConfigBuilder<config::builder::DefaultState>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<config::ConfigBuilder<config::builder::DefaultState>, ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix("CHURNWATCH__")?;
+            let key = rest
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+                .join(".");
+            Some((key, v))
+        })
+        .collect();
+    vars.sort();
+    for (key, value) in vars {
+        let result = if LIST_KEYS.contains(&key.as_str()) {
+            let items: Vec<String> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            builder.set_override(key.as_str(), items)
+        } else {
+            builder.set_override(key.as_str(), value)
+        };
+        builder = result.map_err(|e| ConfigError::Key {
+            key: format!("{key} (from CHURNWATCH__ environment)"),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(builder)
 }
 
 fn template_name(problems: &mut Vec<String>, key: &str, name: &str) {
@@ -499,7 +529,12 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         ));
     }
     let mut holdout_rules = [false; Rule::COUNT];
-    for name in &d.holdout_rules {
+    for name in d
+        .holdout_rules
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+    {
         match Rule::from_name(name) {
             Some(rule) => holdout_rules[rule.index()] = true,
             None => p.push(format!("delivery.holdout_rules: unknown rule `{name}`")),

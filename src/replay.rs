@@ -173,6 +173,9 @@ struct RejectLine<'a> {
     file: String,
     line: u64,
     raw: &'a str,
+    /// Hex of the original bytes when the line is not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_hex: Option<String>,
     class: &'static str,
     reason: &'a str,
 }
@@ -281,6 +284,8 @@ impl Sink<'_> {
 /// Runs a replay; `templates` must be loaded from `cfg` (None: write no emails).
 pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    // Open the inputs first: a mistyped path must not destroy the previous results.
+    let mut source = FileSource::open(&opts.events)?;
     clear_outbox(&opts.outbox)?;
     let create = |name: &str| -> anyhow::Result<BufWriter<File>> {
         let p = opts.outbox.join(name);
@@ -298,7 +303,6 @@ pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyho
         written: 0,
         failed: 0,
     };
-    let mut source = FileSource::open(&opts.events)?;
     let mut engine = Engine::new(Arc::new(cfg.engine.clone()));
     let mut summary = Summary {
         outbox: opts.outbox.clone(),
@@ -324,6 +328,7 @@ pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyho
                         file: source.path(rec.file).display().to_string(),
                         line: rec.line,
                         raw: &rec.raw,
+                        raw_hex: rec.raw_bytes.as_deref().map(hex::encode),
                         class: rej.class,
                         reason: &rej.reason,
                     };

@@ -19,6 +19,8 @@ pub struct Record {
     pub line: u64,
     /// The line as read (invalid UTF-8 replaced), without the newline.
     pub raw: String,
+    /// The original bytes, kept only when they are not valid UTF-8 (else `raw` is exact).
+    pub raw_bytes: Option<Vec<u8>>,
     /// The event, or why it was rejected.
     pub parsed: Result<Event, Reject>,
 }
@@ -47,6 +49,9 @@ impl Reader {
                 file,
                 line: self.line,
                 raw: String::from_utf8_lossy(&self.buf).into_owned(),
+                raw_bytes: std::str::from_utf8(&self.buf)
+                    .is_err()
+                    .then(|| self.buf.clone()),
                 parsed: event::parse(&self.buf),
             }));
         }
