@@ -52,10 +52,12 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
+    // `cargo bench` passes --bench; under `cargo test` this runs as a quick smoke test.
+    let benching = std::env::args().any(|a| a == "--bench");
     let customers: u64 = std::env::var("CUSTOMERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(if benching { 1_000_000 } else { 10_000 });
     let settings = match config::load_with_env(None, Vec::new()) {
         Ok(cfg) => Arc::new(cfg.engine),
         Err(e) => panic!("default config must load: {e}"),

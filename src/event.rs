@@ -1,6 +1,7 @@
 //! Input events (SPEC §2): JSON → [`Event`], or a [`Reject`] saying which field was wrong.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -163,50 +164,141 @@ impl Reject {
     }
 }
 
-/// The wire shape: every known field kept raw so each can be checked with its own message.
+/// The wire shape of the fast path: every known field typed, strings borrowed from the
+/// input when they hold no escapes. Unknown fields are skipped.
 #[derive(Deserialize)]
 struct Wire<'a> {
-    #[serde(borrow, default)]
-    event_id: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    customer_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    occurred_at: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    order_id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type", deserialize_with = "opt_cow")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    customer_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    occurred_at: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    order_id: Option<Cow<'a, str>>,
+    /// A decimal string or a number: kept raw and read by [`amount`].
     #[serde(borrow, default)]
     amount: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    currency: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    currency: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    categories: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    ticket_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    severity: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    resolved: Option<&'a RawValue>,
+    categories: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    ticket_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    severity: Option<Cow<'a, str>>,
+    #[serde(default)]
+    resolved: Option<bool>,
+    /// Kept raw so that `"5"` gets a message about the value, not a type.
     #[serde(borrow, default)]
     score: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    email: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    locale: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    timezone: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    marketing_consent: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "kind")]
-    kind_field: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    email: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    locale: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_cow")]
+    timezone: Option<Cow<'a, str>>,
+    #[serde(default)]
+    marketing_consent: Option<bool>,
+    #[serde(borrow, default, rename = "kind", deserialize_with = "opt_cow")]
+    bounce_kind: Option<Cow<'a, str>>,
 }
 
-/// Treats JSON `null` like an absent field, as producers commonly emit both.
-fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
-    raw.filter(|r| r.get() != "null")
+/// Deserializes an optional string borrowing from the input when it has no escapes
+/// (serde's own `Option<Cow<str>>` always copies).
+fn opt_cow<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct Str;
+    impl<'de> serde::de::Visitor<'de> for Str {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v))
+        }
+    }
+    struct Opt;
+    impl<'de> serde::de::Visitor<'de> for Opt {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or null")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(Str).map(Some)
+        }
+    }
+    d.deserialize_option(Opt)
+}
+
+/// The expected JSON kind of each known field, for explaining a type error.
+const FIELD_KINDS: [(&str, Kind); 18] = [
+    ("event_id", Kind::Str),
+    ("type", Kind::Str),
+    ("customer_id", Kind::Str),
+    ("occurred_at", Kind::Str),
+    ("order_id", Kind::Str),
+    ("amount", Kind::StrOrNumber),
+    ("currency", Kind::Str),
+    ("categories", Kind::StrList),
+    ("ticket_id", Kind::Str),
+    ("severity", Kind::Str),
+    ("resolved", Kind::Bool),
+    ("score", Kind::Any),
+    ("email", Kind::Str),
+    ("name", Kind::Str),
+    ("locale", Kind::Str),
+    ("timezone", Kind::Str),
+    ("marketing_consent", Kind::Bool),
+    ("kind", Kind::Str),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    StrOrNumber,
+    StrList,
+    Bool,
+    Any,
+}
+
+impl Kind {
+    fn accepts(self, raw: &RawValue) -> bool {
+        let first = raw.get().as_bytes().first().copied();
+        match self {
+            Kind::Any => true,
+            _ if raw.get() == "null" => true,
+            Kind::Str => first == Some(b'"'),
+            Kind::StrOrNumber => matches!(first, Some(b'"' | b'-' | b'0'..=b'9')),
+            Kind::Bool => matches!(raw.get(), "true" | "false"),
+            Kind::StrList => serde_json::from_str::<Vec<Cow<'_, str>>>(raw.get()).is_ok(),
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Str => "a string",
+            Kind::StrOrNumber => "a decimal string or number",
+            Kind::StrList => "an array of strings",
+            Kind::Bool => "true or false",
+            Kind::Any => "a JSON value",
+        }
+    }
 }
 
 fn describe(raw: &RawValue) -> String {
@@ -226,51 +318,47 @@ fn describe(raw: &RawValue) -> String {
     format!("{kind} ({shown})")
 }
 
-fn string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, Reject> {
-    if let Ok(s) = serde_json::from_str::<&'a str>(raw.get()) {
-        return Ok(Cow::Borrowed(s));
+/// Explains why the typed parse failed: the slow path, taken only for bad input.
+fn diagnose(text: &str, fallback: serde_json::Error) -> Reject {
+    let fields: BTreeMap<&str, &RawValue> = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let class = if e.is_data() {
+                "wrong_type"
+            } else {
+                "invalid_json"
+            };
+            return Reject::new(class, format!("invalid JSON: {e}"));
+        }
+    };
+    for (name, kind) in FIELD_KINDS {
+        if let Some(raw) = fields.get(name) {
+            if !kind.accepts(raw) {
+                return Reject::new(
+                    "wrong_type",
+                    format!(
+                        "field `{name}` must be {}, got {}",
+                        kind.expected(),
+                        describe(raw)
+                    ),
+                );
+            }
+        }
     }
-    serde_json::from_str::<String>(raw.get())
-        .map(Cow::Owned)
-        .map_err(|_| {
-            Reject::new(
-                "wrong_type",
-                format!("field `{field}` must be a string, got {}", describe(raw)),
-            )
-        })
+    Reject::new("wrong_type", format!("invalid event: {fallback}"))
 }
 
-fn required<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, Reject> {
-    let raw = present(raw)
-        .ok_or_else(|| Reject::new("missing_field", format!("missing field `{field}`")))?;
-    let s = string(field, raw)?;
-    if s.is_empty() {
-        return Err(Reject::new(
+fn required<'a>(field: &str, value: Option<Cow<'a, str>>) -> Result<Cow<'a, str>, Reject> {
+    match value {
+        None => Err(Reject::new(
+            "missing_field",
+            format!("missing field `{field}`"),
+        )),
+        Some(s) if s.is_empty() => Err(Reject::new(
             "missing_field",
             format!("field `{field}` is empty"),
-        ));
-    }
-    Ok(s)
-}
-
-fn optional<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, Reject> {
-    present(raw).map(|r| string(field, r)).transpose()
-}
-
-fn boolean(field: &str, raw: Option<&RawValue>) -> Result<Option<bool>, Reject> {
-    let Some(raw) = present(raw) else {
-        return Ok(None);
-    };
-    match raw.get() {
-        "true" => Ok(Some(true)),
-        "false" => Ok(Some(false)),
-        _ => Err(Reject::new(
-            "wrong_type",
-            format!(
-                "field `{field}` must be true or false, got {}",
-                describe(raw)
-            ),
         )),
+        Some(s) => Ok(s),
     }
 }
 
@@ -306,8 +394,8 @@ fn parse_minor(text: &str, exp: u32) -> Result<i64, String> {
     Ok(minor)
 }
 
-fn amount(wire: &Wire<'_>) -> Result<Amount, Reject> {
-    let code = required("currency", wire.currency)?;
+fn amount(raw: Option<&RawValue>, currency: Option<Cow<'_, str>>) -> Result<Amount, Reject> {
+    let code = required("currency", currency)?;
     let currency = iso_currency::Currency::from_code(&code).ok_or_else(|| {
         Reject::new(
             "invalid_value",
@@ -315,10 +403,19 @@ fn amount(wire: &Wire<'_>) -> Result<Amount, Reject> {
         )
     })?;
     let exp = u32::from(currency.exponent().unwrap_or(0));
-    let raw = present(wire.amount)
+    let raw = raw
+        .filter(|r| r.get() != "null")
         .ok_or_else(|| Reject::new("missing_field", "missing field `amount`"))?;
     let text: Cow<'_, str> = match raw.get().as_bytes().first() {
-        Some(b'"') => string("amount", raw)?,
+        Some(b'"') => serde_json::from_str(raw.get()).map_err(|_| {
+            Reject::new(
+                "wrong_type",
+                format!(
+                    "field `amount` must be a decimal string or number, got {}",
+                    describe(raw)
+                ),
+            )
+        })?,
         Some(b'-' | b'0'..=b'9') => Cow::Borrowed(raw.get()),
         _ => {
             return Err(Reject::new(
@@ -342,22 +439,6 @@ fn amount(wire: &Wire<'_>) -> Result<Amount, Reject> {
     })
 }
 
-fn categories(raw: Option<&RawValue>) -> Result<Vec<Box<str>>, Reject> {
-    let Some(raw) = present(raw) else {
-        return Ok(Vec::new());
-    };
-    let list: Vec<Cow<'_, str>> = serde_json::from_str(raw.get()).map_err(|_| {
-        Reject::new(
-            "wrong_type",
-            format!(
-                "field `categories` must be an array of strings, got {}",
-                describe(raw)
-            ),
-        )
-    })?;
-    Ok(list.into_iter().map(|c| c.into()).collect())
-}
-
 /// Stable 64-bit hash of an event id (xxh3, seedless, so it survives restarts).
 pub fn hash_event_id(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
@@ -376,16 +457,19 @@ pub fn parse(bytes: &[u8]) -> Result<Event, Reject> {
         return Err(Reject::new("invalid_json", "not a JSON object"));
     }
     let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| {
-        let class = if e.is_data() {
-            "wrong_type"
+        if e.is_data() {
+            diagnose(text, e)
         } else {
-            "invalid_json"
-        };
-        Reject::new(class, format!("invalid JSON: {e}"))
+            Reject::new("invalid_json", format!("invalid JSON: {e}"))
+        }
     })?;
-    let event_id = required("event_id", wire.event_id)?;
-    let type_name = required("type", wire.kind)?;
-    let customer_id = required("customer_id", wire.customer_id)?;
+    build(wire)
+}
+
+fn build(w: Wire<'_>) -> Result<Event, Reject> {
+    let event_id = required("event_id", w.event_id)?;
+    let type_name = required("type", w.kind)?;
+    let customer_id = required("customer_id", w.customer_id)?;
     if customer_id.len() > MAX_CUSTOMER_ID {
         return Err(Reject::new(
             "invalid_value",
@@ -395,7 +479,7 @@ pub fn parse(bytes: &[u8]) -> Result<Event, Reject> {
             ),
         ));
     }
-    let occurred_at = required("occurred_at", wire.occurred_at)?;
+    let occurred_at = required("occurred_at", w.occurred_at)?;
     let at = Stamp::parse_rfc3339(&occurred_at).map_err(|why| {
         Reject::new(
             "invalid_timestamp",
@@ -404,20 +488,25 @@ pub fn parse(bytes: &[u8]) -> Result<Event, Reject> {
     })?;
     let kind = match &*type_name {
         "purchase" => {
-            required("order_id", wire.order_id)?;
+            required("order_id", w.order_id)?;
             EventKind::Purchase {
-                amount: amount(&wire)?,
-                categories: categories(wire.categories)?,
+                amount: amount(w.amount, w.currency)?,
+                categories: w
+                    .categories
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
             }
         }
         "refund" => {
-            required("order_id", wire.order_id)?;
+            required("order_id", w.order_id)?;
             EventKind::Refund {
-                amount: amount(&wire)?,
+                amount: amount(w.amount, w.currency)?,
             }
         }
         "support_ticket_opened" => {
-            let severity = match optional("severity", wire.severity)?.as_deref() {
+            let severity = match w.severity.as_deref() {
                 None | Some("normal") => Severity::Normal,
                 Some("low") => Severity::Low,
                 Some("high") => Severity::High,
@@ -429,19 +518,21 @@ pub fn parse(bytes: &[u8]) -> Result<Event, Reject> {
                 }
             };
             EventKind::TicketOpened {
-                ticket_id: required("ticket_id", wire.ticket_id)?.into(),
+                ticket_id: required("ticket_id", w.ticket_id)?.into(),
                 severity,
             }
         }
         "support_ticket_closed" => EventKind::TicketClosed {
-            ticket_id: required("ticket_id", wire.ticket_id)?.into(),
-            resolved: boolean("resolved", wire.resolved)?.unwrap_or(true),
+            ticket_id: required("ticket_id", w.ticket_id)?.into(),
+            resolved: w.resolved.unwrap_or(true),
         },
         "complaint" => EventKind::Complaint {
-            ticket_id: optional("ticket_id", wire.ticket_id)?.map(Into::into),
+            ticket_id: w.ticket_id.map(Into::into),
         },
         "satisfaction" => {
-            let raw = present(wire.score)
+            let raw = w
+                .score
+                .filter(|r| r.get() != "null")
                 .ok_or_else(|| Reject::new("missing_field", "missing field `score`"))?;
             let score = raw
                 .get()
@@ -459,12 +550,11 @@ pub fn parse(bytes: &[u8]) -> Result<Event, Reject> {
                 })?;
             EventKind::Satisfaction {
                 score,
-                ticket_id: optional("ticket_id", wire.ticket_id)?.map(Into::into),
+                ticket_id: w.ticket_id.map(Into::into),
             }
         }
         "customer_profile" => {
-            let timezone = optional("timezone", wire.timezone)?.map(Cow::into_owned);
-            if let Some(tz) = &timezone {
+            if let Some(tz) = &w.timezone {
                 if jiff::tz::TimeZone::get(tz).is_err() {
                     return Err(Reject::new(
                         "invalid_value",
@@ -472,8 +562,7 @@ pub fn parse(bytes: &[u8]) -> Result<Event, Reject> {
                     ));
                 }
             }
-            let locale = optional("locale", wire.locale)?.map(Cow::into_owned);
-            if let Some(l) = &locale {
+            if let Some(l) = &w.locale {
                 let ok = !l.is_empty()
                     && l.len() <= 35
                     && l.split('-').all(|p| {
@@ -489,16 +578,16 @@ pub fn parse(bytes: &[u8]) -> Result<Event, Reject> {
                 }
             }
             EventKind::Profile(ProfileUpdate {
-                email: optional("email", wire.email)?.map(Cow::into_owned),
-                name: optional("name", wire.name)?.map(Cow::into_owned),
-                locale,
-                timezone,
-                marketing_consent: boolean("marketing_consent", wire.marketing_consent)?,
+                email: w.email.map(Cow::into_owned),
+                name: w.name.map(Cow::into_owned),
+                locale: w.locale.map(Cow::into_owned),
+                timezone: w.timezone.map(Cow::into_owned),
+                marketing_consent: w.marketing_consent,
             })
         }
         "email_unsubscribed" => EventKind::Unsubscribed,
         "email_bounced" => {
-            let kind = required("kind", wire.kind_field)?;
+            let kind = required("kind", w.bounce_kind)?;
             let hard = match &*kind {
                 "hard" => true,
                 "soft" => false,
