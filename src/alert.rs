@@ -181,11 +181,30 @@ pub struct Alert {
     pub mail: Option<Box<MailContext>>,
 }
 
+/// The keyed hash behind alert ids, prepared once from the secret.
+#[derive(Clone)]
+pub struct IdKey(Hmac<Sha256>);
+
+impl IdKey {
+    /// Prepares the key (HMAC accepts keys of any length).
+    pub fn new(secret: &[u8]) -> IdKey {
+        // new_from_slice cannot fail for HMAC; the fallback only avoids a panic path.
+        IdKey(
+            <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+                .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default())),
+        )
+    }
+}
+
+impl std::fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdKey(…)")
+    }
+}
+
 /// Computes an alert id: hex of HMAC-SHA256(secret, customer ‖ rule ‖ episode ‖ step).
-pub fn alert_id(secret: &[u8], customer_id: &str, rule: Rule, episode: &str, step: u8) -> String {
-    // HMAC takes keys of any length, so the fallback is never used; it avoids a panic path.
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
-        .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
+pub fn alert_id(key: &IdKey, customer_id: &str, rule: Rule, episode: &str, step: u8) -> String {
+    let mut mac = key.0.clone();
     for part in [
         customer_id.as_bytes(),
         rule.name().as_bytes(),
@@ -259,17 +278,29 @@ mod tests {
 
     #[test]
     fn ids_are_stable_keyed_and_distinct() {
-        let a = alert_id(b"k1", "c1", Rule::Winback, "purchase@x", 0);
-        assert_eq!(a, alert_id(b"k1", "c1", Rule::Winback, "purchase@x", 0));
+        let a = alert_id(&IdKey::new(b"k1"), "c1", Rule::Winback, "purchase@x", 0);
+        assert_eq!(
+            a,
+            alert_id(&IdKey::new(b"k1"), "c1", Rule::Winback, "purchase@x", 0)
+        );
         assert_eq!(a.len(), 32);
         assert!(!a.contains("c1"));
-        assert_ne!(a, alert_id(b"k2", "c1", Rule::Winback, "purchase@x", 0));
-        assert_ne!(a, alert_id(b"k1", "c1", Rule::Winback, "purchase@x", 1));
-        assert_ne!(a, alert_id(b"k1", "c1", Rule::ThankYou, "purchase@x", 0));
+        assert_ne!(
+            a,
+            alert_id(&IdKey::new(b"k2"), "c1", Rule::Winback, "purchase@x", 0)
+        );
+        assert_ne!(
+            a,
+            alert_id(&IdKey::new(b"k1"), "c1", Rule::Winback, "purchase@x", 1)
+        );
+        assert_ne!(
+            a,
+            alert_id(&IdKey::new(b"k1"), "c1", Rule::ThankYou, "purchase@x", 0)
+        );
         // length-prefixing keeps field boundaries: ("c1","x") ≠ ("c","1x")
         assert_ne!(
-            alert_id(b"k", "c1", Rule::Winback, "x", 0),
-            alert_id(b"k", "c", Rule::Winback, "1x", 0)
+            alert_id(&IdKey::new(b"k"), "c1", Rule::Winback, "x", 0),
+            alert_id(&IdKey::new(b"k"), "c", Rule::Winback, "1x", 0)
         );
     }
 }

@@ -711,7 +711,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     let engine = Settings {
         allowed_lateness: raw.engine.allowed_lateness.0,
         dedup_window: raw.engine.dedup_window.0,
-        id_secret: raw.engine.id_secret.into_bytes(),
+        id_key: crate::alert::IdKey::new(raw.engine.id_secret.as_bytes()),
         risk: RiskSettings {
             dropout: r.dropout,
             prior_gap_days: r.prior_gap_days,

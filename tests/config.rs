@@ -285,9 +285,32 @@ fn env_sets_durations_strings_and_booleans() {
     ])
     .unwrap();
     assert_eq!(c.engine.support_recovery.sla, 48 * 3600);
-    assert_eq!(c.engine.id_secret, b"s3cret");
+    assert_eq!(id_with(&c, "x"), id_with_secret(b"s3cret", "x"));
     assert!(!c.engine.thank_you.enabled);
     assert_eq!(c.mail.message_id_domain, "mail.example.org");
+}
+
+/// The alert id the config's key gives for a fixed alert.
+fn id_with(c: &churnwatch::Config, customer: &str) -> String {
+    churnwatch::alert::alert_id(
+        &c.engine.id_key,
+        customer,
+        churnwatch::engine::rule::Rule::Winback,
+        "e",
+        0,
+    )
+}
+
+/// The alert id a given secret gives for the same alert.
+fn id_with_secret(secret: &[u8], customer: &str) -> String {
+    let key = churnwatch::alert::IdKey::new(secret);
+    churnwatch::alert::alert_id(
+        &key,
+        customer,
+        churnwatch::engine::rule::Rule::Winback,
+        "e",
+        0,
+    )
 }
 
 /// String keys set from the environment must arrive verbatim: a secret or salt that
@@ -302,8 +325,8 @@ fn env_numeric_looking_strings_stay_verbatim() {
         ])
         .unwrap();
         assert_eq!(
-            String::from_utf8_lossy(&c.engine.id_secret),
-            v,
+            id_with(&c, "x"),
+            id_with_secret(v.as_bytes(), "x"),
             "engine.id_secret"
         );
         assert_eq!(c.engine.delivery.holdout_salt, v, "delivery.holdout_salt");

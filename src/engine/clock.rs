@@ -89,10 +89,15 @@ impl Stamp {
 
     /// Formats as RFC 3339 UTC with second precision (`2025-03-01T10:00:00Z`).
     pub fn to_rfc3339(self) -> String {
-        match jiff::Timestamp::from_second(self.unix()) {
-            Ok(ts) => ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            Err(_) => format!("@{}", self.unix()),
-        }
+        let secs = self.unix();
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
     }
 
     /// The same calendar instant `years` years later (UTC; 29 Feb maps to 28 Feb).
@@ -117,6 +122,19 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// The proleptic Gregorian date of a day count from 1970-01-01 (Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// The common shape `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`, checked strictly; anything
@@ -249,6 +267,19 @@ mod tests {
         assert!(Stamp::parse_rfc3339("2025-03-01T10:00:00").is_err());
         assert!(Stamp::parse_rfc3339("1999-12-31T23:59:59Z").is_err());
         assert!(Stamp::parse_rfc3339("yesterday").is_err());
+    }
+
+    #[test]
+    fn formatting_agrees_with_jiff() {
+        let mut t = Stamp::MIN;
+        while t < Stamp::from_raw(4_000_000_000) {
+            let jiff = jiff::Timestamp::from_second(t.unix()).unwrap();
+            assert_eq!(
+                t.to_rfc3339(),
+                jiff.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+            );
+            t = t.plus(7_919_993);
+        }
     }
 
     #[test]

@@ -132,7 +132,7 @@ pub(crate) fn emit(ctx: &mut Ctx<'_>, cand: Candidate<'_>) -> Option<Decision> {
         .unwrap_or(&s.delivery.default_locale)
         .to_string();
     let alert = Alert {
-        alert_id: alert_id(&s.id_secret, ctx.id, cand.rule, &cand.episode, cand.step),
+        alert_id: alert_id(&s.id_key, ctx.id, cand.rule, &cand.episode, cand.step),
         customer_id: ctx.id.into(),
         rule: cand.rule,
         step: cand.step,

@@ -20,7 +20,7 @@ pub struct Settings {
     /// Horizon within which a repeated `event_id` counts once.
     pub dedup_window: Secs,
     /// Key of the keyed hash that makes alert ids.
-    pub id_secret: Vec<u8>,
+    pub id_key: crate::alert::IdKey,
     /// The churn_risk model.
     pub risk: RiskSettings,
     /// Loyal promotion criteria (shared by the stage model and `thank_you`).
