@@ -102,14 +102,13 @@ impl Stamp {
 
     /// The same calendar instant `years` years later (UTC; 29 Feb maps to 28 Feb).
     pub fn plus_years(self, years: u8) -> Stamp {
-        let Ok(ts) = jiff::Timestamp::from_second(self.unix()) else {
-            return Stamp::MAX;
-        };
-        let zoned = ts.to_zoned(jiff::tz::TimeZone::UTC);
-        match zoned.checked_add(jiff::Span::new().years(i64::from(years))) {
-            Ok(z) => Stamp::from_unix(z.timestamp().as_second()).unwrap_or(Stamp::MAX),
-            Err(_) => Stamp::MAX,
-        }
+        let secs = self.unix();
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (y, m, d) = civil_from_days(days);
+        let y = y + i64::from(years);
+        let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let d = if m == 2 && d == 29 && !leap { 28 } else { d };
+        Stamp::from_unix(days_from_civil(y, m, d) * 86_400 + rem).unwrap_or(Stamp::MAX)
     }
 }
 
@@ -288,6 +287,22 @@ mod tests {
         assert_eq!(parse_duration("48h").unwrap(), 48 * 3600);
         assert_eq!(format_duration(14 * DAY), "14d");
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn plus_years_agrees_with_jiff() {
+        let mut t = Stamp::MIN;
+        while t < Stamp::from_raw(3_000_000_000) {
+            for n in [1u8, 2, 4, 7] {
+                let ts = jiff::Timestamp::from_second(t.unix()).unwrap();
+                let z = ts
+                    .to_zoned(jiff::tz::TimeZone::UTC)
+                    .checked_add(jiff::Span::new().years(i64::from(n)))
+                    .unwrap();
+                assert_eq!(t.plus_years(n).unix(), z.timestamp().as_second(), "{t:?} + {n}");
+            }
+            t = t.plus(5_356_801);
+        }
     }
 
     #[test]

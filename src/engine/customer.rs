@@ -165,6 +165,9 @@ pub struct Customer {
     pub dedup: Dedup,
     /// Open tickets (boxed: most customers have none).
     pub tickets: Option<Box<Vec<OpenTicket>>>,
+    /// Hours after the last purchase at which churn_risk reaches `risk.at_risk` (support
+    /// aside), computed when the inputs change so timers need no logarithms.
+    pub at_risk_hours: u16,
     /// Current stage.
     pub stage: Stage,
     /// Why the current stage.

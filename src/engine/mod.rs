@@ -145,6 +145,8 @@ impl Engine {
         self.settings = settings;
         for slot in 0..self.slots.len() as u32 {
             if !self.slots[slot as usize].id.is_empty() {
+                let c = &mut self.slots[slot as usize].c;
+                c.at_risk_hours = risk::at_risk_hours(c, &self.settings.risk);
                 self.reschedule(slot);
             }
         }
@@ -447,6 +449,7 @@ impl Engine {
             c.set(flag::DROP_FIRED | flag::WINBACK_MUTED, false);
         }
         c.population_gap_days = self.population.typical_gap_days(t, &s.risk) as f32;
+        c.at_risk_hours = risk::at_risk_hours(c, &s.risk);
     }
 
     /// A customer's state, explained, as of the clock.

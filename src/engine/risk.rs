@@ -173,6 +173,11 @@ pub fn at_risk_after(c: &Customer, s: &RiskSettings) -> Secs {
     (days * f64::from(DAY)).ceil().min(f64::from(u32::MAX)) as Secs
 }
 
+/// [`at_risk_after`] in whole hours, rounded up (saturating at about 7.5 years).
+pub fn at_risk_hours(c: &Customer, s: &RiskSettings) -> u16 {
+    u16::try_from(at_risk_after(c, s).div_ceil(3600)).unwrap_or(u16::MAX)
+}
+
 /// Rounds to four decimals, the precision alerts and exports carry.
 pub fn round4(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 
 use super::clock::Stamp;
 use super::customer::Customer;
-use super::risk;
 use super::rules::{frequency_drop, support_recovery, thank_you, winback};
 use super::settings::Settings;
 
@@ -38,18 +37,18 @@ impl TimerKind {
 }
 
 /// When a buying customer's churn_risk reaches the at-risk line.
-fn at_risk_due(s: &Settings, c: &Customer) -> Option<Stamp> {
+fn at_risk_due(c: &Customer) -> Option<Stamp> {
     if !c.stage.is_buying() {
         return None;
     }
     let last = c.last_purchase?;
-    Some(last.plus(risk::at_risk_after(c, &s.risk)))
+    Some(last.plus(u32::from(c.at_risk_hours) * 3600))
 }
 
 fn candidates(s: &Settings, c: &Customer) -> [(Option<Stamp>, TimerKind); 5] {
     [
         (support_recovery::next_due(s, c), TimerKind::Sla),
-        (at_risk_due(s, c), TimerKind::AtRisk),
+        (at_risk_due(c), TimerKind::AtRisk),
         (frequency_drop::next_due(s, c), TimerKind::FrequencyDrop),
         (winback::next_due(s, c), TimerKind::Winback),
         (thank_you::next_due(s, c), TimerKind::Anniversary),
