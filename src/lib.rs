@@ -5,6 +5,8 @@
 //! The pure [`engine`] decides; [`source`], [`mail`] and [`replay`] are the adapters
 //! around it.
 
+#![warn(missing_docs)]
+
 pub mod alert;
 pub mod config;
 pub mod engine;
