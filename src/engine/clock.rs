@@ -299,7 +299,11 @@ mod tests {
                     .to_zoned(jiff::tz::TimeZone::UTC)
                     .checked_add(jiff::Span::new().years(i64::from(n)))
                     .unwrap();
-                assert_eq!(t.plus_years(n).unix(), z.timestamp().as_second(), "{t:?} + {n}");
+                assert_eq!(
+                    t.plus_years(n).unix(),
+                    z.timestamp().as_second(),
+                    "{t:?} + {n}"
+                );
             }
             t = t.plus(5_356_801);
         }

@@ -323,9 +323,13 @@ impl Engine {
         let t = ev.at;
         self.advance(t, out);
         let clock = self.clock.unwrap_or(t);
+        let type_index = EVENT_TYPES
+            .iter()
+            .position(|n| *n == ev.kind.type_name())
+            .unwrap_or(0);
         if ev.kind == EventKind::Erased {
             self.erase(&ev.customer_id);
-            self.stats.events[9] += 1;
+            self.stats.events[type_index] += 1;
             return Applied::Erased;
         }
         let slot = self.find_or_create(&ev.customer_id);
@@ -338,10 +342,6 @@ impl Engine {
             self.stats.duplicates += 1;
             return Applied::Duplicate;
         }
-        let type_index = EVENT_TYPES
-            .iter()
-            .position(|n| *n == ev.kind.type_name())
-            .unwrap_or(0);
         self.stats.events[type_index] += 1;
         if self.slots[slot as usize].c.due.is_some_and(|d| d <= t) {
             self.fire_customer(slot, t, out);
