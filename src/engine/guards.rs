@@ -69,7 +69,7 @@ pub fn suppression(d: &DeliverySettings, p: Option<&Profile>) -> Option<Suppress
 fn decide(s: &Settings, ctx: &Ctx<'_>, cand: &Candidate<'_>) -> Decision {
     let d = &s.delivery;
     let c = &*ctx.c;
-    if let Some(why) = suppression(d, ctx.profile) {
+    if let Some(why) = suppression(d, ctx.profile()) {
         return Decision::Suppressed(why);
     }
     if d.holdout_rules[cand.rule.index()] && in_holdout(d, ctx.id) {
@@ -98,13 +98,14 @@ pub(crate) fn emit(ctx: &mut Ctx<'_>, cand: Candidate<'_>) -> Option<Decision> {
     }
     let s = ctx.s;
     let decision = decide(s, ctx, &cand);
+    let profile = ctx.profile();
     let c = &mut *ctx.c;
     if !cand.continues_episode && decision != Decision::Cooldown {
         c.rule_last[cand.rule.index()] = Some(cand.at);
     }
     let mail = if decision == Decision::Email {
         c.record_email(cand.at.day());
-        let p = ctx.profile;
+        let p = profile;
         Some(Box::new(MailContext {
             email: p.and_then(|p| p.email.as_deref()).unwrap_or("").to_string(),
             name: p.and_then(|p| p.name.as_deref()).unwrap_or("").to_string(),
@@ -126,8 +127,7 @@ pub(crate) fn emit(ctx: &mut Ctx<'_>, cand: Candidate<'_>) -> Option<Decision> {
     } else {
         None
     };
-    let locale = ctx
-        .profile
+    let locale = profile
         .and_then(|p| p.locale.as_deref())
         .unwrap_or(&s.delivery.default_locale)
         .to_string();

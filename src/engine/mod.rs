@@ -88,12 +88,21 @@ pub(crate) struct Ctx<'a> {
     pub s: &'a Settings,
     pub id: &'a str,
     pub c: &'a mut Customer,
-    pub profile: Option<&'a Profile>,
+    /// Looked up only when an alert needs it (most timer work does not).
+    profiles: &'a HashMap<u32, Profile>,
+    slot: u32,
     pub clock: Stamp,
     /// A late event: update state, emit nothing.
     pub quiet: bool,
     pub out: &'a mut Vec<Alert>,
     pub stats: &'a mut Stats,
+}
+
+impl<'a> Ctx<'a> {
+    /// The customer's profile, if any.
+    pub fn profile(&self) -> Option<&'a Profile> {
+        self.profiles.get(&self.slot)
+    }
 }
 
 struct Slot {
@@ -253,13 +262,13 @@ impl Engine {
         out: &mut Vec<Alert>,
         f: impl FnOnce(&mut Ctx<'_>) -> R,
     ) -> R {
-        let settings = Arc::clone(&self.settings);
         let s = &mut self.slots[slot as usize];
         let mut ctx = Ctx {
-            s: &settings,
+            s: &self.settings,
             id: &s.id,
             c: &mut s.c,
-            profile: self.profiles.get(&slot),
+            profiles: &self.profiles,
+            slot,
             clock: self.clock.unwrap_or(Stamp::MIN),
             quiet,
             out,

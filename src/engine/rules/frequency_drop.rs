@@ -36,7 +36,7 @@ pub struct DropTest {
     pub expected: f64,
     /// recent / expected.
     pub ratio: f64,
-    /// P(X ≤ recent) under the baseline rate.
+    /// P(X ≤ recent) under the baseline rate (1 when the cheaper tests already fail).
     pub p_value: f64,
     /// Whether both tests pass (and the baseline is large enough).
     pub fires: bool,
@@ -54,9 +54,14 @@ pub fn test(f: &FrequencyDropSettings, buckets: &Buckets, b: u16) -> DropTest {
     } else {
         1.0
     };
-    let p_value = poisson_cdf(recent, expected);
-    let fires =
-        baseline >= f.min_baseline_purchases && ratio < f.max_ratio && p_value < f.significance;
+    // The tail probability is only worth computing when the cheap tests pass.
+    let candidate = baseline >= f.min_baseline_purchases && ratio < f.max_ratio;
+    let p_value = if candidate {
+        poisson_cdf(recent, expected)
+    } else {
+        1.0
+    };
+    let fires = candidate && p_value < f.significance;
     DropTest {
         recent,
         baseline,
