@@ -99,6 +99,7 @@ pub(crate) fn emit(ctx: &mut Ctx<'_>, cand: Candidate<'_>) -> Option<Decision> {
     let s = ctx.s;
     let decision = decide(s, ctx, &cand);
     let profile = ctx.profile();
+    let favourite = ctx.favourite_category();
     let c = &mut *ctx.c;
     if !cand.continues_episode && decision != Decision::Cooldown {
         c.rule_last[cand.rule.index()] = Some(cand.at);
@@ -115,10 +116,7 @@ pub(crate) fn emit(ctx: &mut Ctx<'_>, cand: Candidate<'_>) -> Option<Decision> {
                 .to_string(),
             days_since_last_purchase: c.days_since_purchase(cand.at),
             purchase_count: c.purchases,
-            favourite_category: p
-                .and_then(Profile::favourite_category)
-                .unwrap_or("")
-                .to_string(),
+            favourite_category: favourite.unwrap_or("").to_string(),
             offer_code: cand.offer_code.to_string(),
             milestone: cand.milestone,
             years: cand.years,

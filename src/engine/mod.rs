@@ -4,6 +4,7 @@
 //! Two entry points: [`Engine::apply`] for one event, and [`Engine::advance`] /
 //! [`Engine::finish`] to move the event-time clock and fire due timers.
 
+pub mod category;
 pub mod clock;
 pub mod customer;
 pub mod guards;
@@ -90,6 +91,8 @@ pub(crate) struct Ctx<'a> {
     pub c: &'a mut Customer,
     /// Looked up only when an alert needs it (most timer work does not).
     profiles: &'a HashMap<u32, Profile>,
+    categories: &'a HashMap<u32, category::TopCategories>,
+    category_names: &'a category::Interner,
     slot: u32,
     pub clock: Stamp,
     /// A late event: update state, emit nothing.
@@ -102,6 +105,12 @@ impl<'a> Ctx<'a> {
     /// The customer's profile, if any.
     pub fn profile(&self) -> Option<&'a Profile> {
         self.profiles.get(&self.slot)
+    }
+
+    /// The customer's most bought category, if any.
+    pub fn favourite_category(&self) -> Option<&'a str> {
+        let id = self.categories.get(&self.slot)?.favourite()?;
+        self.category_names.name(id)
     }
 }
 
@@ -117,6 +126,8 @@ pub struct Engine {
     slots: Vec<Slot>,
     free: Vec<u32>,
     profiles: HashMap<u32, Profile>,
+    categories: HashMap<u32, category::TopCategories>,
+    category_names: category::Interner,
     timers: TimerIndex,
     clock: Option<Stamp>,
     population: Population,
@@ -136,6 +147,8 @@ impl Engine {
             slots: Vec::new(),
             free: Vec::new(),
             profiles: HashMap::new(),
+            categories: HashMap::new(),
+            category_names: category::Interner::default(),
             timers: TimerIndex::default(),
             clock: None,
             population: Population::default(),
@@ -239,6 +252,7 @@ impl Engine {
         let due = self.slots[slot as usize].c.due;
         self.timers.reschedule(slot, due, None);
         self.profiles.remove(&slot);
+        self.categories.remove(&slot);
         self.slots[slot as usize] = Slot {
             id: Box::from(""),
             c: Customer::default(),
@@ -268,6 +282,8 @@ impl Engine {
             id: &s.id,
             c: &mut s.c,
             profiles: &self.profiles,
+            categories: &self.categories,
+            category_names: &self.category_names,
             slot,
             clock: self.clock.unwrap_or(Stamp::MIN),
             quiet,
@@ -364,11 +380,10 @@ impl Engine {
                 let returned =
                     self.with_ctx(slot, quiet, out, |ctx| welcome_back::on_purchase(ctx, t));
                 self.record_purchase(slot, t, amount);
-                if !categories.is_empty() {
-                    self.profiles
-                        .entry(slot)
-                        .or_default()
-                        .count_categories(&categories);
+                for name in &categories {
+                    if let Some(id) = self.category_names.intern(name) {
+                        self.categories.entry(slot).or_default().count(id);
+                    }
                 }
                 self.with_ctx(slot, quiet, out, |ctx| {
                     if !returned && ctx.c.stage != Stage::Loyal {

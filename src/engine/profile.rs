@@ -1,10 +1,7 @@
-//! Profile data (contact details, preferences, favourite categories), kept apart from
-//! the hot counters because only emails need it.
+//! Profile data (contact details and preferences), kept apart from the hot counters
+//! because only emails need it.
 
 use crate::event::ProfileUpdate;
-
-/// Most categories remembered per customer for the favourite.
-const MAX_CATEGORIES: usize = 6;
 
 /// What is known about how to reach a customer.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -23,8 +20,6 @@ pub struct Profile {
     pub unsubscribed: bool,
     /// The address hard-bounced.
     pub hard_bounced: bool,
-    /// Purchase counts per category (a handful, the rarest forgotten first).
-    pub categories: Vec<(Box<str>, u32)>,
 }
 
 impl Profile {
@@ -52,28 +47,5 @@ impl Profile {
                 self.unsubscribed = false;
             }
         }
-    }
-
-    /// Counts the categories of one purchase.
-    pub fn count_categories(&mut self, categories: &[Box<str>]) {
-        for cat in categories {
-            if let Some(entry) = self.categories.iter_mut().find(|(c, _)| c == cat) {
-                entry.1 += 1;
-            } else if self.categories.len() < MAX_CATEGORIES {
-                self.categories.push((cat.clone(), 1));
-            } else if let Some(rarest) = self.categories.iter_mut().min_by_key(|(_, n)| *n) {
-                if rarest.1 == 1 {
-                    *rarest = (cat.clone(), 1);
-                }
-            }
-        }
-    }
-
-    /// The most bought category (ties: alphabetical), if any.
-    pub fn favourite_category(&self) -> Option<&str> {
-        self.categories
-            .iter()
-            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
-            .map(|(c, _)| &**c)
     }
 }
