@@ -402,7 +402,7 @@ impl Engine {
             EventKind::Refund { amount } => {
                 let c = &mut self.slots[slot as usize].c;
                 if c.currency == amount.currency {
-                    c.spend_minor -= amount.minor;
+                    c.spend_minor = c.spend_minor.saturating_sub(amount.minor);
                 }
             }
             EventKind::TicketOpened { ticket_id, .. } => {
