@@ -54,12 +54,45 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+/// A duration for the service's own timing (sub-second allowed: `"500ms"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wait(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for Wait {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(Wait)
+            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"500ms\" or \"30s\": {e}")))
+    }
+}
+
+/// A librdkafka property value as written in TOML or the environment.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ClientValue {
+    /// A nested table: its keys are joined to the parent's with `.`.
+    Table(std::collections::BTreeMap<String, ClientValue>),
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// Text.
+    Text(String),
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// `wall` or `event`.
     pub clock: String,
+    /// How long `run` may take to finish in-flight work after SIGTERM.
+    pub shutdown_grace: Wait,
+    /// `[kafka]`
+    pub kafka: RawKafka,
     /// `[engine]`
     pub engine: RawEngine,
     /// `[risk]`
@@ -74,6 +107,37 @@ pub struct RawConfig {
     pub loyal: RawLoyal,
     /// `[rules.*]`
     pub rules: RawRules,
+}
+
+/// `[kafka]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// See the defaults file.
+    pub bootstrap_servers: String,
+    /// See the defaults file.
+    pub group_id: String,
+    /// See the defaults file.
+    pub topics: Vec<String>,
+    /// See the defaults file.
+    pub dlq_topic: String,
+    /// See the defaults file.
+    pub alerts_topic: String,
+    /// See the defaults file.
+    pub max_task_idle: Wait,
+    /// See the defaults file.
+    pub commit_interval: Wait,
+    /// See the defaults file.
+    pub max_batch: usize,
+    /// librdkafka properties for every client.
+    #[serde(default)]
+    pub client: std::collections::BTreeMap<String, ClientValue>,
+    /// librdkafka properties for the consumer only.
+    #[serde(default)]
+    pub consumer: std::collections::BTreeMap<String, ClientValue>,
+    /// librdkafka properties for the producer only.
+    #[serde(default)]
+    pub producer: std::collections::BTreeMap<String, ClientValue>,
 }
 
 /// `[engine]`
@@ -142,6 +206,8 @@ pub struct RawSmtp {
 pub struct RawDelivery {
     /// See the defaults file.
     pub transport: String,
+    /// See the defaults file.
+    pub file_dir: PathBuf,
     /// See the defaults file.
     pub holdout_percent: f64,
     /// See the defaults file.
@@ -331,6 +397,55 @@ pub struct MailSettings {
     pub message_id_domain: String,
 }
 
+/// Kafka settings of the service (SPEC §2, §7).
+#[derive(Clone, Debug)]
+pub struct KafkaSettings {
+    /// `host:port,…`
+    pub bootstrap_servers: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Input topics; partition `p` of each forms task `p`.
+    pub topics: Vec<String>,
+    /// Where rejected records go.
+    pub dlq_topic: String,
+    /// Where alerts go.
+    pub alerts_topic: String,
+    /// How long a task waits for an empty partition that is not caught up.
+    pub max_task_idle: std::time::Duration,
+    /// How often processed offsets are committed.
+    pub commit_interval: std::time::Duration,
+    /// Records taken per batch before effects are flushed.
+    pub max_batch: usize,
+    /// librdkafka properties for every client (flattened, dotted keys).
+    pub client: Vec<(String, String)>,
+    /// librdkafka properties for the consumer only.
+    pub consumer: Vec<(String, String)>,
+    /// librdkafka properties for the producer only.
+    pub producer: Vec<(String, String)>,
+}
+
+/// Flattens a `kafka.client`-style table into librdkafka's dotted properties.
+fn flatten_client(
+    prefix: &str,
+    table: &std::collections::BTreeMap<String, ClientValue>,
+    out: &mut Vec<(String, String)>,
+) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            ClientValue::Table(t) => flatten_client(&key, t, out),
+            ClientValue::Bool(b) => out.push((key, b.to_string())),
+            ClientValue::Int(i) => out.push((key, i.to_string())),
+            ClientValue::Float(f) => out.push((key, f.to_string())),
+            ClientValue::Text(s) => out.push((key, s.clone())),
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -338,8 +453,14 @@ pub struct Config {
     pub path: Option<PathBuf>,
     /// Service-mode clock.
     pub clock: ClockMode,
+    /// How long `run` may take to finish after SIGTERM.
+    pub shutdown_grace: std::time::Duration,
+    /// Kafka.
+    pub kafka: KafkaSettings,
     /// `file` or `smtp`.
     pub transport: String,
+    /// Folder for `.eml` files when the transport is `file` (service mode).
+    pub file_dir: PathBuf,
     /// The engine's settings.
     pub engine: Settings,
     /// Rendering and headers.
@@ -400,7 +521,11 @@ pub fn load_with_env(
 }
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 2] = ["delivery.holdout_rules", "rules.thank_you.milestones"];
+const LIST_KEYS: [&str; 3] = [
+    "delivery.holdout_rules",
+    "kafka.topics",
+    "rules.thank_you.milestones",
+];
 
 /// Applies `CHURNWATCH__SECTION__KEY=value` variables as overrides. Values stay text
 /// (serde converts them where a number or bool is wanted), so a secret like `0012345`
@@ -478,6 +603,55 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
             ClockMode::Wall
         }
     };
+    let k = &raw.kafka;
+    if k.bootstrap_servers.trim().is_empty() {
+        p.push("kafka.bootstrap_servers: must name at least one host:port".into());
+    }
+    if k.group_id.trim().is_empty() {
+        p.push("kafka.group_id: must not be empty".into());
+    }
+    if k.topics.is_empty() {
+        p.push("kafka.topics: must name at least one input topic".into());
+    }
+    for (i, t) in k.topics.iter().enumerate() {
+        if t.trim().is_empty() {
+            p.push("kafka.topics: a topic name is empty".into());
+        } else if k.topics[..i].contains(t) {
+            p.push(format!("kafka.topics: `{t}` is listed twice"));
+        }
+    }
+    for (key, t) in [("kafka.dlq_topic", &k.dlq_topic), ("kafka.alerts_topic", &k.alerts_topic)] {
+        if t.trim().is_empty() {
+            p.push(format!("{key}: must not be empty"));
+        } else if k.topics.contains(t) {
+            p.push(format!("{key}: `{t}` is also an input topic (the worker would read its own output)"));
+        }
+    }
+    if k.dlq_topic == k.alerts_topic {
+        p.push("kafka.dlq_topic and kafka.alerts_topic: must differ".into());
+    }
+    if k.max_batch == 0 {
+        p.push("kafka.max_batch: must be at least 1".into());
+    }
+    if k.commit_interval.0.is_zero() {
+        p.push("kafka.commit_interval: must be positive".into());
+    }
+    let mut client = Vec::new();
+    flatten_client("", &k.client, &mut client);
+    let mut consumer = Vec::new();
+    flatten_client("", &k.consumer, &mut consumer);
+    let mut producer = Vec::new();
+    flatten_client("", &k.producer, &mut producer);
+    for (key, _) in client.iter().chain(&consumer).chain(&producer) {
+        if matches!(
+            key.as_str(),
+            "bootstrap.servers" | "group.id" | "enable.auto.offset.store" | "enable.auto.commit"
+        ) {
+            p.push(format!(
+                "kafka.client: `{key}` is set by churnwatch itself (use kafka.bootstrap_servers / kafka.group_id; offsets are stored only after effects)"
+            ));
+        }
+    }
     if !matches!(raw.delivery.transport.as_str(), "file" | "smtp") {
         p.push(format!(
             "delivery.transport: must be \"file\" or \"smtp\", got `{}`",
@@ -790,7 +964,22 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     Ok(Config {
         path,
         clock,
+        shutdown_grace: raw.shutdown_grace.0,
+        kafka: KafkaSettings {
+            bootstrap_servers: k.bootstrap_servers.clone(),
+            group_id: k.group_id.clone(),
+            topics: k.topics.clone(),
+            dlq_topic: k.dlq_topic.clone(),
+            alerts_topic: k.alerts_topic.clone(),
+            max_task_idle: k.max_task_idle.0,
+            commit_interval: k.commit_interval.0,
+            max_batch: k.max_batch,
+            client,
+            consumer,
+            producer,
+        },
         transport: raw.delivery.transport,
+        file_dir: raw.delivery.file_dir,
         engine,
         mail: MailSettings {
             templates_dir: raw.templates.dir,

@@ -2,8 +2,8 @@
 //!
 //! Purchase and support events go in; per-customer state, stages, churn_risk and alerts
 //! come out; alerts that pass the guards become short emails rendered from templates.
-//! The pure [`engine`] decides; [`source`], [`mail`] and [`replay`] are the adapters
-//! around it.
+//! The pure [`engine`] decides; [`source`] (files, Kafka), [`mail`], [`replay`] and
+//! [`worker`] (the service) are the adapters around it.
 
 #![warn(missing_docs)]
 
@@ -11,9 +11,12 @@ pub mod alert;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod health;
 pub mod mail;
 pub mod replay;
+pub mod shutdown;
 pub mod source;
+pub mod worker;
 
 pub use alert::{Alert, Decision};
 pub use config::Config;

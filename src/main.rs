@@ -2,13 +2,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use churnwatch::config;
 use churnwatch::engine::clock::Stamp;
 use churnwatch::mail::template::Templates;
+use churnwatch::health::Health;
 use churnwatch::replay;
+use churnwatch::shutdown::Shutdown;
+use churnwatch::worker;
 
 /// Event-driven churn alerts: win-back, apology and thank-you emails from purchase and
 /// support events.
@@ -42,8 +46,110 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         batch_size: usize,
     },
+    /// Run the service: consume Kafka, publish alerts, send emails (until SIGTERM).
+    Run {
+        /// At shutdown, write the state of every customer this worker holds (JSONL,
+        /// sorted by id) to this file.
+        #[arg(long)]
+        export_customers: Option<PathBuf>,
+    },
     /// Validate the config and render every template in every locale.
     Check,
+}
+
+/// Runs the worker on its own thread; signals ask it to stop within the grace period.
+fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let shutdown = Arc::new(Shutdown::new());
+    let health = Arc::new(Health::new());
+    let grace = cfg.shutdown_grace;
+    let handle = runtime.handle().clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    {
+        let shutdown = shutdown.clone();
+        let handle = handle.clone();
+        std::thread::Builder::new()
+            .name("churnwatch-worker".into())
+            .spawn(move || {
+                let r = worker::run(&cfg, &templates, &shutdown, health, handle, &opts);
+                // The receiver may be gone if main already gave up; nothing to do then.
+                let _ = done_tx.send(r);
+            })
+            .map_or_else(
+                |e| eprintln!("error: cannot start the worker thread: {e}"),
+                |_| (),
+            );
+    }
+    runtime.spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut term = match tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::terminate(),
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: finishing the batch in hand"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing the batch in hand"),
+            }
+            shutdown.request(grace);
+        }
+    });
+    // Wait for the worker; once a stop is asked for, at most the grace period (+ a
+    // second for the final commit) before exiting regardless.
+    let result = loop {
+        match done_rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(r) => break Some(r),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if shutdown
+                    .remaining()
+                    .is_some_and(|r| r.is_zero())
+                {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    break done_rx.try_recv().ok();
+                }
+            }
+        }
+    };
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Some(Ok(outcome)) => {
+            println!("{outcome}");
+            if outcome.clean {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: the grace period ran out before every effect was acknowledged; those records will be read again");
+                ExitCode::from(75)
+            }
+        }
+        Some(Err(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+        None if shutdown.requested() => {
+            eprintln!("error: the worker did not finish within the grace period");
+            ExitCode::from(75)
+        }
+        None => {
+            eprintln!("error: the worker stopped unexpectedly (see the log above)");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn parse_stamp(s: &str) -> Result<Stamp, String> {
@@ -61,14 +167,20 @@ fn load_templates(cfg: &config::Config) -> Result<Templates, Vec<String>> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let cfg = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -97,6 +209,19 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Run { export_customers } => {
+            let templates = match load_templates(&cfg) {
+                Ok(t) => t,
+                Err(problems) => {
+                    eprintln!("error: templates are not valid");
+                    for p in problems {
+                        eprintln!("{p}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            run_service(cfg, templates, worker::Options { export_customers })
+        }
         Command::Replay {
             events,
             outbox,

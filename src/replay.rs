@@ -21,8 +21,7 @@ use crate::engine::rule::Rule;
 use crate::engine::stage::Stage;
 use crate::engine::{Applied, Engine, Stats};
 use crate::event::EVENT_TYPES;
-use crate::mail::message;
-use crate::mail::outbox::FileOutbox;
+use crate::mail::mailer::FileMailer;
 use crate::mail::template::Templates;
 use crate::source::file::FileSource;
 
@@ -180,18 +179,6 @@ struct RejectLine<'a> {
     reason: &'a str,
 }
 
-#[derive(Serialize)]
-struct SendLine<'a> {
-    alert_id: &'a str,
-    message_id: String,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-    locale: &'a str,
-}
-
 /// Removes the results of an earlier replay (only files replay itself writes).
 fn clear_outbox(dir: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -210,12 +197,8 @@ fn clear_outbox(dir: &Path) -> anyhow::Result<()> {
 
 struct Sink<'a> {
     cfg: &'a Config,
-    templates: Option<&'a Templates>,
-    outbox: FileOutbox,
+    mailer: Option<FileMailer<'a>>,
     alerts: BufWriter<File>,
-    sends: BufWriter<File>,
-    written: u64,
-    failed: u64,
 }
 
 impl Sink<'_> {
@@ -223,60 +206,12 @@ impl Sink<'_> {
         let domain = &self.cfg.mail.message_id_domain;
         for mut alert in alerts.drain(..) {
             if alert.decision == Decision::Email {
-                if let Some(t) = self.templates {
-                    self.send(t, &mut alert)?;
+                if let Some(m) = &mut self.mailer {
+                    m.deliver(&mut alert)?;
                 }
             }
             writeln!(self.alerts, "{}", alert.to_json(domain))?;
         }
-        Ok(())
-    }
-
-    fn send(&mut self, t: &Templates, alert: &mut Alert) -> anyhow::Result<()> {
-        let domain = &self.cfg.mail.message_id_domain;
-        let message_id = alert.message_id(domain);
-        let requested = alert
-            .mail
-            .as_ref()
-            .map(|m| m.locale.clone())
-            .unwrap_or_default();
-        if let Some(l) = t.resolve_locale(&alert.template, &requested) {
-            alert.locale = l;
-        }
-        let built = alert
-            .mail
-            .as_deref()
-            .ok_or_else(|| "alert carries no recipient".to_string())
-            .and_then(|m| t.render(&alert.template, m, &alert.alert_id))
-            .and_then(|r| message::build(alert, &r, &self.cfg.mail).map_err(|e| e.0));
-        let line = match built {
-            Ok(msg) => {
-                let path = self.outbox.write(&message_id, &msg)?;
-                self.written += 1;
-                SendLine {
-                    alert_id: &alert.alert_id,
-                    message_id: format!("<{message_id}>"),
-                    status: "written",
-                    file: path.file_name().map(|n| n.to_string_lossy().into_owned()),
-                    reason: None,
-                    locale: &alert.locale,
-                }
-            }
-            Err(reason) => {
-                self.failed += 1;
-                tracing::warn!(alert_id = %alert.alert_id, %reason, "email not written");
-                SendLine {
-                    alert_id: &alert.alert_id,
-                    message_id: format!("<{message_id}>"),
-                    status: "failed",
-                    file: None,
-                    reason: Some(reason),
-                    locale: &alert.locale,
-                }
-            }
-        };
-        serde_json::to_writer(&mut self.sends, &line)?;
-        self.sends.write_all(b"\n")?;
         Ok(())
     }
 }
@@ -294,14 +229,17 @@ pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyho
         })?))
     };
     let mut rejects_out = create("rejects.jsonl")?;
+    let mailer = match templates.filter(|_| opts.write_emails) {
+        Some(t) => Some(FileMailer::new(&cfg.mail, t, &opts.outbox, false)?),
+        None => {
+            create("sends.jsonl")?;
+            None
+        }
+    };
     let mut sink = Sink {
         cfg,
-        templates: if opts.write_emails { templates } else { None },
-        outbox: FileOutbox::new(&opts.outbox)?,
+        mailer,
         alerts: create("alerts.jsonl")?,
-        sends: create("sends.jsonl")?,
-        written: 0,
-        failed: 0,
     };
     let mut engine = Engine::new(Arc::new(cfg.engine.clone()));
     let mut summary = Summary {
@@ -344,14 +282,16 @@ pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyho
         sink.flush_alerts(&mut alerts)?;
     }
     sink.alerts.flush()?;
-    sink.sends.flush()?;
+    if let Some(m) = &mut sink.mailer {
+        m.flush()?;
+    }
     rejects_out.flush()?;
     if let Some(path) = &opts.export_customers {
         export_customers(&engine, path)?;
     }
     summary.stats = engine.stats().clone();
-    summary.emails_written = sink.written;
-    summary.emails_failed = sink.failed;
+    summary.emails_written = sink.mailer.as_ref().map_or(0, |m| m.written);
+    summary.emails_failed = sink.mailer.as_ref().map_or(0, |m| m.failed);
     summary.stages = engine.stage_counts();
     summary.clock = engine.clock();
     summary.elapsed = started.elapsed();
@@ -360,14 +300,19 @@ pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyho
 
 /// Writes every customer's snapshot as JSONL, sorted by customer id.
 pub fn export_customers(engine: &Engine, path: &Path) -> anyhow::Result<()> {
+    write_snapshots(&engine.snapshots_sorted(), path)
+}
+
+/// Writes snapshots as JSONL in the order given.
+pub fn write_snapshots(snaps: &[crate::engine::Snapshot], path: &Path) -> anyhow::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent)?;
     }
     let mut out = BufWriter::new(
         File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
     );
-    for snap in engine.snapshots_sorted() {
-        serde_json::to_writer(&mut out, &snap)?;
+    for snap in snaps {
+        serde_json::to_writer(&mut out, snap)?;
         out.write_all(b"\n")?;
     }
     out.flush()?;

@@ -1,5 +1,6 @@
 //! Email: templates, message building, and the transports that hand messages over.
 
+pub mod mailer;
 pub mod message;
 pub mod outbox;
 pub mod template;

@@ -1,3 +1,5 @@
-//! Where events come from: JSONL files (replay, simulate); Kafka comes later.
+//! Where events come from: JSONL files (replay, simulate) and Kafka (the service).
 
 pub mod file;
+pub mod kafka;
+pub mod task;

@@ -1,0 +1,102 @@
+//! The worker's readiness as the admin endpoint will report it (`/readyz`, SPEC §7):
+//! connected to Kafka, tasks assigned and none refused, caught up enough to decide.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Shared readiness state; every change of connection is logged once.
+#[derive(Debug, Default)]
+pub struct Health {
+    connected: AtomicBool,
+    assigned: AtomicBool,
+    tasks: AtomicUsize,
+    refused: AtomicUsize,
+    catching_up: AtomicUsize,
+}
+
+impl Health {
+    /// A fresh state: not connected, nothing assigned.
+    pub fn new() -> Health {
+        Health::default()
+    }
+
+    /// Whether a broker is reachable.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Records the connection state (from client statistics and errors).
+    pub fn set_connected(&self, up: bool) {
+        let was = self.connected.swap(up, Ordering::Relaxed);
+        if was != up {
+            if up {
+                tracing::info!("kafka connected");
+            } else {
+                tracing::warn!("kafka disconnected: not ready; reconnecting");
+            }
+        }
+    }
+
+    /// Records an assignment: `running` tasks started, `refused` refused.
+    pub fn set_tasks(&self, running: usize, refused: usize) {
+        self.assigned.store(true, Ordering::Relaxed);
+        self.tasks.store(running, Ordering::Relaxed);
+        self.refused.store(refused, Ordering::Relaxed);
+    }
+
+    /// Records how many running tasks have not caught up with their partitions.
+    pub fn set_catching_up(&self, tasks: usize) {
+        self.catching_up.store(tasks, Ordering::Relaxed);
+    }
+
+    /// Tasks running.
+    pub fn tasks(&self) -> usize {
+        self.tasks.load(Ordering::Relaxed)
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut why = Vec::new();
+        if !self.connected() {
+            why.push("not connected to Kafka".to_string());
+        }
+        if !self.assigned.load(Ordering::Relaxed) {
+            why.push("no partition assignment yet".to_string());
+        }
+        let refused = self.refused.load(Ordering::Relaxed);
+        if refused > 0 {
+            why.push(format!("{refused} task(s) refused: committed offsets but no local state"));
+        }
+        let behind = self.catching_up.load(Ordering::Relaxed);
+        if behind > 0 {
+            why.push(format!("{behind} task(s) catching up"));
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_connected_assigned_and_caught_up() {
+        let h = Health::new();
+        assert!(h.readiness().is_err());
+        h.set_connected(true);
+        assert!(h.readiness().unwrap_err().contains("assignment"));
+        h.set_tasks(2, 0);
+        assert!(h.readiness().is_ok());
+        h.set_catching_up(1);
+        assert!(h.readiness().unwrap_err().contains("catching up"));
+        h.set_catching_up(0);
+        h.set_tasks(1, 1);
+        assert!(h.readiness().unwrap_err().contains("refused"));
+        h.set_tasks(2, 0);
+        h.set_connected(false);
+        assert!(h.readiness().unwrap_err().contains("not connected"));
+    }
+}

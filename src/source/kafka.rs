@@ -1,0 +1,520 @@
+//! Kafka as the event source (SPEC §2, §6): client settings, the consumer context that
+//! decides on each assignment which tasks may start, topic checks and partitioning.
+//!
+//! A task (partition `p` of every input topic) starts only where this worker's state
+//! can continue it: from the offsets its local state has reached, or from the group's
+//! start when nobody has committed anything for it. A task with committed offsets but
+//! no local state is refused (SPEC §6: never started empty) until state can be restored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Statistics};
+
+use crate::config::KafkaSettings;
+use crate::health::Health;
+
+/// Properties whose values are never logged.
+fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "token", "key.pem", "private"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+fn base_config(k: &KafkaSettings, own: &[(String, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.bootstrap_servers);
+    // Connection state and lag come from the statistics callback.
+    c.set("statistics.interval.ms", "1000");
+    for (key, value) in k.client.iter().chain(own) {
+        c.set(key, value);
+    }
+    c
+}
+
+/// The librdkafka settings of the consumer, as they will be applied.
+pub fn consumer_config(k: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("group.id", &k.group_id);
+    // Range assignment gives one member partition p of every co-partitioned topic.
+    c.set("partition.assignment.strategy", "range");
+    c.set("auto.offset.reset", "earliest");
+    // Offsets are stored by the worker once a record's effects are done; the periodic
+    // commit only sends what was stored.
+    c.set("enable.auto.commit", "true");
+    c.set("enable.auto.offset.store", "false");
+    c.set(
+        "auto.commit.interval.ms",
+        k.commit_interval.as_millis().to_string(),
+    );
+    c.set("enable.partition.eof", "false");
+    let mut base = base_config(k, &k.consumer);
+    for (key, value) in c.config_map().iter() {
+        if base.get(key).is_none() {
+            base.set(key, value);
+        }
+    }
+    // These two are not the operator's to change (config validation refuses them).
+    base.set("group.id", &k.group_id);
+    base.set("enable.auto.offset.store", "false");
+    base
+}
+
+/// The librdkafka settings of the producer of alerts and dead letters.
+pub fn producer_config(k: &KafkaSettings) -> ClientConfig {
+    let mut base = base_config(k, &k.producer);
+    for (key, value) in [
+        ("acks", "all"),
+        ("linger.ms", "5"),
+        // Records stay queued through a broker outage; the worker decides when to give
+        // up (shutdown grace), and then does not store the offsets they came from.
+        ("message.timeout.ms", "0"),
+    ] {
+        if base.get(key).is_none() {
+            base.set(key, value);
+        }
+    }
+    base
+}
+
+/// The settings with secret values masked, for logs.
+pub fn describe(c: &ClientConfig) -> String {
+    let mut pairs: Vec<String> = c
+        .config_map()
+        .iter()
+        .map(|(k, v)| {
+            if is_secret(k) {
+                format!("{k}=***")
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect();
+    pairs.sort();
+    pairs.join(" ")
+}
+
+/// The Java client's murmur2 hash, with which co-partitioned producers place keys.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let len = data.len();
+    let mut h: u32 = 0x9747_b28c ^ (len as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() == 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition the Java default partitioner picks for `key`.
+pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// Where a task's lanes start after an assignment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// From the offsets this worker's state has reached (per lane; None: group start).
+    Local(Vec<Option<i64>>),
+    /// No one has processed this task yet: from the group's start (committed or earliest).
+    Fresh,
+}
+
+/// What happened to the assignment since the worker last looked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rebalanced {
+    /// These tasks were assigned and may run.
+    Assigned(BTreeMap<i32, Start>),
+    /// These tasks were assigned but are refused (committed offsets, no local state).
+    Refused(BTreeSet<i32>),
+    /// Every task was revoked (eager protocol): buffered records are dropped.
+    Revoked,
+}
+
+/// What the consumer context shares with the worker loop.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Per task, the offset each lane's local state has reached (the next to read).
+    pub positions: BTreeMap<i32, Vec<Option<i64>>>,
+    /// Rebalance outcomes not yet seen by the loop.
+    pub events: Vec<Rebalanced>,
+}
+
+/// The consumer's context: rebalances, statistics, client errors.
+pub struct WorkerContext {
+    topics: Vec<String>,
+    health: Arc<Health>,
+    shared: Arc<Mutex<Shared>>,
+    lookup_timeout: Duration,
+}
+
+impl WorkerContext {
+    /// A context for the consumer of `topics`.
+    pub fn new(topics: Vec<String>, health: Arc<Health>, shared: Arc<Mutex<Shared>>) -> Self {
+        WorkerContext {
+            topics,
+            health,
+            shared,
+            lookup_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn lane(&self, topic: &str) -> Option<usize> {
+        self.topics.iter().position(|t| t == topic)
+    }
+
+    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let committed = consumer.committed_offsets(tpl.clone(), self.lookup_timeout);
+        let lookup_ok = committed.is_ok();
+        let committed = match committed {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the group's committed offsets; tasks without local state are refused until the next rebalance");
+                None
+            }
+        };
+        let mut committed_by_task: BTreeMap<i32, Vec<Option<i64>>> = BTreeMap::new();
+        for e in tpl.elements() {
+            committed_by_task
+                .entry(e.partition())
+                .or_insert_with(|| vec![None; self.topics.len()]);
+        }
+        if let Some(c) = &committed {
+            for e in c.elements() {
+                if let (Some(lane), Offset::Offset(o)) = (self.lane(e.topic()), e.offset()) {
+                    if let Some(v) = committed_by_task.get_mut(&e.partition()) {
+                        v[lane] = Some(o);
+                    }
+                }
+            }
+        }
+        let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut accepted = BTreeMap::new();
+        let mut refused = BTreeSet::new();
+        for (task, committed) in &committed_by_task {
+            let start = match shared.positions.get(task) {
+                // Our state continues the task unless someone else has moved it on.
+                Some(local) => {
+                    let stale = local.iter().zip(committed).any(|(l, c)| match c {
+                        Some(c) => l.is_none_or(|l| *c > l),
+                        None => false,
+                    });
+                    (!stale).then(|| Start::Local(local.clone()))
+                }
+                None => committed.iter().all(Option::is_none).then_some(Start::Fresh),
+            };
+            match start {
+                // Without the group's offsets, "nobody processed it" cannot be told.
+                Some(Start::Fresh) if !lookup_ok => {
+                    refused.insert(*task);
+                }
+                Some(s) => {
+                    accepted.insert(*task, s);
+                }
+                None => {
+                    refused.insert(*task);
+                }
+            }
+        }
+        drop(shared);
+        let mut assign = TopicPartitionList::new();
+        for e in tpl.elements() {
+            let Some(start) = accepted.get(&e.partition()) else {
+                continue;
+            };
+            let offset = match (start, self.lane(e.topic())) {
+                (Start::Local(pos), Some(lane)) => pos[lane].map_or(Offset::Invalid, Offset::Offset),
+                _ => Offset::Invalid,
+            };
+            if let Err(err) = assign.add_partition_offset(e.topic(), e.partition(), offset) {
+                tracing::error!(error = %err, topic = e.topic(), partition = e.partition(), "cannot add partition to assignment");
+            }
+        }
+        if let Err(e) = consumer.assign(&assign) {
+            tracing::error!(error = %e, "assignment failed");
+        }
+        for task in &refused {
+            tracing::error!(
+                task,
+                "task refused: its partitions have committed offsets but this worker has no state for them (state is restored from a changelog only in a later version); it stays unprocessed and the worker not ready"
+            );
+        }
+        tracing::info!(
+            tasks = ?accepted.keys().collect::<Vec<_>>(),
+            refused = ?refused,
+            "tasks assigned"
+        );
+        self.health.set_tasks(accepted.len(), refused.len());
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if !refused.is_empty() {
+            shared.events.push(Rebalanced::Refused(refused));
+        }
+        shared.events.push(Rebalanced::Assigned(accepted));
+    }
+
+    fn on_revoke(&self, consumer: &BaseConsumer<Self>) {
+        // Offsets stored so far are those whose effects are done: hand them over now.
+        match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "commit on revoke failed"),
+        }
+        if let Err(e) = consumer.unassign() {
+            tracing::error!(error = %e, "unassign failed");
+        }
+        tracing::info!("tasks revoked");
+        self.health.set_tasks(0, 0);
+        self.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .events
+            .push(Rebalanced::Revoked);
+    }
+}
+
+impl ClientContext for WorkerContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let up = statistics
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.health.set_connected(up);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::error::RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.health.set_connected(false);
+        }
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(base_consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(base_consumer),
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                self.on_revoke(base_consumer);
+            }
+        }
+    }
+}
+
+/// The consumer type the worker uses.
+pub type WorkerConsumer = BaseConsumer<WorkerContext>;
+
+/// Builds the consumer.
+pub fn consumer(k: &KafkaSettings, ctx: WorkerContext) -> anyhow::Result<WorkerConsumer> {
+    let cfg = consumer_config(k);
+    tracing::info!(config = %describe(&cfg), "kafka consumer");
+    Ok(cfg.create_with_context(ctx)?)
+}
+
+/// Builds the producer of alerts and dead letters.
+pub fn producer(k: &KafkaSettings) -> anyhow::Result<FutureProducer> {
+    let cfg = producer_config(k);
+    tracing::info!(config = %describe(&cfg), "kafka producer");
+    Ok(cfg.create()?)
+}
+
+/// The broker's cached high watermark of a partition (from its last fetch response;
+/// −1 when not known yet). Unlike ListOffsets this costs no request.
+pub fn cached_high_watermark(consumer: &WorkerConsumer, topic: &CString, partition: i32) -> i64 {
+    let mut low: i64 = -1;
+    let mut high: i64 = -1;
+    // SAFETY: the client pointer is valid for the consumer's lifetime, `topic` is a
+    // NUL-terminated string that outlives the call, and the out-pointers are local.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+        high
+    } else {
+        -1
+    }
+}
+
+/// Checks the topics the worker needs and returns the input partition count.
+pub fn check_topics(
+    consumer: &WorkerConsumer,
+    k: &KafkaSettings,
+    timeout: Duration,
+) -> Result<i32, TopicError> {
+    let md = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|e| TopicError::Unreachable(e.to_string()))?;
+    let count = |name: &str| -> Option<i32> {
+        md.topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0)
+    };
+    let mut problems = Vec::new();
+    let mut counts = Vec::new();
+    for t in &k.topics {
+        match count(t) {
+            Some(n) => counts.push((t.clone(), n)),
+            None => problems.push(format!("input topic `{t}` does not exist (kafka.topics)")),
+        }
+    }
+    for (key, t) in [("kafka.dlq_topic", &k.dlq_topic), ("kafka.alerts_topic", &k.alerts_topic)] {
+        if count(t).is_none() {
+            problems.push(format!("output topic `{t}` does not exist ({key})"));
+        }
+    }
+    if let Some((_, first)) = counts.first() {
+        if counts.iter().any(|(_, n)| n != first) {
+            problems.push(format!(
+                "input topics are not co-partitioned (equal partition counts needed): {}",
+                counts
+                    .iter()
+                    .map(|(t, n)| format!("{t}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(counts.first().map_or(0, |(_, n)| *n))
+    } else {
+        Err(TopicError::Invalid(problems))
+    }
+}
+
+/// Why the topics cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// The cluster did not answer (retry).
+    #[error("cannot reach the Kafka cluster: {0}")]
+    Unreachable(String),
+    /// Topics are missing or not co-partitioned (an operator must fix this).
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Vectors from Apache Kafka's UtilsTest.testMurmur2.
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+        ];
+        for (data, want) in cases {
+            assert_eq!(murmur2(data), want, "{}", String::from_utf8_lossy(data));
+        }
+    }
+
+    #[test]
+    fn partition_is_non_negative_and_in_range() {
+        for i in 0..1000 {
+            let key = format!("customer-{i}");
+            let p = partition_for(key.as_bytes(), 7);
+            assert!((0..7).contains(&p));
+        }
+    }
+
+    #[test]
+    fn secrets_are_masked_in_descriptions() {
+        let mut c = ClientConfig::new();
+        c.set("sasl.password", "hunter2");
+        c.set("sasl.username", "cw");
+        let d = describe(&c);
+        assert!(!d.contains("hunter2"), "{d}");
+        assert!(d.contains("sasl.username=cw"));
+    }
+
+    #[test]
+    fn operator_properties_pass_through_but_offset_storing_stays_manual() {
+        let cfg = crate::config::load_with_env(
+            None,
+            [
+                (
+                    "CHURNWATCH__KAFKA__CLIENT__SECURITY__PROTOCOL".to_string(),
+                    "SASL_SSL".to_string(),
+                ),
+                (
+                    "CHURNWATCH__KAFKA__CONSUMER__SESSION__TIMEOUT__MS".to_string(),
+                    "6000".to_string(),
+                ),
+            ],
+        )
+        .expect("config");
+        let c = consumer_config(&cfg.kafka);
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("partition.assignment.strategy"), Some("range"));
+        let p = producer_config(&cfg.kafka);
+        assert_eq!(p.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(p.get("session.timeout.ms"), None);
+    }
+}

@@ -1,0 +1,762 @@
+//! SPEC §2, §5, §6 against a real Kafka-protocol broker (tansu, started by
+//! `scripts/test`, address in `CHURNWATCH_TEST_KAFKA`): `churnwatch run` decides exactly
+//! what `replay` decides on the same input; rejects reach the dead-letter topic with
+//! their bytes and origin while the partition keeps flowing; two workers in one group
+//! split the tasks and together decide what one worker decides; a broker restart is
+//! survived.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{DeliveryResult, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Message};
+use serde_json::Value;
+
+const SUPPORT_TYPES: [&str; 4] = [
+    "support_ticket_opened",
+    "support_ticket_closed",
+    "complaint",
+    "satisfaction",
+];
+
+// ---------------------------------------------------------------------------------------
+// the broker
+
+fn broker() -> String {
+    std::env::var("CHURNWATCH_TEST_KAFKA").unwrap_or_else(|_| {
+        panic!(
+            "CHURNWATCH_TEST_KAFKA is not set: run the suite with scripts/test, which starts the tansu broker"
+        )
+    })
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").expect("HOME");
+    PathBuf::from(home).join(".cache/churnwatch/tansu-0.6.0/bin/tansu")
+}
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let res = rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .expect("create topics");
+    for r in res {
+        r.expect("topic created");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// producing
+
+#[derive(Clone, Default)]
+struct Acks(Arc<Mutex<(BTreeMap<(String, i32), i64>, Vec<String>)>>);
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut g = self.0.lock().expect("acks");
+        match result {
+            Ok(m) => {
+                let end = g.0.entry((m.topic().to_string(), m.partition())).or_default();
+                *end = (*end).max(m.offset() + 1);
+            }
+            Err((e, _)) => g.1.push(e.to_string()),
+        }
+    }
+}
+
+/// Produces records like a Java client would (murmur2 on the key); returns the end
+/// offset of every partition written.
+fn produce(
+    bootstrap: &str,
+    records: &[(String, Option<String>, Vec<u8>, Option<OwnedHeaders>)],
+) -> BTreeMap<(String, i32), i64> {
+    let acks = Acks::default();
+    let producer: ThreadedProducer<Acks> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "20")
+        .create_with_context(acks.clone())
+        .expect("producer");
+    for (topic, key, payload, headers) in records {
+        loop {
+            let mut rec = BaseRecord::<str, [u8]>::to(topic).payload(payload);
+            if let Some(k) = key {
+                rec = rec.key(k.as_str());
+            }
+            if let Some(h) = headers {
+                rec = rec.headers(h.clone());
+            }
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((e, _)) => {
+                    assert!(
+                        e.to_string().contains("Queue full"),
+                        "produce failed: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    let g = acks.0.lock().expect("acks");
+    assert!(g.1.is_empty(), "deliveries failed: {:?}", g.1);
+    g.0.clone()
+}
+
+/// The example events split by type over a purchases and a support topic, keyed by
+/// customer id (malformed lines go to the purchases topic, keyed if an id is readable).
+fn example_split(purchases: &str, support: &str) -> Vec<(String, Option<String>, Vec<u8>, Option<OwnedHeaders>)> {
+    let text = fs::read(manifest_dir().join("examples/events.jsonl")).expect("example");
+    let mut out = Vec::new();
+    for line in text.split(|b| *b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let v: Option<Value> = serde_json::from_slice(line).ok();
+        let ty = v.as_ref().and_then(|v| v.get("type")).and_then(Value::as_str);
+        let key = v
+            .as_ref()
+            .and_then(|v| v.get("customer_id"))
+            .and_then(Value::as_str)
+            .map(String::from);
+        let topic = if ty.is_some_and(|t| SUPPORT_TYPES.contains(&t)) {
+            support
+        } else {
+            purchases
+        };
+        out.push((topic.to_string(), key, line.to_vec(), None));
+    }
+    out
+}
+
+/// Writes the records of each topic, in order, as JSONL files for `replay`.
+fn write_split(dir: &Path, records: &[(String, Option<String>, Vec<u8>, Option<OwnedHeaders>)], topics: &[&str]) -> Vec<PathBuf> {
+    topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let path = dir.join(format!("{i}.jsonl"));
+            let mut body = Vec::new();
+            for (topic, _, payload, _) in records {
+                if topic == t {
+                    body.extend_from_slice(payload);
+                    body.push(b'\n');
+                }
+            }
+            fs::write(&path, body).expect("write split");
+            path
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// consuming
+
+/// Every record of `topic` (all partitions) from the beginning: (key, payload, headers).
+fn read_all(bootstrap: &str, topic: &str, expect: usize) -> Vec<(Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("reader");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut idle_since = Instant::now();
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                ));
+                idle_since = Instant::now();
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {
+                if out.len() >= expect && idle_since.elapsed() > Duration::from_secs(2) {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(out.len() >= expect, "{topic}: {} records, expected {expect}", out.len());
+    out
+}
+
+/// Waits until the group has committed every partition up to `ends`.
+fn wait_committed(bootstrap: &str, group: &str, ends: &BTreeMap<(String, i32), i64>, workers: &mut [&mut Worker]) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("offset reader");
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in ends.keys() {
+        tpl.add_partition(t, *p);
+    }
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        for w in workers.iter_mut() {
+            w.assert_running();
+        }
+        let committed = consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .ok();
+        let done = committed.as_ref().is_some_and(|c| {
+            c.elements().iter().all(|e| {
+                let end = ends[&(e.topic().to_string(), e.partition())];
+                matches!(e.offset(), Offset::Offset(o) if o >= end)
+            })
+        });
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group} did not commit to the end: {:?} vs {ends:?}\n{}",
+            committed.map(|c| c
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition(), e.offset()))
+                .collect::<Vec<_>>()),
+            workers.iter().map(|w| w.log()).collect::<Vec<_>>().join("\n----\n")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// the worker
+
+struct Worker {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+struct Finished {
+    stdout: String,
+    log: String,
+    export: String,
+    emls: BTreeMap<String, Vec<u8>>,
+}
+
+impl Worker {
+    fn start(bootstrap: &str, group: &str, topics: &[&str], dlq: &str, alerts: &str) -> Worker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = fs::File::create(dir.path().join("log")).expect("log");
+        let out = fs::File::create(dir.path().join("stdout")).expect("stdout");
+        let mut c = Command::new(env!("CARGO_BIN_EXE_churnwatch"));
+        c.current_dir(manifest_dir());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CHURNWATCH") || k == "RUST_LOG" {
+                c.env_remove(k);
+            }
+        }
+        c.env("CHURNWATCH__KAFKA__BOOTSTRAP_SERVERS", bootstrap)
+            .env("CHURNWATCH__KAFKA__GROUP_ID", group)
+            .env("CHURNWATCH__KAFKA__TOPICS", topics.join(","))
+            .env("CHURNWATCH__KAFKA__DLQ_TOPIC", dlq)
+            .env("CHURNWATCH__KAFKA__ALERTS_TOPIC", alerts)
+            .env("CHURNWATCH__KAFKA__COMMIT_INTERVAL", "300ms")
+            .env("CHURNWATCH__KAFKA__CONSUMER__SESSION__TIMEOUT__MS", "6000")
+            .env("CHURNWATCH__KAFKA__CONSUMER__HEARTBEAT__INTERVAL__MS", "500")
+            .env("CHURNWATCH__CLOCK", "event")
+            .env("CHURNWATCH__DELIVERY__FILE_DIR", dir.path().join("mail"))
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .args(["run", "--export-customers"])
+            .arg(dir.path().join("export.jsonl"))
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(log));
+        let child = c.spawn().expect("spawn churnwatch run");
+        Worker {
+            child: Some(child),
+            dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(c) = &mut self.child {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!("worker exited early ({status}):\n{}", self.log());
+            }
+        }
+    }
+
+    /// Waits until the worker's latest assignment has `n` running tasks.
+    fn wait_tasks(&mut self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.assert_running();
+            let log = self.log();
+            let last = log.lines().rev().find(|l| l.contains("tasks assigned"));
+            if let Some(l) = last {
+                let tasks = l
+                    .split("tasks=[")
+                    .nth(1)
+                    .and_then(|r| r.split(']').next())
+                    .map(|s| s.split(',').filter(|x| !x.trim().is_empty()).count());
+                if tasks == Some(n) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "never got {n} tasks:\n{log}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn stop(mut self) -> Finished {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let exit = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(exit.success(), "exit {exit} after SIGTERM:\n{}", self.log());
+        let mut emls = BTreeMap::new();
+        if let Ok(rd) = fs::read_dir(self.dir.path().join("mail")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".eml") {
+                    emls.insert(name, fs::read(e.path()).expect("eml"));
+                }
+            }
+        }
+        Finished {
+            stdout: fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default(),
+            log: self.log(),
+            export: fs::read_to_string(self.dir.path().join("export.jsonl")).unwrap_or_default(),
+            emls,
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn replay(files: &[PathBuf], out: &Path) -> (Vec<String>, String, Vec<Value>, BTreeMap<String, Vec<u8>>) {
+    let export = out.join("export.jsonl");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_churnwatch"));
+    c.current_dir(manifest_dir());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CHURNWATCH") {
+            c.env_remove(k);
+        }
+    }
+    let status = c
+        .arg("replay")
+        .arg("--events")
+        .args(files)
+        .arg("--outbox")
+        .arg(out.join("outbox"))
+        .arg("--export-customers")
+        .arg(&export)
+        .status()
+        .expect("replay");
+    assert!(status.success());
+    let alerts = fs::read_to_string(out.join("outbox/alerts.jsonl"))
+        .expect("alerts")
+        .lines()
+        .map(String::from)
+        .collect();
+    let rejects = fs::read_to_string(out.join("outbox/rejects.jsonl"))
+        .expect("rejects")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("reject json"))
+        .collect();
+    let mut emls = BTreeMap::new();
+    for e in fs::read_dir(out.join("outbox")).expect("outbox").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".eml") {
+            emls.insert(name, fs::read(e.path()).expect("eml"));
+        }
+    }
+    (alerts, fs::read_to_string(export).expect("export"), rejects, emls)
+}
+
+fn sorted_payloads(records: &[(Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)]) -> Vec<String> {
+    let mut v: Vec<String> = records
+        .iter()
+        .map(|(_, p, _)| String::from_utf8(p.clone()).expect("utf-8 alert"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn header<'a>(h: &'a [(String, Vec<u8>)], k: &str) -> Option<&'a str> {
+    h.iter()
+        .find(|(key, _)| key == k)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
+// ---------------------------------------------------------------------------------------
+// tests
+
+#[test]
+fn run_decides_exactly_what_replay_decides_on_the_same_events() {
+    let bootstrap = broker();
+    let (purchases, support, dlq, alerts) = (
+        unique("purchases"),
+        unique("support"),
+        unique("dlq"),
+        unique("alerts"),
+    );
+    create_topics(
+        &bootstrap,
+        &[(&purchases, 1), (&support, 1), (&dlq, 1), (&alerts, 1)],
+    );
+    let records = example_split(&purchases, &support);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let files = write_split(scratch.path(), &records, &[&purchases, &support]);
+    let (want_alerts, want_export, want_rejects, want_emls) = replay(&files, scratch.path());
+    assert!(want_alerts.len() > 1000 && !want_rejects.is_empty());
+
+    let ends = produce(&bootstrap, &records);
+    let group = unique("group");
+    let mut w = Worker::start(&bootstrap, &group, &[&purchases, &support], &dlq, &alerts);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    let done = w.stop();
+
+    let got = read_all(&bootstrap, &alerts, want_alerts.len());
+    let mut want_sorted = want_alerts.clone();
+    want_sorted.sort();
+    assert_eq!(sorted_payloads(&got), want_sorted, "alerts differ from replay's");
+    for (key, payload, _) in &got {
+        let v: Value = serde_json::from_slice(payload).expect("alert json");
+        assert_eq!(
+            key.as_deref(),
+            v["customer_id"].as_str().map(str::as_bytes),
+            "alerts are keyed by customer id"
+        );
+    }
+    assert_eq!(done.export, want_export, "customer state differs from replay's");
+    assert_eq!(done.emls.len(), want_emls.len());
+    assert!(done.emls == want_emls, "emails differ from replay's");
+
+    let dead = read_all(&bootstrap, &dlq, want_rejects.len());
+    assert_eq!(dead.len(), want_rejects.len(), "one dead letter per rejected line");
+    let mut got_dead: Vec<(String, String, String)> = dead
+        .iter()
+        .map(|(_, p, h)| {
+            (
+                String::from_utf8_lossy(p).into_owned(),
+                header(h, "churnwatch.reject.class").unwrap_or("?").to_string(),
+                header(h, "churnwatch.reject.reason").unwrap_or("?").to_string(),
+            )
+        })
+        .collect();
+    let mut want_dead: Vec<(String, String, String)> = want_rejects
+        .iter()
+        .map(|r| {
+            (
+                r["raw"].as_str().unwrap_or("").to_string(),
+                r["class"].as_str().unwrap_or("").to_string(),
+                r["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    got_dead.sort();
+    want_dead.sort();
+    assert_eq!(got_dead, want_dead);
+    assert!(
+        done.stdout.contains(&format!("{} rejected", want_rejects.len())),
+        "{}",
+        done.stdout
+    );
+}
+
+#[test]
+fn rejected_records_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing() {
+    let bootstrap = broker();
+    let (input, dlq, alerts) = (unique("in"), unique("dlq"), unique("alerts"));
+    create_topics(&bootstrap, &[(&input, 1), (&dlq, 1), (&alerts, 1)]);
+    let complaint = |id: &str, at: &str| {
+        format!(r#"{{"event_id":"{id}","type":"complaint","customer_id":"c-1","occurred_at":"{at}"}}"#)
+            .into_bytes()
+    };
+    let traced = OwnedHeaders::new().insert(Header {
+        key: "trace-id",
+        value: Some("abc123"),
+    });
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (b"{not json".to_vec(), "invalid_json"),
+        (vec![0xff, 0xfe, b'{', b'}'], "invalid_json"),
+        (
+            br#"{"event_id":"e9","type":"purchase","customer_id":"c-1"}"#.to_vec(),
+            "missing_field",
+        ),
+        (
+            br#"{"event_id":"e8","type":"teleport","customer_id":"c-1","occurred_at":"2025-01-01T00:00:00Z"}"#.to_vec(),
+            "unknown_type",
+        ),
+    ];
+    let mut records = vec![(input.clone(), Some("c-1".to_string()), complaint("e1", "2025-01-01T00:00:00Z"), None)];
+    for (i, (payload, _)) in bad.iter().enumerate() {
+        let h = (i == 0).then(|| traced.clone());
+        records.push((input.clone(), Some("c-1".to_string()), payload.clone(), h));
+    }
+    records.push((input.clone(), Some("c-1".to_string()), complaint("e2", "2025-03-01T00:00:00Z"), None));
+    let ends = produce(&bootstrap, &records);
+    let group = unique("group");
+    let mut w = Worker::start(&bootstrap, &group, &[&input], &dlq, &alerts);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    let done = w.stop();
+
+    let dead = read_all(&bootstrap, &dlq, bad.len());
+    assert_eq!(dead.len(), bad.len());
+    for (i, ((key, payload, h), (want, class))) in dead.iter().zip(&bad).enumerate() {
+        assert_eq!(payload, want, "original bytes kept");
+        assert_eq!(key.as_deref(), Some(&b"c-1"[..]));
+        assert_eq!(header(h, "churnwatch.source.topic"), Some(input.as_str()));
+        assert_eq!(header(h, "churnwatch.source.partition"), Some("0"));
+        assert_eq!(
+            header(h, "churnwatch.source.offset"),
+            Some((i + 1).to_string().as_str())
+        );
+        assert_eq!(header(h, "churnwatch.reject.class"), Some(*class));
+        assert!(header(h, "churnwatch.reject.reason").is_some_and(|r| !r.is_empty()));
+    }
+    assert_eq!(header(&dead[0].2, "trace-id"), Some("abc123"), "own headers carried");
+    assert!(header(&dead[2].2, "churnwatch.reject.reason")
+        .is_some_and(|r| r.contains("occurred_at")));
+    // Both complaints around the bad records were applied: one alert each.
+    let got = read_all(&bootstrap, &alerts, 2);
+    let rules: Vec<String> = got
+        .iter()
+        .map(|(_, p, _)| {
+            let v: Value = serde_json::from_slice(p).expect("json");
+            v["rule"].as_str().unwrap_or("").to_string()
+        })
+        .collect();
+    assert_eq!(rules, vec!["support_recovery", "support_recovery"]);
+    assert!(done.stdout.contains("4 rejected"), "{}", done.stdout);
+}
+
+#[test]
+fn two_workers_split_the_tasks_and_together_decide_as_one() {
+    let bootstrap = broker();
+    let (purchases, support, dlq, alerts_two, alerts_one) = (
+        unique("purchases"),
+        unique("support"),
+        unique("dlq"),
+        unique("alerts2"),
+        unique("alerts1"),
+    );
+    create_topics(
+        &bootstrap,
+        &[
+            (&purchases, 4),
+            (&support, 4),
+            (&dlq, 1),
+            (&alerts_two, 2),
+            (&alerts_one, 2),
+        ],
+    );
+    let topics = [purchases.as_str(), support.as_str()];
+    let group_two = unique("two");
+    let mut a = Worker::start(&bootstrap, &group_two, &topics, &dlq, &alerts_two);
+    a.wait_tasks(4);
+    let mut b = Worker::start(&bootstrap, &group_two, &topics, &dlq, &alerts_two);
+    b.wait_tasks(2);
+    a.wait_tasks(2);
+
+    let records = example_split(&purchases, &support);
+    let ends = produce(&bootstrap, &records);
+    wait_committed(&bootstrap, &group_two, &ends, &mut [&mut a, &mut b]);
+    let (da, db) = (a.stop(), b.stop());
+
+    let group_one = unique("one");
+    let mut one = Worker::start(&bootstrap, &group_one, &topics, &dlq, &alerts_one);
+    wait_committed(&bootstrap, &group_one, &ends, &mut [&mut one]);
+    let d1 = one.stop();
+
+    for d in [&da, &db, &d1] {
+        assert!(d.stdout.contains(" 0 misrouted"), "{}", d.stdout);
+    }
+    let mut split_export: Vec<&str> = da.export.lines().chain(db.export.lines()).collect();
+    split_export.sort();
+    let one_export: Vec<&str> = d1.export.lines().collect();
+    assert!(one_export.len() > 2000);
+    assert_eq!(split_export, one_export, "customer state differs");
+    let ids = |e: &str| -> BTreeSet<String> {
+        e.lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("json")["customer_id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert!(ids(&da.export).is_disjoint(&ids(&db.export)), "a customer lives in one task");
+    assert!(!da.export.is_empty() && !db.export.is_empty(), "both workers had work");
+
+    let one_alerts = read_all(&bootstrap, &alerts_one, 1000);
+    let two_alerts = read_all(&bootstrap, &alerts_two, one_alerts.len());
+    assert_eq!(sorted_payloads(&two_alerts), sorted_payloads(&one_alerts));
+    let mut emls = da.emls.clone();
+    emls.extend(db.emls.clone());
+    assert!(emls == d1.emls, "emails differ");
+    assert!(da.log.contains("tasks assigned"));
+}
+
+#[test]
+fn a_broker_restart_is_survived() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let bootstrap = format!("127.0.0.1:{port}");
+    let start_broker = || -> Child {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .current_dir(scratch.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu (TANSU_BIN)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child
+    };
+    let mut tansu = start_broker();
+    let (purchases, support, dlq, alerts) = ("purchases", "support", "dlq", "alerts");
+    create_topics(
+        &bootstrap,
+        &[(purchases, 1), (support, 1), (dlq, 1), (alerts, 1)],
+    );
+    let records = example_split(purchases, support);
+    let files = write_split(scratch.path(), &records, &[purchases, support]);
+    let (want_alerts, want_export, _, _) = replay(&files, scratch.path());
+    let half = records.len() / 2;
+
+    let group = "restart";
+    produce(&bootstrap, &records[..half]);
+    let mut w = Worker::start(&bootstrap, group, &[purchases, support], dlq, alerts);
+    let first_ends = {
+        let mut e = BTreeMap::new();
+        for (t, _, _, _) in &records[..half] {
+            *e.entry((t.clone(), 0)).or_insert(0i64) += 1;
+        }
+        e
+    };
+    wait_committed(&bootstrap, group, &first_ends, &mut [&mut w]);
+
+    tansu.kill().expect("kill broker");
+    tansu.wait().expect("broker gone");
+    let down = Instant::now();
+    while !w.log().contains("kafka disconnected") {
+        w.assert_running();
+        assert!(down.elapsed() < Duration::from_secs(30), "no disconnect noticed:\n{}", w.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    w.assert_running();
+    let mut tansu = start_broker();
+    let ends = {
+        let mut e = produce(&bootstrap, &records[half..]);
+        for (k, v) in &first_ends {
+            e.entry(k.clone()).or_insert(*v);
+        }
+        e
+    };
+    wait_committed(&bootstrap, group, &ends, &mut [&mut w]);
+    let done = w.stop();
+    let log = &done.log;
+    let reconnected = log
+        .rfind("kafka connected")
+        .is_some_and(|c| log.find("kafka disconnected").is_some_and(|d| c > d));
+    assert!(reconnected, "{log}");
+
+    assert_eq!(done.export, want_export, "state differs from replay's");
+    // At-least-once: an alert may be published twice across the outage, never lost or changed.
+    let got = read_all(&bootstrap, alerts, want_alerts.len());
+    let got: BTreeSet<String> = sorted_payloads(&got).into_iter().collect();
+    let want: BTreeSet<String> = want_alerts.into_iter().collect();
+    assert_eq!(got, want);
+    let _ = tansu.kill();
+    let _ = tansu.wait();
+}
