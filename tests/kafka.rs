@@ -456,6 +456,10 @@ fn replay(files: &[PathBuf], out: &Path) -> (Vec<String>, String, Vec<Value>, BT
     (alerts, fs::read_to_string(export).expect("export"), rejects, emls)
 }
 
+fn lines(s: &str) -> Vec<String> {
+    s.lines().map(String::from).collect()
+}
+
 fn sorted_payloads(records: &[(Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)]) -> Vec<String> {
     let mut v: Vec<String> = records
         .iter()
@@ -463,6 +467,28 @@ fn sorted_payloads(records: &[(Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)
         .collect();
     v.sort();
     v
+}
+
+/// Asserts two multisets of lines are equal, showing a few differences (not all).
+fn assert_same(got: &[String], want: &[String], what: &str) {
+    let count = |v: &[String]| {
+        let mut m: BTreeMap<String, usize> = BTreeMap::new();
+        for l in v {
+            *m.entry(l.clone()).or_default() += 1;
+        }
+        m
+    };
+    let (g, w) = (count(got), count(want));
+    if g == w {
+        return;
+    }
+    let extra: Vec<&String> = g.keys().filter(|k| g.get(*k) != w.get(*k)).take(3).collect();
+    let missing: Vec<&String> = w.keys().filter(|k| g.get(*k) != w.get(*k)).take(3).collect();
+    panic!(
+        "{what} differ: {} vs {} expected\nunexpected (first 3): {extra:#?}\nmissing (first 3): {missing:#?}",
+        got.len(),
+        want.len()
+    );
 }
 
 fn header<'a>(h: &'a [(String, Vec<u8>)], k: &str) -> Option<&'a str> {
@@ -500,9 +526,12 @@ fn run_decides_exactly_what_replay_decides_on_the_same_events() {
     let done = w.stop();
 
     let got = read_all(&bootstrap, &alerts, want_alerts.len());
+    if got.len() != want_alerts.len() {
+        eprintln!("{}", done.log);
+    }
     let mut want_sorted = want_alerts.clone();
     want_sorted.sort();
-    assert_eq!(sorted_payloads(&got), want_sorted, "alerts differ from replay's");
+    assert_same(&sorted_payloads(&got), &want_sorted, "alerts (vs replay)");
     for (key, payload, _) in &got {
         let v: Value = serde_json::from_slice(payload).expect("alert json");
         assert_eq!(
@@ -511,7 +540,11 @@ fn run_decides_exactly_what_replay_decides_on_the_same_events() {
             "alerts are keyed by customer id"
         );
     }
-    assert_eq!(done.export, want_export, "customer state differs from replay's");
+    assert_same(
+        &lines(&done.export),
+        &lines(&want_export),
+        "customer states (vs replay)",
+    );
     assert_eq!(done.emls.len(), want_emls.len());
     assert!(done.emls == want_emls, "emails differ from replay's");
 
@@ -659,7 +692,11 @@ fn two_workers_split_the_tasks_and_together_decide_as_one() {
     split_export.sort();
     let one_export: Vec<&str> = d1.export.lines().collect();
     assert!(one_export.len() > 2000);
-    assert_eq!(split_export, one_export, "customer state differs");
+    assert_same(
+        &split_export.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        &one_export.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "customer states (two workers vs one)",
+    );
     let ids = |e: &str| -> BTreeSet<String> {
         e.lines()
             .map(|l| serde_json::from_str::<Value>(l).expect("json")["customer_id"].as_str().unwrap_or("").to_string())
@@ -670,7 +707,11 @@ fn two_workers_split_the_tasks_and_together_decide_as_one() {
 
     let one_alerts = read_all(&bootstrap, &alerts_one, 1000);
     let two_alerts = read_all(&bootstrap, &alerts_two, one_alerts.len());
-    assert_eq!(sorted_payloads(&two_alerts), sorted_payloads(&one_alerts));
+    assert_same(
+        &sorted_payloads(&two_alerts),
+        &sorted_payloads(&one_alerts),
+        "alerts (two workers vs one)",
+    );
     let mut emls = da.emls.clone();
     emls.extend(db.emls.clone());
     assert!(emls == d1.emls, "emails differ");
@@ -751,12 +792,20 @@ fn a_broker_restart_is_survived() {
         .is_some_and(|c| log.find("kafka disconnected").is_some_and(|d| c > d));
     assert!(reconnected, "{log}");
 
-    assert_eq!(done.export, want_export, "state differs from replay's");
+    assert_same(
+        &lines(&done.export),
+        &lines(&want_export),
+        "customer states (vs replay)",
+    );
     // At-least-once: an alert may be published twice across the outage, never lost or changed.
     let got = read_all(&bootstrap, alerts, want_alerts.len());
     let got: BTreeSet<String> = sorted_payloads(&got).into_iter().collect();
     let want: BTreeSet<String> = want_alerts.into_iter().collect();
-    assert_eq!(got, want);
+    assert_same(
+        &got.into_iter().collect::<Vec<_>>(),
+        &want.into_iter().collect::<Vec<_>>(),
+        "distinct alerts (vs replay)",
+    );
     let _ = tansu.kill();
     let _ = tansu.wait();
 }

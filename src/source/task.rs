@@ -3,9 +3,10 @@
 //! A task is partition `p` of every input topic (one *lane* per topic). Records are
 //! taken in `occurred_at` order across the lanes (ties: the earlier topic in
 //! `kafka.topics`, as `replay` breaks ties by file order), so the engine sees the same
-//! sequence whatever the fetch timing. A lane with nothing buffered holds the task back
-//! unless it is known to be caught up, and then at most `kafka.max_task_idle` (Kafka
-//! Streams' `max.task.idle.ms`). No I/O here: the Kafka adapter feeds it.
+//! sequence whatever the fetch timing. As in Kafka Streams (`max.task.idle.ms`, KIP-695),
+//! a lane with nothing buffered always holds the task back while the broker has records
+//! for it that are not fetched yet; once it is caught up it holds the task back at most
+//! `kafka.max_task_idle`, waiting for producers. No I/O here: the Kafka adapter feeds it.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ struct Lane {
     high_watermark: Option<i64>,
     /// Where fetching started, when known (stored or committed offset).
     start: Option<i64>,
-    /// Since when the lane has been empty while not caught up.
+    /// Since when the lane has been empty and caught up (or its end unknown).
     empty_since: Option<Instant>,
 }
 
@@ -40,11 +41,13 @@ impl Lane {
         self.received.or(self.start)
     }
 
-    fn caught_up(&self) -> bool {
+    /// Whether the broker is known to hold no record past what was received:
+    /// `Some(true)` caught up, `Some(false)` records waiting, `None` not known yet.
+    fn caught_up(&self) -> Option<bool> {
         match (self.high_watermark, self.position()) {
-            (Some(h), Some(p)) => p >= h,
-            (Some(0), None) => true,
-            _ => false,
+            (Some(h), Some(p)) => Some(p >= h),
+            (Some(0), None) => Some(true),
+            _ => None,
         }
     }
 }
@@ -103,7 +106,9 @@ impl TaskMerge {
 
     /// True when every lane is empty and caught up with its partition.
     pub fn caught_up(&self) -> bool {
-        self.lanes.iter().all(|l| l.buf.is_empty() && l.caught_up())
+        self.lanes
+            .iter()
+            .all(|l| l.buf.is_empty() && l.caught_up() == Some(true))
     }
 
     /// Records the broker holds beyond what this task has taken, where known.
@@ -120,10 +125,18 @@ impl TaskMerge {
     /// The next record in event-time order, or `None` while a lane must be waited for.
     pub fn next(&mut self, now: Instant, max_idle: Duration) -> Option<(usize, Pending)> {
         for l in &mut self.lanes {
-            if l.buf.is_empty() && !l.caught_up() {
-                let since = *l.empty_since.get_or_insert(now);
-                if now.duration_since(since) < max_idle {
-                    return None;
+            if !l.buf.is_empty() {
+                continue;
+            }
+            match l.caught_up() {
+                // Records on the broker not fetched yet: they may sort first.
+                Some(false) => return None,
+                // Caught up (or end not reported yet): wait a while for more.
+                Some(true) | None => {
+                    let since = *l.empty_since.get_or_insert(now);
+                    if now.duration_since(since) < max_idle {
+                        return None;
+                    }
                 }
             }
         }
@@ -174,40 +187,55 @@ mod tests {
         m.push(0, 0, ev("a", "2025-01-02T00:00:00Z"));
         m.push(1, 0, ev("b", "2025-01-01T00:00:00Z"));
         m.push(1, 1, ev("c", "2025-01-02T00:00:00Z"));
-        m.set_high_watermark(0, 1);
-        m.set_high_watermark(1, 2);
         let order: Vec<(usize, i64)> = std::iter::from_fn(|| m.next(now, IDLE))
             .map(|(l, p)| (l, p.offset))
             .collect();
-        assert_eq!(order, vec![(1, 0), (0, 0), (1, 1)]);
+        assert_eq!(order, vec![(1, 0), (0, 0)], "lane 0 is empty and its end unknown");
+        m.set_high_watermark(0, 1);
+        m.set_high_watermark(1, 2);
+        assert!(!m.caught_up());
+        let (lane, _) = m.next(now + IDLE, IDLE).expect("idle time passed");
+        assert_eq!(lane, 1);
         assert!(m.caught_up());
         assert_eq!(m.committable(0), Some(1));
         assert_eq!(m.committable(1), Some(2));
     }
 
     #[test]
-    fn an_empty_lane_that_is_behind_holds_the_task_until_idle() {
+    fn an_empty_lane_with_records_on_the_broker_holds_the_task_however_long() {
         let mut m = TaskMerge::new(2);
         let t0 = Instant::now();
         m.push(0, 5, ev("a", "2025-01-02T00:00:00Z"));
+        m.start(1, Some(0));
         m.set_high_watermark(1, 3);
         assert!(m.next(t0, IDLE).is_none(), "lane 1 has records not yet fetched");
-        assert!(m.next(t0 + IDLE / 2, IDLE).is_none());
-        let (lane, p) = m.next(t0 + IDLE, IDLE).expect("idle time passed");
-        assert_eq!((lane, p.offset), (0, 5));
-        assert_eq!(m.committable(0), Some(6));
-        assert_eq!(m.committable(1), None);
+        assert!(m.next(t0 + IDLE * 100, IDLE).is_none());
+        m.push(1, 0, ev("b", "2025-01-01T00:00:00Z"));
+        let (lane, p) = m.next(t0 + IDLE * 100, IDLE).expect("both lanes have heads");
+        assert_eq!((lane, p.offset), (1, 0));
     }
 
     #[test]
-    fn an_empty_lane_that_is_caught_up_does_not_hold_the_task() {
+    fn an_empty_lane_that_is_caught_up_holds_the_task_at_most_the_idle_time() {
         let mut m = TaskMerge::new(2);
         let t0 = Instant::now();
         m.start(1, Some(7));
         m.set_high_watermark(1, 7);
         m.push(0, 0, ev("a", "2025-01-02T00:00:00Z"));
-        assert_eq!(m.next(t0, IDLE).map(|(l, _)| l), Some(0));
+        assert!(m.next(t0, IDLE).is_none(), "waits for producers a while");
+        assert!(m.next(t0 + IDLE / 2, IDLE).is_none());
+        assert_eq!(m.next(t0 + IDLE, IDLE).map(|(l, _)| l), Some(0));
         assert_eq!(m.committable(1), Some(7));
+        assert_eq!(m.committable(0), Some(1));
+    }
+
+    #[test]
+    fn a_lane_whose_end_is_not_known_yet_holds_the_task_at_most_the_idle_time() {
+        let mut m = TaskMerge::new(2);
+        let t0 = Instant::now();
+        m.push(0, 0, ev("a", "2025-01-02T00:00:00Z"));
+        assert!(m.next(t0, IDLE).is_none());
+        assert!(m.next(t0 + IDLE, IDLE).is_some());
     }
 
     #[test]
