@@ -61,9 +61,11 @@ pub struct Wait(pub std::time::Duration);
 impl<'de> Deserialize<'de> for Wait {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(Wait)
-            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"500ms\" or \"30s\": {e}")))
+        humantime::parse_duration(s.trim()).map(Wait).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration like \"500ms\" or \"30s\": {e}"
+            ))
+        })
     }
 }
 
@@ -620,11 +622,16 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
             p.push(format!("kafka.topics: `{t}` is listed twice"));
         }
     }
-    for (key, t) in [("kafka.dlq_topic", &k.dlq_topic), ("kafka.alerts_topic", &k.alerts_topic)] {
+    for (key, t) in [
+        ("kafka.dlq_topic", &k.dlq_topic),
+        ("kafka.alerts_topic", &k.alerts_topic),
+    ] {
         if t.trim().is_empty() {
             p.push(format!("{key}: must not be empty"));
         } else if k.topics.contains(t) {
-            p.push(format!("{key}: `{t}` is also an input topic (the worker would read its own output)"));
+            p.push(format!(
+                "{key}: `{t}` is also an input topic (the worker would read its own output)"
+            ));
         }
     }
     if k.dlq_topic == k.alerts_topic {

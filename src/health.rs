@@ -64,7 +64,9 @@ impl Health {
         }
         let refused = self.refused.load(Ordering::Relaxed);
         if refused > 0 {
-            why.push(format!("{refused} task(s) refused: committed offsets but no local state"));
+            why.push(format!(
+                "{refused} task(s) refused: committed offsets but no local state"
+            ));
         }
         let behind = self.catching_up.load(Ordering::Relaxed);
         if behind > 0 {

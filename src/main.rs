@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 
 use churnwatch::config;
 use churnwatch::engine::clock::Stamp;
-use churnwatch::mail::template::Templates;
 use churnwatch::health::Health;
+use churnwatch::mail::template::Templates;
 use churnwatch::replay;
 use churnwatch::shutdown::Shutdown;
 use churnwatch::worker;
@@ -116,10 +116,7 @@ fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options)
             Ok(r) => break Some(r),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if shutdown
-                    .remaining()
-                    .is_some_and(|r| r.is_zero())
-                {
+                if shutdown.remaining().is_some_and(|r| r.is_zero()) {
                     std::thread::sleep(std::time::Duration::from_secs(1));
                     break done_rx.try_recv().ok();
                 }

@@ -205,7 +205,8 @@ impl<'a> Worker<'a> {
             let mut behind = 0;
             for (&p, task) in self.tasks.iter_mut() {
                 for (lane, t) in self.topics_c.iter().enumerate() {
-                    let high = kafka::cached_high_watermark(&self.consumer, t, p);
+                    let (low, high) = kafka::cached_watermarks(&self.consumer, t, p);
+                    task.merge.set_low_watermark(lane, low);
                     task.merge.set_high_watermark(lane, high);
                 }
                 while let Some((_, rec)) = task.merge.next(now, self.cfg.kafka.max_task_idle) {

@@ -89,8 +89,17 @@ fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
 // ---------------------------------------------------------------------------------------
 // producing
 
+/// A record to produce: topic, key, payload, headers.
+type Outgoing = (String, Option<String>, Vec<u8>, Option<OwnedHeaders>);
+
+/// A record read back: key, payload, headers.
+type Received = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+/// End offset per (topic, partition), and delivery errors.
+type AckLog = (BTreeMap<(String, i32), i64>, Vec<String>);
+
 #[derive(Clone, Default)]
-struct Acks(Arc<Mutex<(BTreeMap<(String, i32), i64>, Vec<String>)>>);
+struct Acks(Arc<Mutex<AckLog>>);
 
 impl ClientContext for Acks {}
 
@@ -100,7 +109,9 @@ impl ProducerContext for Acks {
         let mut g = self.0.lock().expect("acks");
         match result {
             Ok(m) => {
-                let end = g.0.entry((m.topic().to_string(), m.partition())).or_default();
+                let end =
+                    g.0.entry((m.topic().to_string(), m.partition()))
+                        .or_default();
                 *end = (*end).max(m.offset() + 1);
             }
             Err((e, _)) => g.1.push(e.to_string()),
@@ -110,10 +121,7 @@ impl ProducerContext for Acks {
 
 /// Produces records like a Java client would (murmur2 on the key); returns the end
 /// offset of every partition written.
-fn produce(
-    bootstrap: &str,
-    records: &[(String, Option<String>, Vec<u8>, Option<OwnedHeaders>)],
-) -> BTreeMap<(String, i32), i64> {
+fn produce(bootstrap: &str, records: &[Outgoing]) -> BTreeMap<(String, i32), i64> {
     let acks = Acks::default();
     let producer: ThreadedProducer<Acks> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -133,10 +141,7 @@ fn produce(
             match producer.send(rec) {
                 Ok(()) => break,
                 Err((e, _)) => {
-                    assert!(
-                        e.to_string().contains("Queue full"),
-                        "produce failed: {e}"
-                    );
+                    assert!(e.to_string().contains("Queue full"), "produce failed: {e}");
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
@@ -150,7 +155,7 @@ fn produce(
 
 /// The example events split by type over a purchases and a support topic, keyed by
 /// customer id (malformed lines go to the purchases topic, keyed if an id is readable).
-fn example_split(purchases: &str, support: &str) -> Vec<(String, Option<String>, Vec<u8>, Option<OwnedHeaders>)> {
+fn example_split(purchases: &str, support: &str) -> Vec<Outgoing> {
     let text = fs::read(manifest_dir().join("examples/events.jsonl")).expect("example");
     let mut out = Vec::new();
     for line in text.split(|b| *b == b'\n') {
@@ -158,7 +163,10 @@ fn example_split(purchases: &str, support: &str) -> Vec<(String, Option<String>,
             continue;
         }
         let v: Option<Value> = serde_json::from_slice(line).ok();
-        let ty = v.as_ref().and_then(|v| v.get("type")).and_then(Value::as_str);
+        let ty = v
+            .as_ref()
+            .and_then(|v| v.get("type"))
+            .and_then(Value::as_str);
         let key = v
             .as_ref()
             .and_then(|v| v.get("customer_id"))
@@ -175,7 +183,7 @@ fn example_split(purchases: &str, support: &str) -> Vec<(String, Option<String>,
 }
 
 /// Writes the records of each topic, in order, as JSONL files for `replay`.
-fn write_split(dir: &Path, records: &[(String, Option<String>, Vec<u8>, Option<OwnedHeaders>)], topics: &[&str]) -> Vec<PathBuf> {
+fn write_split(dir: &Path, records: &[Outgoing], topics: &[&str]) -> Vec<PathBuf> {
     topics
         .iter()
         .enumerate()
@@ -198,7 +206,7 @@ fn write_split(dir: &Path, records: &[(String, Option<String>, Vec<u8>, Option<O
 // consuming
 
 /// Every record of `topic` (all partitions) from the beginning: (key, payload, headers).
-fn read_all(bootstrap: &str, topic: &str, expect: usize) -> Vec<(Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+fn read_all(bootstrap: &str, topic: &str, expect: usize) -> Vec<Received> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
@@ -244,12 +252,21 @@ fn read_all(bootstrap: &str, topic: &str, expect: usize) -> Vec<(Option<Vec<u8>>
             }
         }
     }
-    assert!(out.len() >= expect, "{topic}: {} records, expected {expect}", out.len());
+    assert!(
+        out.len() >= expect,
+        "{topic}: {} records, expected {expect}",
+        out.len()
+    );
     out
 }
 
 /// Waits until the group has committed every partition up to `ends`.
-fn wait_committed(bootstrap: &str, group: &str, ends: &BTreeMap<(String, i32), i64>, workers: &mut [&mut Worker]) {
+fn wait_committed(
+    bootstrap: &str,
+    group: &str,
+    ends: &BTreeMap<(String, i32), i64>,
+    workers: &mut [&mut Worker],
+) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -284,7 +301,11 @@ fn wait_committed(bootstrap: &str, group: &str, ends: &BTreeMap<(String, i32), i
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition(), e.offset()))
                 .collect::<Vec<_>>()),
-            workers.iter().map(|w| w.log()).collect::<Vec<_>>().join("\n----\n")
+            workers
+                .iter()
+                .map(|w| w.log())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -307,6 +328,17 @@ struct Finished {
 
 impl Worker {
     fn start(bootstrap: &str, group: &str, topics: &[&str], dlq: &str, alerts: &str) -> Worker {
+        Worker::start_with(bootstrap, group, topics, dlq, alerts, &[])
+    }
+
+    fn start_with(
+        bootstrap: &str,
+        group: &str,
+        topics: &[&str],
+        dlq: &str,
+        alerts: &str,
+        env: &[(&str, &str)],
+    ) -> Worker {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = fs::File::create(dir.path().join("log")).expect("log");
         let out = fs::File::create(dir.path().join("stdout")).expect("stdout");
@@ -324,10 +356,14 @@ impl Worker {
             .env("CHURNWATCH__KAFKA__ALERTS_TOPIC", alerts)
             .env("CHURNWATCH__KAFKA__COMMIT_INTERVAL", "300ms")
             .env("CHURNWATCH__KAFKA__CONSUMER__SESSION__TIMEOUT__MS", "6000")
-            .env("CHURNWATCH__KAFKA__CONSUMER__HEARTBEAT__INTERVAL__MS", "500")
+            .env(
+                "CHURNWATCH__KAFKA__CONSUMER__HEARTBEAT__INTERVAL__MS",
+                "500",
+            )
             .env("CHURNWATCH__CLOCK", "event")
             .env("CHURNWATCH__DELIVERY__FILE_DIR", dir.path().join("mail"))
             .env("RUST_LOG", "info,librdkafka=warn")
+            .envs(env.iter().copied())
             .args(["run", "--export-customers"])
             .arg(dir.path().join("export.jsonl"))
             .stdout(Stdio::from(out))
@@ -385,7 +421,11 @@ impl Worker {
             if let Some(s) = child.try_wait().expect("wait") {
                 break s;
             }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no exit after SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
         assert!(exit.success(), "exit {exit} after SIGTERM:\n{}", self.log());
@@ -416,7 +456,10 @@ impl Drop for Worker {
     }
 }
 
-fn replay(files: &[PathBuf], out: &Path) -> (Vec<String>, String, Vec<Value>, BTreeMap<String, Vec<u8>>) {
+fn replay(
+    files: &[PathBuf],
+    out: &Path,
+) -> (Vec<String>, String, Vec<Value>, BTreeMap<String, Vec<u8>>) {
     let export = out.join("export.jsonl");
     let mut c = Command::new(env!("CARGO_BIN_EXE_churnwatch"));
     c.current_dir(manifest_dir());
@@ -453,14 +496,19 @@ fn replay(files: &[PathBuf], out: &Path) -> (Vec<String>, String, Vec<Value>, BT
             emls.insert(name, fs::read(e.path()).expect("eml"));
         }
     }
-    (alerts, fs::read_to_string(export).expect("export"), rejects, emls)
+    (
+        alerts,
+        fs::read_to_string(export).expect("export"),
+        rejects,
+        emls,
+    )
 }
 
 fn lines(s: &str) -> Vec<String> {
     s.lines().map(String::from).collect()
 }
 
-fn sorted_payloads(records: &[(Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)]) -> Vec<String> {
+fn sorted_payloads(records: &[Received]) -> Vec<String> {
     let mut v: Vec<String> = records
         .iter()
         .map(|(_, p, _)| String::from_utf8(p.clone()).expect("utf-8 alert"))
@@ -482,8 +530,16 @@ fn assert_same(got: &[String], want: &[String], what: &str) {
     if g == w {
         return;
     }
-    let extra: Vec<&String> = g.keys().filter(|k| g.get(*k) != w.get(*k)).take(3).collect();
-    let missing: Vec<&String> = w.keys().filter(|k| g.get(*k) != w.get(*k)).take(3).collect();
+    let extra: Vec<&String> = g
+        .keys()
+        .filter(|k| g.get(*k) != w.get(*k))
+        .take(3)
+        .collect();
+    let missing: Vec<&String> = w
+        .keys()
+        .filter(|k| g.get(*k) != w.get(*k))
+        .take(3)
+        .collect();
     panic!(
         "{what} differ: {} vs {} expected\nunexpected (first 3): {extra:#?}\nmissing (first 3): {missing:#?}",
         got.len(),
@@ -549,14 +605,22 @@ fn run_decides_exactly_what_replay_decides_on_the_same_events() {
     assert!(done.emls == want_emls, "emails differ from replay's");
 
     let dead = read_all(&bootstrap, &dlq, want_rejects.len());
-    assert_eq!(dead.len(), want_rejects.len(), "one dead letter per rejected line");
+    assert_eq!(
+        dead.len(),
+        want_rejects.len(),
+        "one dead letter per rejected line"
+    );
     let mut got_dead: Vec<(String, String, String)> = dead
         .iter()
         .map(|(_, p, h)| {
             (
                 String::from_utf8_lossy(p).into_owned(),
-                header(h, "churnwatch.reject.class").unwrap_or("?").to_string(),
-                header(h, "churnwatch.reject.reason").unwrap_or("?").to_string(),
+                header(h, "churnwatch.reject.class")
+                    .unwrap_or("?")
+                    .to_string(),
+                header(h, "churnwatch.reject.reason")
+                    .unwrap_or("?")
+                    .to_string(),
             )
         })
         .collect();
@@ -574,7 +638,8 @@ fn run_decides_exactly_what_replay_decides_on_the_same_events() {
     want_dead.sort();
     assert_eq!(got_dead, want_dead);
     assert!(
-        done.stdout.contains(&format!("{} rejected", want_rejects.len())),
+        done.stdout
+            .contains(&format!("{} rejected", want_rejects.len())),
         "{}",
         done.stdout
     );
@@ -586,8 +651,10 @@ fn rejected_records_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing(
     let (input, dlq, alerts) = (unique("in"), unique("dlq"), unique("alerts"));
     create_topics(&bootstrap, &[(&input, 1), (&dlq, 1), (&alerts, 1)]);
     let complaint = |id: &str, at: &str| {
-        format!(r#"{{"event_id":"{id}","type":"complaint","customer_id":"c-1","occurred_at":"{at}"}}"#)
-            .into_bytes()
+        format!(
+            r#"{{"event_id":"{id}","type":"complaint","customer_id":"c-1","occurred_at":"{at}"}}"#
+        )
+        .into_bytes()
     };
     let traced = OwnedHeaders::new().insert(Header {
         key: "trace-id",
@@ -605,12 +672,22 @@ fn rejected_records_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing(
             "unknown_type",
         ),
     ];
-    let mut records = vec![(input.clone(), Some("c-1".to_string()), complaint("e1", "2025-01-01T00:00:00Z"), None)];
+    let mut records = vec![(
+        input.clone(),
+        Some("c-1".to_string()),
+        complaint("e1", "2025-01-01T00:00:00Z"),
+        None,
+    )];
     for (i, (payload, _)) in bad.iter().enumerate() {
         let h = (i == 0).then(|| traced.clone());
         records.push((input.clone(), Some("c-1".to_string()), payload.clone(), h));
     }
-    records.push((input.clone(), Some("c-1".to_string()), complaint("e2", "2025-03-01T00:00:00Z"), None));
+    records.push((
+        input.clone(),
+        Some("c-1".to_string()),
+        complaint("e2", "2025-03-01T00:00:00Z"),
+        None,
+    ));
     let ends = produce(&bootstrap, &records);
     let group = unique("group");
     let mut w = Worker::start(&bootstrap, &group, &[&input], &dlq, &alerts);
@@ -631,9 +708,14 @@ fn rejected_records_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing(
         assert_eq!(header(h, "churnwatch.reject.class"), Some(*class));
         assert!(header(h, "churnwatch.reject.reason").is_some_and(|r| !r.is_empty()));
     }
-    assert_eq!(header(&dead[0].2, "trace-id"), Some("abc123"), "own headers carried");
-    assert!(header(&dead[2].2, "churnwatch.reject.reason")
-        .is_some_and(|r| r.contains("occurred_at")));
+    assert_eq!(
+        header(&dead[0].2, "trace-id"),
+        Some("abc123"),
+        "own headers carried"
+    );
+    assert!(
+        header(&dead[2].2, "churnwatch.reject.reason").is_some_and(|r| r.contains("occurred_at"))
+    );
     // Both complaints around the bad records were applied: one alert each.
     let got = read_all(&bootstrap, &alerts, 2);
     let rules: Vec<String> = got
@@ -669,9 +751,12 @@ fn two_workers_split_the_tasks_and_together_decide_as_one() {
     );
     let topics = [purchases.as_str(), support.as_str()];
     let group_two = unique("two");
-    let mut a = Worker::start(&bootstrap, &group_two, &topics, &dlq, &alerts_two);
+    // The workers read while the events are being produced: a caught-up partition holds
+    // its task long enough for the producer (SPEC §2), so the order stays event time.
+    let live = [("CHURNWATCH__KAFKA__MAX_TASK_IDLE", "10s")];
+    let mut a = Worker::start_with(&bootstrap, &group_two, &topics, &dlq, &alerts_two, &live);
     a.wait_tasks(4);
-    let mut b = Worker::start(&bootstrap, &group_two, &topics, &dlq, &alerts_two);
+    let mut b = Worker::start_with(&bootstrap, &group_two, &topics, &dlq, &alerts_two, &live);
     b.wait_tasks(2);
     a.wait_tasks(2);
 
@@ -688,22 +773,60 @@ fn two_workers_split_the_tasks_and_together_decide_as_one() {
     for d in [&da, &db, &d1] {
         assert!(d.stdout.contains(" 0 misrouted"), "{}", d.stdout);
     }
+    // What each task must decide: replay of partition p of both topics.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut per_task_export = Vec::new();
+    for p in 0..4 {
+        let part: Vec<_> = records
+            .iter()
+            .filter(|(_, k, _, _)| {
+                k.as_deref()
+                    .is_some_and(|k| churnwatch::source::kafka::partition_for(k.as_bytes(), 4) == p)
+            })
+            .cloned()
+            .collect();
+        let dir = scratch.path().join(p.to_string());
+        fs::create_dir_all(&dir).expect("dir");
+        let files = write_split(&dir, &part, &topics);
+        let (_, export, _, _) = replay(&files, &dir);
+        per_task_export.extend(lines(&export));
+    }
+    per_task_export.sort();
+    assert_same(
+        &lines(&d1.export),
+        &per_task_export,
+        "one worker vs replay per task",
+    );
     let mut split_export: Vec<&str> = da.export.lines().chain(db.export.lines()).collect();
     split_export.sort();
     let one_export: Vec<&str> = d1.export.lines().collect();
     assert!(one_export.len() > 2000);
     assert_same(
-        &split_export.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        &split_export
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
         &one_export.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         "customer states (two workers vs one)",
     );
     let ids = |e: &str| -> BTreeSet<String> {
         e.lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("json")["customer_id"].as_str().unwrap_or("").to_string())
+            .map(|l| {
+                serde_json::from_str::<Value>(l).expect("json")["customer_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
             .collect()
     };
-    assert!(ids(&da.export).is_disjoint(&ids(&db.export)), "a customer lives in one task");
-    assert!(!da.export.is_empty() && !db.export.is_empty(), "both workers had work");
+    assert!(
+        ids(&da.export).is_disjoint(&ids(&db.export)),
+        "a customer lives in one task"
+    );
+    assert!(
+        !da.export.is_empty() && !db.export.is_empty(),
+        "both workers had work"
+    );
 
     let one_alerts = read_all(&bootstrap, &alerts_one, 1000);
     let two_alerts = read_all(&bootstrap, &alerts_two, one_alerts.len());
@@ -730,7 +853,13 @@ fn a_broker_restart_is_survived() {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
             .current_dir(scratch.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -771,7 +900,11 @@ fn a_broker_restart_is_survived() {
     let down = Instant::now();
     while !w.log().contains("kafka disconnected") {
         w.assert_running();
-        assert!(down.elapsed() < Duration::from_secs(30), "no disconnect noticed:\n{}", w.log());
+        assert!(
+            down.elapsed() < Duration::from_secs(30),
+            "no disconnect noticed:\n{}",
+            w.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));

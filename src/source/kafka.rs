@@ -229,7 +229,10 @@ impl WorkerContext {
                     });
                     (!stale).then(|| Start::Local(local.clone()))
                 }
-                None => committed.iter().all(Option::is_none).then_some(Start::Fresh),
+                None => committed
+                    .iter()
+                    .all(Option::is_none)
+                    .then_some(Start::Fresh),
             };
             match start {
                 // Without the group's offsets, "nobody processed it" cannot be told.
@@ -251,7 +254,9 @@ impl WorkerContext {
                 continue;
             };
             let offset = match (start, self.lane(e.topic())) {
-                (Start::Local(pos), Some(lane)) => pos[lane].map_or(Offset::Invalid, Offset::Offset),
+                (Start::Local(pos), Some(lane)) => {
+                    pos[lane].map_or(Offset::Invalid, Offset::Offset)
+                }
                 _ => Offset::Invalid,
             };
             if let Err(err) = assign.add_partition_offset(e.topic(), e.partition(), offset) {
@@ -283,7 +288,8 @@ impl WorkerContext {
     fn on_revoke(&self, consumer: &BaseConsumer<Self>) {
         // Offsets stored so far are those whose effects are done: hand them over now.
         match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {}
+            Ok(())
+            | Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => tracing::warn!(error = %e, "commit on revoke failed"),
         }
         if let Err(e) = consumer.unassign() {
@@ -341,7 +347,9 @@ impl ConsumerContext for WorkerContext {
         tpl: &mut TopicPartitionList,
     ) {
         match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(base_consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.on_assign(base_consumer, tpl)
+            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(base_consumer),
             other => {
                 tracing::error!(error = ?other, "rebalance error");
@@ -368,9 +376,9 @@ pub fn producer(k: &KafkaSettings) -> anyhow::Result<FutureProducer> {
     Ok(cfg.create()?)
 }
 
-/// The broker's cached high watermark of a partition (from its last fetch response;
-/// −1 when not known yet). Unlike ListOffsets this costs no request.
-pub fn cached_high_watermark(consumer: &WorkerConsumer, topic: &CString, partition: i32) -> i64 {
+/// The broker's cached (low, high) watermarks of a partition, from its last fetch
+/// response (−1 when not known yet). Unlike ListOffsets this costs no request.
+pub fn cached_watermarks(consumer: &WorkerConsumer, topic: &CString, partition: i32) -> (i64, i64) {
     let mut low: i64 = -1;
     let mut high: i64 = -1;
     // SAFETY: the client pointer is valid for the consumer's lifetime, `topic` is a
@@ -385,9 +393,9 @@ pub fn cached_high_watermark(consumer: &WorkerConsumer, topic: &CString, partiti
         )
     };
     if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
-        high
+        (low, high)
     } else {
-        -1
+        (-1, -1)
     }
 }
 
@@ -415,7 +423,10 @@ pub fn check_topics(
             None => problems.push(format!("input topic `{t}` does not exist (kafka.topics)")),
         }
     }
-    for (key, t) in [("kafka.dlq_topic", &k.dlq_topic), ("kafka.alerts_topic", &k.alerts_topic)] {
+    for (key, t) in [
+        ("kafka.dlq_topic", &k.dlq_topic),
+        ("kafka.alerts_topic", &k.alerts_topic),
+    ] {
         if count(t).is_none() {
             problems.push(format!("output topic `{t}` does not exist ({key})"));
         }

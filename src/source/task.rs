@@ -104,6 +104,15 @@ impl TaskMerge {
         self.lanes[lane].high_watermark = (high >= 0).then_some(high);
     }
 
+    /// The broker reported `low` as the start of `lane`'s partition: a lane started
+    /// with no offset of its own (nothing committed) reads from there.
+    pub fn set_low_watermark(&mut self, lane: usize, low: i64) {
+        let l = &mut self.lanes[lane];
+        if l.start.is_none() && low >= 0 {
+            l.start = Some(low);
+        }
+    }
+
     /// True when every lane is empty and caught up with its partition.
     pub fn caught_up(&self) -> bool {
         self.lanes
@@ -124,6 +133,14 @@ impl TaskMerge {
 
     /// The next record in event-time order, or `None` while a lane must be waited for.
     pub fn next(&mut self, now: Instant, max_idle: Duration) -> Option<(usize, Pending)> {
+        if self.lanes.iter().all(|l| l.buf.is_empty()) {
+            // Nothing waits to be processed, so nothing is being held back: the idle
+            // time counts from when a record has to wait for an empty lane.
+            for l in &mut self.lanes {
+                l.empty_since = None;
+            }
+            return None;
+        }
         for l in &mut self.lanes {
             if !l.buf.is_empty() {
                 continue;
@@ -190,7 +207,11 @@ mod tests {
         let order: Vec<(usize, i64)> = std::iter::from_fn(|| m.next(now, IDLE))
             .map(|(l, p)| (l, p.offset))
             .collect();
-        assert_eq!(order, vec![(1, 0), (0, 0)], "lane 0 is empty and its end unknown");
+        assert_eq!(
+            order,
+            vec![(1, 0), (0, 0)],
+            "lane 0 is empty and its end unknown"
+        );
         m.set_high_watermark(0, 1);
         m.set_high_watermark(1, 2);
         assert!(!m.caught_up());
@@ -208,10 +229,15 @@ mod tests {
         m.push(0, 5, ev("a", "2025-01-02T00:00:00Z"));
         m.start(1, Some(0));
         m.set_high_watermark(1, 3);
-        assert!(m.next(t0, IDLE).is_none(), "lane 1 has records not yet fetched");
+        assert!(
+            m.next(t0, IDLE).is_none(),
+            "lane 1 has records not yet fetched"
+        );
         assert!(m.next(t0 + IDLE * 100, IDLE).is_none());
         m.push(1, 0, ev("b", "2025-01-01T00:00:00Z"));
-        let (lane, p) = m.next(t0 + IDLE * 100, IDLE).expect("both lanes have heads");
+        let (lane, p) = m
+            .next(t0 + IDLE * 100, IDLE)
+            .expect("both lanes have heads");
         assert_eq!((lane, p.offset), (1, 0));
     }
 
@@ -227,6 +253,33 @@ mod tests {
         assert_eq!(m.next(t0 + IDLE, IDLE).map(|(l, _)| l), Some(0));
         assert_eq!(m.committable(1), Some(7));
         assert_eq!(m.committable(0), Some(1));
+    }
+
+    #[test]
+    fn the_idle_time_counts_from_when_a_record_has_to_wait() {
+        let mut m = TaskMerge::new(2);
+        let t0 = Instant::now();
+        m.set_high_watermark(0, 0);
+        m.set_high_watermark(1, 0);
+        assert!(m.next(t0, IDLE).is_none(), "nothing buffered");
+        m.push(0, 0, ev("a", "2025-01-02T00:00:00Z"));
+        let later = t0 + IDLE * 10;
+        assert!(
+            m.next(later, IDLE).is_none(),
+            "lane 1 was idle, but nobody waited"
+        );
+        assert!(m.next(later + IDLE, IDLE).is_some());
+    }
+
+    #[test]
+    fn a_fresh_lane_reads_from_the_low_watermark_so_its_records_are_waited_for() {
+        let mut m = TaskMerge::new(2);
+        let t0 = Instant::now();
+        m.push(0, 0, ev("a", "2025-01-02T00:00:00Z"));
+        m.set_high_watermark(1, 4);
+        m.set_low_watermark(1, 0);
+        assert!(m.next(t0 + IDLE * 10, IDLE).is_none());
+        assert_eq!(m.committable(1), Some(0));
     }
 
     #[test]
