@@ -45,22 +45,35 @@ fn broker() -> Broker {
     if let Ok(addr) = std::env::var("CHURNWATCH_TEST_KAFKA") {
         return Broker { addr, child: None };
     }
-    let bin = std::env::var_os("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/churnwatch/tansu-0.6.0/bin/tansu")
-    });
+    let bin = std::env::var_os("TANSU_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/churnwatch/tansu-0.6.0/bin/tansu")
+        });
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port");
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(&bin)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
         .args(["--storage-engine", "memory://tansu/"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {} ({e}); run scripts/test once to build it", bin.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} ({e}); run scripts/test once to build it",
+                bin.display()
+            )
+        });
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "tansu did not start");
@@ -173,7 +186,10 @@ fn main() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CHURNWATCH__KAFKA__BOOTSTRAP_SERVERS", &broker.addr)
         .env("CHURNWATCH__KAFKA__GROUP_ID", &group)
-        .env("CHURNWATCH__KAFKA__TOPICS", format!("{purchases},{support}"))
+        .env(
+            "CHURNWATCH__KAFKA__TOPICS",
+            format!("{purchases},{support}"),
+        )
         .env("CHURNWATCH__KAFKA__DLQ_TOPIC", &dlq)
         .env("CHURNWATCH__KAFKA__ALERTS_TOPIC", &alerts)
         .env("CHURNWATCH__CLOCK", "event")

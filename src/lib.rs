@@ -13,6 +13,7 @@ pub mod engine;
 pub mod event;
 pub mod health;
 pub mod mail;
+pub mod publisher;
 pub mod replay;
 pub mod shutdown;
 pub mod source;

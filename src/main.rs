@@ -73,15 +73,13 @@ fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options)
     let shutdown = Arc::new(Shutdown::new());
     let health = Arc::new(Health::new());
     let grace = cfg.shutdown_grace;
-    let handle = runtime.handle().clone();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     {
         let shutdown = shutdown.clone();
-        let handle = handle.clone();
         std::thread::Builder::new()
             .name("churnwatch-worker".into())
             .spawn(move || {
-                let r = worker::run(&cfg, &templates, &shutdown, health, handle, &opts);
+                let r = worker::run(&cfg, &templates, &shutdown, health, &opts);
                 // The receiver may be gone if main already gave up; nothing to do then.
                 let _ = done_tx.send(r);
             })

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context as _};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
 
@@ -30,6 +29,7 @@ use crate::event;
 use crate::health::Health;
 use crate::mail::mailer::FileMailer;
 use crate::mail::template::Templates;
+use crate::publisher::Publisher;
 use crate::shutdown::Shutdown;
 use crate::source::kafka::{self, Rebalanced, Shared, Start, TopicError, WorkerContext};
 use crate::source::task::TaskMerge;
@@ -84,22 +84,18 @@ struct Task {
     merge: TaskMerge,
 }
 
-/// A record produced and not yet acknowledged, kept to send again on failure.
-struct Produced<'a> {
-    topic: &'a str,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: Option<OwnedHeaders>,
-    delivery: DeliveryFuture,
-}
+/// Offsets a batch's effects cover: (task, lane, next offset).
+type Covered = Vec<(i32, usize, i64)>;
+
+/// More closed batches than this in flight and the loop waits for acknowledgements.
+const MAX_UNSETTLED: usize = 16;
 
 struct Worker<'a> {
     cfg: &'a Config,
     shutdown: &'a Shutdown,
     health: Arc<Health>,
-    handle: tokio::runtime::Handle,
     consumer: kafka::WorkerConsumer,
-    producer: FutureProducer,
+    publisher: Publisher<Covered>,
     shared: Arc<Mutex<Shared>>,
     topics: Vec<String>,
     topics_c: Vec<CString>,
@@ -107,24 +103,20 @@ struct Worker<'a> {
     tasks: BTreeMap<i32, Task>,
     /// Tasks revoked from this worker, kept in case they come back.
     parked: BTreeMap<i32, Task>,
-    in_flight: Vec<Produced<'a>>,
     mailer: Option<FileMailer<'a>>,
-    /// Offsets last stored, per (task, lane).
-    stored: BTreeMap<(i32, usize), i64>,
     out: Outcome,
     first_record: Option<Instant>,
     last_done: Option<Instant>,
     misrouted_warned: bool,
 }
 
-/// Runs the service until `shutdown` is requested. Blocking: call it from a thread that
-/// may block, with `handle` the runtime's handle.
+/// Runs the service until `shutdown` is requested. Blocking: call it from a thread of
+/// its own.
 pub fn run(
     cfg: &Config,
     templates: &Templates,
     shutdown: &Shutdown,
     health: Arc<Health>,
-    handle: tokio::runtime::Handle,
     opts: &Options,
 ) -> anyhow::Result<Outcome> {
     if cfg.transport != "file" {
@@ -137,7 +129,9 @@ pub fn run(
     let shared = Arc::new(Mutex::new(Shared::default()));
     let ctx = WorkerContext::new(k.topics.clone(), health.clone(), shared.clone());
     let consumer = kafka::consumer(k, ctx)?;
-    let producer = kafka::producer(k)?;
+    let producer_cfg = kafka::producer_config(k);
+    tracing::info!(config = %kafka::describe(&producer_cfg), "kafka producer");
+    let publisher = Publisher::new(&producer_cfg)?;
     let partitions = loop {
         match kafka::check_topics(&consumer, k, Duration::from_secs(10)) {
             Ok(n) => break n,
@@ -164,9 +158,8 @@ pub fn run(
         cfg,
         shutdown,
         health,
-        handle,
         consumer,
-        producer,
+        publisher,
         shared,
         topics_c: k
             .topics
@@ -178,9 +171,7 @@ pub fn run(
         partitions,
         tasks: BTreeMap::new(),
         parked: BTreeMap::new(),
-        in_flight: Vec::new(),
         mailer,
-        stored: BTreeMap::new(),
         out: Outcome::default(),
         first_record: None,
         last_done: None,
@@ -224,10 +215,16 @@ impl<'a> Worker<'a> {
             }
             self.health.set_catching_up(behind);
             self.publish(&mut alerts)?;
-            if !self.await_deliveries() {
-                return Ok(false);
+            let covered = self.covered();
+            self.publisher.close(covered);
+            self.store_settled();
+            while self.publisher.unsettled() > MAX_UNSETTLED {
+                if self.shutdown.expired() {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                self.store_settled();
             }
-            self.store_offsets();
             if last_report.elapsed() >= Duration::from_secs(10) {
                 let secs = last_report.elapsed().as_secs_f64();
                 let lag: i64 = self.tasks.values().map(|t| t.merge.lag()).sum();
@@ -243,7 +240,22 @@ impl<'a> Worker<'a> {
                 last_report = Instant::now();
             }
         }
-        Ok(true)
+        Ok(self.settle_all())
+    }
+
+    /// Waits until every closed batch is settled and stored; false when the shutdown
+    /// grace period ran out first.
+    fn settle_all(&mut self) -> bool {
+        loop {
+            self.store_settled();
+            if self.publisher.unsettled() == 0 {
+                return true;
+            }
+            if self.shutdown.expired() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Polls up to one batch of records into their tasks; rejects go out at once.
@@ -290,10 +302,12 @@ impl<'a> Worker<'a> {
                     self.out.rejected += 1;
                     tracing::info!(topic, partition, offset, class = rej.class, reason = %rej.reason, "record rejected to the dead-letter topic");
                     let dead = dead_letter(&msg, rej.class, &rej.reason);
-                    let key = msg.key().map(<[u8]>::to_vec);
-                    let payload = payload.to_vec();
-                    let cfg: &'a Config = self.cfg;
-                    self.send(&cfg.kafka.dlq_topic, key, payload, Some(dead))?;
+                    self.publisher.send(
+                        &self.cfg.kafka.dlq_topic,
+                        msg.key(),
+                        payload,
+                        Some(dead),
+                    )?;
                     if let Some(t) = self.tasks.get_mut(&partition) {
                         t.merge.skip(lane, offset);
                     }
@@ -315,6 +329,10 @@ impl<'a> Worker<'a> {
         for ev in events {
             match ev {
                 Rebalanced::Revoked => {
+                    // Batches in flight must settle first, so that the positions kept
+                    // match the state kept (a lost grace period keeps them older:
+                    // records are then read again, never skipped).
+                    self.settle_all();
                     // Keep each task's engine: if the task comes back, its state continues
                     // from the stored positions. Buffered records are read again.
                     self.parked.append(&mut self.tasks);
@@ -361,10 +379,10 @@ impl<'a> Worker<'a> {
                 }
             }
             let json = alert.to_json(&domain);
-            self.send(
+            self.publisher.send(
                 topic,
-                Some(alert.customer_id.as_bytes().to_vec()),
-                json.into_bytes(),
+                Some(alert.customer_id.as_bytes()),
+                json.as_bytes(),
                 None,
             )?;
             self.out.alerts += 1;
@@ -375,114 +393,48 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    fn send(
-        &mut self,
-        topic: &'a str,
-        key: Option<Vec<u8>>,
-        payload: Vec<u8>,
-        headers: Option<OwnedHeaders>,
-    ) -> anyhow::Result<()> {
-        let delivery = loop {
-            let mut rec = FutureRecord::<[u8], [u8]>::to(topic).payload(&payload);
-            if let Some(k) = &key {
-                rec = rec.key(k);
-            }
-            if let Some(h) = &headers {
-                rec = rec.headers(h.clone());
-            }
-            match self.producer.send_result(rec) {
-                Ok(d) => break d,
-                Err((e, _)) => {
-                    // The local queue is full: let deliveries drain, then try again.
-                    tracing::debug!(error = %e, "producer queue full");
-                    if !self.await_deliveries() {
-                        bail!("shutdown grace period ran out while the producer queue was full");
-                    }
-                }
-            }
-        };
-        self.in_flight.push(Produced {
-            topic,
-            key,
-            payload,
-            headers,
-            delivery,
-        });
-        Ok(())
-    }
-
-    /// Waits until every produced record is acknowledged, sending failures again.
-    /// False when the shutdown grace period ran out first.
-    fn await_deliveries(&mut self) -> bool {
-        let mut backoff = Duration::from_millis(100);
-        while !self.in_flight.is_empty() {
-            let mut failed = Vec::new();
-            for mut p in std::mem::take(&mut self.in_flight) {
-                loop {
-                    let wait = self
-                        .shutdown
-                        .remaining()
-                        .unwrap_or(Duration::from_secs(1))
-                        .min(Duration::from_secs(1));
-                    let delivery = &mut p.delivery;
-                    match self
-                        .handle
-                        .block_on(async { tokio::time::timeout(wait, delivery).await })
-                    {
-                        Ok(Ok(Ok(_))) => break,
-                        Ok(Ok(Err((e, _)))) => {
-                            tracing::warn!(topic = p.topic, error = %e, "delivery failed; sending again");
-                            failed.push(p);
-                            break;
-                        }
-                        Ok(Err(_canceled)) => {
-                            failed.push(p);
-                            break;
-                        }
-                        Err(_elapsed) => {
-                            if self.shutdown.expired() {
-                                return false;
-                            }
-                        }
-                    }
-                }
-            }
-            for p in failed {
-                if self.shutdown.expired() {
-                    return false;
-                }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                if self.send(p.topic, p.key, p.payload, p.headers).is_err() {
-                    return false;
+    /// What the records taken so far cover, per task and lane.
+    fn covered(&self) -> Covered {
+        let mut out = Vec::new();
+        for (&p, task) in &self.tasks {
+            for lane in 0..task.merge.lanes() {
+                if let Some(o) = task.merge.committable(lane) {
+                    out.push((p, lane, o));
                 }
             }
         }
-        true
+        out
     }
 
-    /// Stores, for the periodic commit, the offsets whose effects are all done.
-    fn store_offsets(&mut self) {
+    /// Stores, for the periodic commit, the offsets of every settled batch: all the
+    /// effects of the records before them are acknowledged.
+    fn store_settled(&mut self) {
+        let settled = self.publisher.settled();
+        if settled.is_empty() {
+            return;
+        }
+        let mut latest: BTreeMap<(i32, usize), i64> = BTreeMap::new();
+        for covered in &settled {
+            for &(p, lane, o) in covered {
+                latest.insert((p, lane), o);
+            }
+        }
         let mut tpl = TopicPartitionList::new();
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        for (&p, task) in &self.tasks {
-            let mut pos = Vec::with_capacity(task.merge.lanes());
-            for lane in 0..task.merge.lanes() {
-                let c = task.merge.committable(lane);
-                pos.push(c);
-                let Some(o) = c else { continue };
-                if self.stored.get(&(p, lane)) == Some(&o) {
-                    continue;
-                }
-                if tpl
-                    .add_partition_offset(&self.topics[lane], p, Offset::Offset(o))
-                    .is_ok()
-                {
-                    self.stored.insert((p, lane), o);
-                }
+        let lanes = self.topics.len();
+        for (&(p, lane), &o) in &latest {
+            let pos = shared
+                .positions
+                .entry(p)
+                .or_insert_with(|| vec![None; lanes]);
+            if pos[lane] == Some(o) {
+                continue;
             }
-            if pos.iter().any(Option::is_some) {
-                shared.positions.insert(p, pos);
+            pos[lane] = Some(o);
+            if self.tasks.contains_key(&p) {
+                if let Err(e) = tpl.add_partition_offset(&self.topics[lane], p, Offset::Offset(o)) {
+                    tracing::warn!(error = %e, "offset not stored");
+                }
             }
         }
         drop(shared);
@@ -490,8 +442,8 @@ impl<'a> Worker<'a> {
             if let Err(e) = self.consumer.store_offsets(&tpl) {
                 tracing::warn!(error = %e, "storing offsets failed");
             }
-            self.last_done = Some(Instant::now());
         }
+        self.last_done = Some(Instant::now());
     }
 
     fn finish(&mut self, opts: &Options) -> anyhow::Result<()> {

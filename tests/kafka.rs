@@ -885,7 +885,9 @@ fn a_broker_restart_is_survived() {
 
     let group = "restart";
     produce(&bootstrap, &records[..half]);
-    let mut w = Worker::start(&bootstrap, group, &[purchases, support], dlq, alerts);
+    // The second half is produced while the worker reads: see the two-worker test.
+    let live = [("CHURNWATCH__KAFKA__MAX_TASK_IDLE", "10s")];
+    let mut w = Worker::start_with(&bootstrap, group, &[purchases, support], dlq, alerts, &live);
     let first_ends = {
         let mut e = BTreeMap::new();
         for (t, _, _, _) in &records[..half] {

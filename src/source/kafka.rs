@@ -14,7 +14,6 @@ use std::time::Duration;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Statistics};
@@ -367,13 +366,6 @@ pub fn consumer(k: &KafkaSettings, ctx: WorkerContext) -> anyhow::Result<WorkerC
     let cfg = consumer_config(k);
     tracing::info!(config = %describe(&cfg), "kafka consumer");
     Ok(cfg.create_with_context(ctx)?)
-}
-
-/// Builds the producer of alerts and dead letters.
-pub fn producer(k: &KafkaSettings) -> anyhow::Result<FutureProducer> {
-    let cfg = producer_config(k);
-    tracing::info!(config = %describe(&cfg), "kafka producer");
-    Ok(cfg.create()?)
 }
 
 /// The broker's cached (low, high) watermarks of a partition, from its last fetch
