@@ -736,3 +736,79 @@ fn check_fails_when_a_template_the_config_uses_is_missing() {
     assert!(!out.status.success());
     assert!(stderr.contains("welcome_home"), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------
+// [kafka]
+
+#[test]
+fn kafka_defaults_are_the_spec_names() {
+    let k = defaults().kafka;
+    assert_eq!(k.group_id, "churnwatch");
+    assert_eq!(k.topics, vec!["shop.purchases", "shop.support"]);
+    assert_eq!(k.dlq_topic, "churnwatch.dlq");
+    assert_eq!(k.alerts_topic, "churnwatch.alerts");
+    assert!(k.client.is_empty());
+}
+
+#[test]
+fn kafka_client_tables_flatten_to_dotted_librdkafka_properties() {
+    let c = load_ok(
+        r#"
+[kafka]
+topics = ["a", "b"]
+[kafka.client]
+security.protocol = "SASL_SSL"
+"ssl.ca.location" = "/etc/ca.pem"
+socket.keepalive.enable = true
+[kafka.consumer]
+fetch.min.bytes = 1024
+"#,
+    );
+    let mut client = c.kafka.client.clone();
+    client.sort();
+    assert_eq!(
+        client,
+        vec![
+            ("security.protocol".to_string(), "SASL_SSL".to_string()),
+            ("socket.keepalive.enable".to_string(), "true".to_string()),
+            ("ssl.ca.location".to_string(), "/etc/ca.pem".to_string()),
+        ]
+    );
+    assert_eq!(
+        c.kafka.consumer,
+        vec![("fetch.min.bytes".to_string(), "1024".to_string())]
+    );
+    assert_eq!(c.kafka.topics, vec!["a", "b"]);
+}
+
+#[test]
+fn kafka_secrets_and_topics_come_from_the_environment() {
+    let c = defaults_with_env(&[
+        ("CHURNWATCH__KAFKA__CLIENT__SASL__PASSWORD", "s3cr3t"),
+        ("CHURNWATCH__KAFKA__TOPICS", "orders, tickets"),
+        ("CHURNWATCH__KAFKA__MAX_TASK_IDLE", "250ms"),
+    ])
+    .expect("valid");
+    assert!(c
+        .kafka
+        .client
+        .contains(&("sasl.password".to_string(), "s3cr3t".to_string())));
+    assert_eq!(c.kafka.topics, vec!["orders", "tickets"]);
+    assert_eq!(c.kafka.max_task_idle, std::time::Duration::from_millis(250));
+}
+
+#[test]
+fn kafka_topic_mistakes_are_errors_naming_the_key() {
+    let (msg, _) = load_err("[kafka]\ndlq_topic = \"shop.purchases\"\n");
+    assert!(msg.contains("kafka.dlq_topic"), "{msg}");
+    let (msg, _) = load_err("[kafka]\ntopics = [\"a\", \"a\"]\n");
+    assert!(msg.contains("listed twice"), "{msg}");
+    let (msg, _) = load_err("[kafka]\ntopics = []\n");
+    assert!(msg.contains("kafka.topics"), "{msg}");
+    let (msg, _) = load_err("[kafka.client]\n\"group.id\" = \"x\"\n");
+    assert!(msg.contains("group.id"), "{msg}");
+    let (msg, _) = load_err("[kafka]\nbootstrap = \"x\"\n");
+    assert!(msg.contains("bootstrap"), "{msg}");
+    let (msg, _) = load_err("[kafka]\nmax_task_idle = \"soon\"\n");
+    assert!(msg.contains("soon"), "{msg}");
+}
