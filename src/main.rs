@@ -161,6 +161,17 @@ fn load_templates(cfg: &config::Config) -> Result<Templates, Vec<String>> {
     }
 }
 
+/// Templates a command that writes emails needs; every problem printed, exit 2 if any.
+fn templates_for_sending(cfg: &config::Config) -> Result<Templates, ExitCode> {
+    load_templates(cfg).map_err(|problems| {
+        eprintln!("error: templates are not valid");
+        for p in problems {
+            eprintln!("{p}");
+        }
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Run { .. }) {
@@ -205,15 +216,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { export_customers } => {
-            let templates = match load_templates(&cfg) {
+            let templates = match templates_for_sending(&cfg) {
                 Ok(t) => t,
-                Err(problems) => {
-                    eprintln!("error: templates are not valid");
-                    for p in problems {
-                        eprintln!("{p}");
-                    }
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             run_service(cfg, templates, worker::Options { export_customers })
         }
@@ -224,15 +229,9 @@ fn main() -> ExitCode {
             export_customers,
             batch_size,
         } => {
-            let templates = match load_templates(&cfg) {
+            let templates = match templates_for_sending(&cfg) {
                 Ok(t) => t,
-                Err(problems) => {
-                    eprintln!("error: templates are not valid");
-                    for p in problems {
-                        eprintln!("{p}");
-                    }
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let opts = replay::Options {
                 outbox,
