@@ -24,7 +24,7 @@ use rdkafka::Message;
 use crate::alert::{Alert, Decision};
 use crate::config::{ClockMode, Config};
 use crate::engine::clock::Stamp;
-use crate::engine::{Engine, Snapshot, Stats};
+use crate::engine::{Engine, Snapshot};
 use crate::event;
 use crate::health::Health;
 use crate::mail::mailer::FileMailer;
@@ -54,8 +54,6 @@ pub struct Outcome {
     pub alerts: u64,
     /// Emails written.
     pub emails: u64,
-    /// Engine counters summed over tasks.
-    pub stats: Stats,
     /// From the first record taken to the last one done.
     pub busy: Duration,
     /// False when the grace period ran out with effects unacknowledged (their records
@@ -103,7 +101,7 @@ struct Worker<'a> {
     tasks: BTreeMap<i32, Task>,
     /// Tasks revoked from this worker, kept in case they come back.
     parked: BTreeMap<i32, Task>,
-    mailer: Option<FileMailer<'a>>,
+    mailer: FileMailer<'a>,
     out: Outcome,
     first_record: Option<Instant>,
     last_done: Option<Instant>,
@@ -153,7 +151,7 @@ pub fn run(
     let topic_refs: Vec<&str> = k.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
     tracing::info!(topics = ?k.topics, partitions, group = %k.group_id, "subscribed");
-    let mailer = Some(FileMailer::new(&cfg.mail, templates, &cfg.file_dir, true)?);
+    let mailer = FileMailer::new(&cfg.mail, templates, &cfg.file_dir, true)?;
     let mut w = Worker {
         cfg,
         shutdown,
@@ -337,7 +335,6 @@ impl<'a> Worker<'a> {
                     // from the stored positions. Buffered records are read again.
                     self.parked.append(&mut self.tasks);
                 }
-                Rebalanced::Refused(_) => {}
                 Rebalanced::Assigned(starts) => {
                     for (p, start) in starts {
                         let lanes = self.topics.len();
@@ -373,10 +370,7 @@ impl<'a> Worker<'a> {
         let topic = cfg.kafka.alerts_topic.as_str();
         for mut alert in alerts.drain(..) {
             if alert.decision == Decision::Email {
-                if let Some(m) = &mut self.mailer {
-                    m.deliver(&mut alert)?;
-                    self.out.emails += 1;
-                }
+                self.mailer.deliver(&mut alert)?;
             }
             let json = alert.to_json(&domain);
             self.publisher.send(
@@ -387,9 +381,8 @@ impl<'a> Worker<'a> {
             )?;
             self.out.alerts += 1;
         }
-        if let Some(m) = &mut self.mailer {
-            m.flush()?;
-        }
+        self.mailer.flush()?;
+        self.out.emails = self.mailer.written;
         Ok(())
     }
 
@@ -457,9 +450,6 @@ impl<'a> Worker<'a> {
             (Some(a), Some(b)) if b > a => b - a,
             _ => Duration::ZERO,
         };
-        for t in self.tasks.values() {
-            self.out.stats.add(t.engine.stats());
-        }
         if let Some(path) = &opts.export_customers {
             let mut snaps: Vec<Snapshot> = self
                 .tasks

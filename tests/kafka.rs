@@ -944,3 +944,56 @@ fn a_broker_restart_is_survived() {
     let _ = tansu.kill();
     let _ = tansu.wait();
 }
+
+#[test]
+fn a_task_with_committed_offsets_but_no_state_is_refused_not_started_empty() {
+    let bootstrap = broker();
+    let (input, dlq, alerts) = (unique("in"), unique("dlq"), unique("alerts"));
+    create_topics(&bootstrap, &[(&input, 1), (&dlq, 1), (&alerts, 1)]);
+    let complaint = |id: &str| -> Outgoing {
+        (
+            input.clone(),
+            Some("c-1".to_string()),
+            format!(r#"{{"event_id":"{id}","type":"complaint","customer_id":"c-1","occurred_at":"2025-01-01T00:00:00Z"}}"#)
+                .into_bytes(),
+            None,
+        )
+    };
+    let group = unique("group");
+    let ends = produce(&bootstrap, &[complaint("e1"), complaint("e2")]);
+    let mut first = Worker::start(&bootstrap, &group, &[&input], &dlq, &alerts);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut first]);
+    first.stop();
+
+    // A new process holds no state for the task the group has already processed.
+    let mut second = Worker::start(&bootstrap, &group, &[&input], &dlq, &alerts);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !second.log().contains("task refused") {
+        second.assert_running();
+        assert!(Instant::now() < deadline, "no refusal:\n{}", second.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let more = produce(&bootstrap, &[complaint("e3")]);
+    std::thread::sleep(Duration::from_secs(3));
+    let done = second.stop();
+    assert!(
+        done.stdout.contains("consumed 0 records"),
+        "{}",
+        done.stdout
+    );
+    // The group's offset did not move past what the first worker did.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", &group)
+        .create()
+        .expect("offset reader");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&input, 0);
+    let committed = reader
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed");
+    assert_eq!(committed.elements()[0].offset(), Offset::Offset(2));
+    assert_eq!(more[&(input.clone(), 0)], 3);
+    // Only the two alerts of the first worker were published.
+    assert_eq!(read_all(&bootstrap, &alerts, 2).len(), 2);
+}

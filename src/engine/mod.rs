@@ -74,26 +74,6 @@ impl Stats {
         *self.decisions.entry((a.rule, a.decision)).or_default() += 1;
     }
 
-    /// Adds another engine's counters (one engine per task).
-    pub fn add(&mut self, o: &Stats) {
-        for (a, b) in self.events.iter_mut().zip(o.events) {
-            *a += b;
-        }
-        for (a, b) in self.alerts.iter_mut().zip(o.alerts) {
-            *a += b;
-        }
-        for (k, v) in &o.decisions {
-            *self.decisions.entry(*k).or_default() += v;
-        }
-        for i in 0..2 {
-            self.winback_touched[i] += o.winback_touched[i];
-            self.winback_converted[i] += o.winback_converted[i];
-        }
-        self.duplicates += o.duplicates;
-        self.late += o.late;
-        self.erased += o.erased;
-    }
-
     /// Alerts whose decision is `Email`.
     pub fn emails(&self) -> u64 {
         self.decisions

@@ -29,11 +29,21 @@ fn is_secret(key: &str) -> bool {
         .any(|s| k.contains(s))
 }
 
-fn base_config(k: &KafkaSettings, own: &[(String, String)]) -> ClientConfig {
+/// Churnwatch's defaults, then the operator's `kafka.client`, then `own` (the
+/// client-specific table). Keys churnwatch must own (`group.id`, offset storing) are
+/// refused by config validation, so the operator cannot override them here.
+fn client_config(
+    k: &KafkaSettings,
+    defaults: &[(&str, String)],
+    own: &[(String, String)],
+) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.bootstrap_servers);
     // Connection state and lag come from the statistics callback.
     c.set("statistics.interval.ms", "1000");
+    for (key, value) in defaults {
+        c.set(*key, value);
+    }
     for (key, value) in k.client.iter().chain(own) {
         c.set(key, value);
     }
@@ -42,47 +52,34 @@ fn base_config(k: &KafkaSettings, own: &[(String, String)]) -> ClientConfig {
 
 /// The librdkafka settings of the consumer, as they will be applied.
 pub fn consumer_config(k: &KafkaSettings) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("group.id", &k.group_id);
-    // Range assignment gives one member partition p of every co-partitioned topic.
-    c.set("partition.assignment.strategy", "range");
-    c.set("auto.offset.reset", "earliest");
-    // Offsets are stored by the worker once a record's effects are done; the periodic
-    // commit only sends what was stored.
-    c.set("enable.auto.commit", "true");
-    c.set("enable.auto.offset.store", "false");
-    c.set(
-        "auto.commit.interval.ms",
-        k.commit_interval.as_millis().to_string(),
-    );
-    c.set("enable.partition.eof", "false");
-    let mut base = base_config(k, &k.consumer);
-    for (key, value) in c.config_map().iter() {
-        if base.get(key).is_none() {
-            base.set(key, value);
-        }
-    }
-    // These two are not the operator's to change (config validation refuses them).
-    base.set("group.id", &k.group_id);
-    base.set("enable.auto.offset.store", "false");
-    base
+    let defaults = [
+        ("group.id", k.group_id.clone()),
+        // Range assignment gives one member partition p of every co-partitioned topic.
+        ("partition.assignment.strategy", "range".into()),
+        ("auto.offset.reset", "earliest".into()),
+        // The worker stores a record's offset once its effects are done; the periodic
+        // commit only sends what was stored.
+        ("enable.auto.commit", "true".into()),
+        ("enable.auto.offset.store", "false".into()),
+        (
+            "auto.commit.interval.ms",
+            k.commit_interval.as_millis().to_string(),
+        ),
+        ("enable.partition.eof", "false".into()),
+    ];
+    client_config(k, &defaults, &k.consumer)
 }
 
 /// The librdkafka settings of the producer of alerts and dead letters.
 pub fn producer_config(k: &KafkaSettings) -> ClientConfig {
-    let mut base = base_config(k, &k.producer);
-    for (key, value) in [
-        ("acks", "all"),
-        ("linger.ms", "5"),
+    let defaults = [
+        ("acks", "all".to_string()),
+        ("linger.ms", "5".into()),
         // Records stay queued through a broker outage; the worker decides when to give
         // up (shutdown grace), and then does not store the offsets they came from.
-        ("message.timeout.ms", "0"),
-    ] {
-        if base.get(key).is_none() {
-            base.set(key, value);
-        }
-    }
-    base
+        ("message.timeout.ms", "0".into()),
+    ];
+    client_config(k, &defaults, &k.producer)
 }
 
 /// The settings with secret values masked, for logs.
@@ -152,8 +149,6 @@ pub enum Start {
 pub enum Rebalanced {
     /// These tasks were assigned and may run.
     Assigned(BTreeMap<i32, Start>),
-    /// These tasks were assigned but are refused (committed offsets, no local state).
-    Refused(BTreeSet<i32>),
     /// Every task was revoked (eager protocol): buffered records are dropped.
     Revoked,
 }
@@ -278,9 +273,6 @@ impl WorkerContext {
         );
         self.health.set_tasks(accepted.len(), refused.len());
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        if !refused.is_empty() {
-            shared.events.push(Rebalanced::Refused(refused));
-        }
         shared.events.push(Rebalanced::Assigned(accepted));
     }
 
