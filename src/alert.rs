@@ -68,7 +68,9 @@ impl Serialize for Inputs {
 }
 
 /// Why an alert leads to no email.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Suppression {
     /// No email address known.
     NoAddress,
@@ -93,7 +95,9 @@ impl Suppression {
 }
 
 /// What the engine decided to do about an alert (SPEC §5 guards).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Decision {
     /// Send the email.
     Email,

@@ -95,6 +95,8 @@ pub struct RawConfig {
     pub shutdown_grace: Wait,
     /// `[kafka]`
     pub kafka: RawKafka,
+    /// `[state]`
+    pub state: RawState,
     /// `[engine]`
     pub engine: RawEngine,
     /// `[risk]`
@@ -140,6 +142,18 @@ pub struct RawKafka {
     /// librdkafka properties for the producer only.
     #[serde(default)]
     pub producer: std::collections::BTreeMap<String, ClientValue>,
+}
+
+/// `[state]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// See the defaults file.
+    pub dir: PathBuf,
+    /// See the defaults file.
+    pub checkpoint_interval: Wait,
+    /// See the defaults file.
+    pub retention: Duration,
 }
 
 /// `[engine]`
@@ -448,6 +462,15 @@ fn flatten_client(
     }
 }
 
+/// Where and how often `run` makes its state durable (SPEC §6).
+#[derive(Clone, Debug)]
+pub struct StateSettings {
+    /// Folder of the embedded store (one file per task).
+    pub dir: PathBuf,
+    /// How often each task's changes, offsets and decided effects are committed.
+    pub checkpoint_interval: std::time::Duration,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -459,6 +482,8 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     /// Kafka.
     pub kafka: KafkaSettings,
+    /// The durable store.
+    pub state: StateSettings,
     /// `file` or `smtp`.
     pub transport: String,
     /// Folder for `.eml` files when the transport is `file` (service mode).
@@ -780,6 +805,26 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     if w.steps.is_empty() {
         p.push("rules.winback.steps: at least one step is needed".to_string());
     }
+    let st = &raw.state;
+    if st.dir.as_os_str().is_empty() {
+        p.push("state.dir: must name a folder".to_string());
+    }
+    if st.checkpoint_interval.0.is_zero() {
+        p.push("state.checkpoint_interval: must be positive".to_string());
+    }
+    // A customer must outlive every rule's horizon, or a sequence would be cut short.
+    let inactive = match &mode {
+        WinbackMode::Fixed { inactive_after } => *inactive_after,
+        WinbackMode::Adaptive { max, .. } => *max,
+    };
+    let longest = inactive.saturating_add(w.steps.iter().map(|s| s.after.0).max().unwrap_or(0));
+    if st.retention.0 <= longest {
+        p.push(format!(
+            "state.retention: must be longer than the longest win-back sequence ({} of inactivity plus the last step), got {}",
+            crate::engine::clock::format_duration(longest),
+            crate::engine::clock::format_duration(st.retention.0)
+        ));
+    }
     if w.steps.len() > 8 {
         p.push("rules.winback.steps: at most 8 steps".to_string());
     }
@@ -892,6 +937,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     let engine = Settings {
         allowed_lateness: raw.engine.allowed_lateness.0,
         dedup_window: raw.engine.dedup_window.0,
+        retention: raw.state.retention.0,
         id_key: crate::alert::IdKey::new(raw.engine.id_secret.as_bytes()),
         risk: RiskSettings {
             dropout: r.dropout,
@@ -984,6 +1030,10 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
             client,
             consumer,
             producer,
+        },
+        state: StateSettings {
+            dir: raw.state.dir.clone(),
+            checkpoint_interval: raw.state.checkpoint_interval.0,
         },
         transport: raw.delivery.transport,
         file_dir: raw.delivery.file_dir,

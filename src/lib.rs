@@ -12,11 +12,14 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod health;
+pub mod inspect;
 pub mod mail;
+pub mod outbox;
 pub mod publisher;
 pub mod replay;
 pub mod shutdown;
 pub mod source;
+pub mod store;
 pub mod worker;
 
 pub use alert::{Alert, Decision};

@@ -55,6 +55,17 @@ enum Command {
     },
     /// Validate the config and render every template in every locale.
     Check,
+    /// Show one customer's state from the store, explained (JSON).
+    Inspect {
+        /// The customer id.
+        customer_id: String,
+        /// Store folder (default: state.dir; a replay's is `<outbox>/state`).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Show email address and name instead of redacting them.
+        #[arg(long)]
+        personal: bool,
+    },
 }
 
 /// Runs the worker on its own thread; signals ask it to stop within the grace period.
@@ -215,6 +226,36 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Inspect {
+            customer_id,
+            state,
+            personal,
+        } => {
+            let dir = state.unwrap_or_else(|| cfg.state.dir.clone());
+            match churnwatch::inspect::inspect(&cfg.engine, &dir, &customer_id, personal) {
+                Ok(Some(v)) => match serde_json::to_string_pretty(&v) {
+                    Ok(s) => {
+                        println!("{s}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(1)
+                    }
+                },
+                Ok(None) => {
+                    eprintln!(
+                        "error: no customer {customer_id:?} in the store at {}",
+                        dir.display()
+                    );
+                    ExitCode::from(3)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Run { export_customers } => {
             let templates = match templates_for_sending(&cfg) {
                 Ok(t) => t,

@@ -24,6 +24,7 @@ use crate::event::EVENT_TYPES;
 use crate::mail::mailer::FileMailer;
 use crate::mail::template::Templates;
 use crate::source::file::FileSource;
+use crate::store::TaskStore;
 
 /// What to replay and where to.
 #[derive(Clone, Debug)]
@@ -40,6 +41,9 @@ pub struct Options {
     pub batch_size: usize,
     /// Render and write emails (false: decisions only, as `simulate` will).
     pub write_emails: bool,
+    /// Write the final state into `<outbox>/state` (the store `run` uses, readable by
+    /// `inspect --state`).
+    pub write_state: bool,
 }
 
 impl Options {
@@ -52,6 +56,7 @@ impl Options {
             export_customers: None,
             batch_size: 4096,
             write_emails: true,
+            write_state: true,
         }
     }
 }
@@ -192,6 +197,11 @@ fn clear_outbox(dir: &Path) -> anyhow::Result<()> {
             fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         }
     }
+    let state = dir.join("state");
+    for task in crate::store::tasks_in(&state)? {
+        let path = crate::store::task_path(&state, task);
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -288,6 +298,10 @@ pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyho
     rejects_out.flush()?;
     if let Some(path) = &opts.export_customers {
         export_customers(&engine, path)?;
+    }
+    if opts.write_state {
+        let dir = opts.outbox.join("state");
+        TaskStore::open(&dir, 0)?.checkpoint(&mut engine, &Default::default(), &[], 0)?;
     }
     summary.stats = engine.stats().clone();
     summary.emails_written = sink.mailer.as_ref().map_or(0, |m| m.written);

@@ -1,13 +1,17 @@
 //! `churnwatch run`: the service loop (SPEC §2, §4–§6).
 //!
 //! One thread polls the consumer, feeds each record to its task (partition `p` of every
-//! input topic), applies the task's merged records to the task's own engine, and then
-//! does the batch's effects: alerts to the alerts topic, rejects to the dead-letter
-//! topic, emails to the transport. Only when every one of them is acknowledged are the
-//! batch's offsets stored for the periodic commit: at-least-once, and a crash never
-//! skips an effect. State lives in memory in this version; the position each task's
-//! state has reached is kept so that a task given back after a rebalance continues
-//! exactly where its state stands.
+//! input topic) and applies the task's merged records to the task's own engine. What
+//! the engine decides (alerts, emails) and the rejects (dead letters) wait in the task's
+//! pending list. Every `state.checkpoint_interval` each task that moved commits one
+//! checkpoint to its store: changed customers, the offsets that state reflects, and the
+//! pending effects as outbox entries. Only then are the effects handed over (alerts and
+//! dead letters to Kafka, emails to the transport); once they are acknowledged the
+//! entries are removed and the checkpoint's offsets stored for the group commit.
+//!
+//! So state is exactly-once (a restarted worker loads its store and seeks each task to
+//! the stored offsets, whatever the group committed) and effects at-least-once with
+//! stable ids: a crash re-hands what the outbox still holds.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -17,11 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
 
-use crate::alert::{Alert, Decision};
+use crate::alert::Decision;
 use crate::config::{ClockMode, Config};
 use crate::engine::clock::Stamp;
 use crate::engine::{Engine, Snapshot};
@@ -29,10 +33,12 @@ use crate::event;
 use crate::health::Health;
 use crate::mail::mailer::FileMailer;
 use crate::mail::template::Templates;
+use crate::outbox::Entry;
 use crate::publisher::Publisher;
 use crate::shutdown::Shutdown;
 use crate::source::kafka::{self, Rebalanced, Shared, Start, TopicError, WorkerContext};
 use crate::source::task::TaskMerge;
+use crate::store::{self, TaskStore};
 
 /// Options of `churnwatch run` beyond the config.
 #[derive(Clone, Debug, Default)]
@@ -54,6 +60,10 @@ pub struct Outcome {
     pub alerts: u64,
     /// Emails written.
     pub emails: u64,
+    /// Emails found already written when handed over again after a crash.
+    pub emails_again: u64,
+    /// Checkpoints committed.
+    pub checkpoints: u64,
     /// From the first record taken to the last one done.
     pub busy: Duration,
     /// False when the grace period ran out with effects unacknowledged (their records
@@ -71,8 +81,8 @@ impl std::fmt::Display for Outcome {
         };
         write!(
             f,
-            "consumed {} records ({} rejected to the dead-letter topic, {} misrouted) in {:.3}s from the first to the last: {:.0} records/s; {} alerts published, {} emails written",
-            self.records, self.rejected, self.misrouted, secs, rate, self.alerts, self.emails
+            "consumed {} records ({} rejected to the dead-letter topic, {} misrouted) in {:.3}s from the first to the last: {:.0} records/s; {} alerts published, {} emails written ({} found already written); {} checkpoints",
+            self.records, self.rejected, self.misrouted, secs, rate, self.alerts, self.emails, self.emails_again, self.checkpoints
         )
     }
 }
@@ -80,10 +90,25 @@ impl std::fmt::Display for Outcome {
 struct Task {
     engine: Engine,
     merge: TaskMerge,
+    /// Effects decided since the last checkpoint, in decision order.
+    pending: Vec<Entry>,
+    /// Number of the next outbox entry.
+    next_entry: u64,
+    /// Per lane, the offsets of the last checkpoint.
+    checkpointed: Vec<Option<i64>>,
 }
 
-/// Offsets a batch's effects cover: (task, lane, next offset).
-type Covered = Vec<(i32, usize, i64)>;
+/// What a settled batch of hand-overs completes: the outbox entries to remove and the
+/// checkpoint offsets that may now be committed to the group.
+#[derive(Debug)]
+struct Covered {
+    task: i32,
+    entries: Vec<u64>,
+    offsets: Vec<(usize, i64)>,
+}
+
+/// Pending effects across tasks past which a checkpoint is taken early (bounds memory).
+const MAX_PENDING: usize = 50_000;
 
 /// More closed batches than this in flight and the loop waits for acknowledgements.
 const MAX_UNSETTLED: usize = 16;
@@ -99,8 +124,12 @@ struct Worker<'a> {
     topics_c: Vec<CString>,
     partitions: i32,
     tasks: BTreeMap<i32, Task>,
-    /// Tasks revoked from this worker, kept in case they come back.
+    /// Tasks revoked from this worker, kept in case they come back (their state is
+    /// that of their last checkpoint).
     parked: BTreeMap<i32, Task>,
+    /// Every task store this worker has opened (kept open: they are locked files).
+    stores: BTreeMap<i32, TaskStore>,
+    last_checkpoint: Instant,
     mailer: FileMailer<'a>,
     out: Outcome,
     first_record: Option<Instant>,
@@ -148,6 +177,22 @@ pub fn run(
             }
         }
     };
+    // The positions of every task this worker has state for decide, on assignment,
+    // which tasks it may run and from where (SPEC §6).
+    let mut stores = BTreeMap::new();
+    for p in store::tasks_in(&cfg.state.dir)? {
+        let st = TaskStore::open(&cfg.state.dir, p)?;
+        if let Some(offsets) = st.offsets()? {
+            let lanes = k.topics.iter().map(|t| offsets.get(t).copied()).collect();
+            tracing::info!(task = p, offsets = ?offsets, store = %st.path().display(), "state found");
+            shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .positions
+                .insert(p, lanes);
+        }
+        stores.insert(p, st);
+    }
     let topic_refs: Vec<&str> = k.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
     tracing::info!(topics = ?k.topics, partitions, group = %k.group_id, "subscribed");
@@ -169,6 +214,8 @@ pub fn run(
         partitions,
         tasks: BTreeMap::new(),
         parked: BTreeMap::new(),
+        stores,
+        last_checkpoint: Instant::now(),
         mailer,
         out: Outcome::default(),
         first_record: None,
@@ -188,10 +235,11 @@ impl<'a> Worker<'a> {
         let mut reported_records = 0;
         while !self.shutdown.requested() {
             self.poll_batch()?;
-            self.take_rebalances();
+            self.take_rebalances()?;
             let now = Instant::now();
             let wall = wall_stamp();
             let mut behind = 0;
+            let domain = self.cfg.mail.message_id_domain.as_str();
             for (&p, task) in self.tasks.iter_mut() {
                 for (lane, t) in self.topics_c.iter().enumerate() {
                     let (low, high) = kafka::cached_watermarks(&self.consumer, t, p);
@@ -210,18 +258,31 @@ impl<'a> Worker<'a> {
                 } else {
                     behind += 1;
                 }
+                for mut alert in alerts.drain(..) {
+                    if alert.decision == Decision::Email {
+                        let email = self.mailer.render(&mut alert);
+                        task.pending.push(Entry::Email(email));
+                    }
+                    task.pending.push(Entry::Alert {
+                        key: alert.customer_id.to_string(),
+                        payload: alert.to_json(domain),
+                    });
+                }
             }
             self.health.set_catching_up(behind);
-            self.publish(&mut alerts)?;
-            let covered = self.covered();
-            self.publisher.close(covered);
-            self.store_settled();
+            let pending: usize = self.tasks.values().map(|t| t.pending.len()).sum();
+            if pending >= MAX_PENDING
+                || self.last_checkpoint.elapsed() >= self.cfg.state.checkpoint_interval
+            {
+                self.checkpoint_all()?;
+            }
+            self.store_settled()?;
             while self.publisher.unsettled() > MAX_UNSETTLED {
                 if self.shutdown.expired() {
                     return Ok(false);
                 }
                 std::thread::sleep(Duration::from_millis(1));
-                self.store_settled();
+                self.store_settled()?;
             }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 let secs = last_report.elapsed().as_secs_f64();
@@ -238,22 +299,128 @@ impl<'a> Worker<'a> {
                 last_report = Instant::now();
             }
         }
-        Ok(self.settle_all())
+        self.checkpoint_all()?;
+        self.settle_all()
     }
 
     /// Waits until every closed batch is settled and stored; false when the shutdown
     /// grace period ran out first.
-    fn settle_all(&mut self) -> bool {
+    fn settle_all(&mut self) -> anyhow::Result<bool> {
         loop {
-            self.store_settled();
+            self.store_settled()?;
             if self.publisher.unsettled() == 0 {
-                return true;
+                return Ok(true);
             }
             if self.shutdown.expired() {
-                return false;
+                return Ok(false);
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// Commits a checkpoint of every task that moved, then hands its effects over.
+    fn checkpoint_all(&mut self) -> anyhow::Result<()> {
+        let ps: Vec<i32> = self.tasks.keys().copied().collect();
+        for p in ps {
+            self.checkpoint(p)?;
+        }
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// One task's checkpoint (SPEC §6): state changes, offsets and decided effects in
+    /// one durable write; only then are the effects handed over.
+    fn checkpoint(&mut self, p: i32) -> anyhow::Result<()> {
+        let Some(task) = self.tasks.get_mut(&p) else {
+            return Ok(());
+        };
+        let lanes: Vec<Option<i64>> = (0..task.merge.lanes())
+            .map(|l| task.merge.committable(l).or(task.checkpointed[l]))
+            .collect();
+        if !task.engine.has_changes() && task.pending.is_empty() && lanes == task.checkpointed {
+            return Ok(());
+        }
+        let offsets: BTreeMap<String, i64> = lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(l, o)| o.map(|o| (self.topics[l].clone(), o)))
+            .collect();
+        let st = match self.stores.entry(p) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(TaskStore::open(&self.cfg.state.dir, p)?)
+            }
+        };
+        let first = task.next_entry;
+        st.checkpoint(&mut task.engine, &offsets, &task.pending, first)
+            .with_context(|| format!("checkpoint of task {p} failed; stopping so that a restart resumes from the last good one"))?;
+        self.out.checkpoints += 1;
+        let entries = std::mem::take(&mut task.pending);
+        task.next_entry = first + entries.len() as u64;
+        task.checkpointed = lanes.clone();
+        self.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .positions
+            .insert(p, lanes.clone());
+        let numbered: Vec<(u64, Entry)> = (first..).zip(entries).collect();
+        let offsets = lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(l, o)| o.map(|o| (l, o)))
+            .collect();
+        self.hand_over(p, numbered, offsets)
+    }
+
+    /// Hands outbox entries to Kafka and the mail transport, as one batch that settles
+    /// once the broker acknowledged its records.
+    fn hand_over(
+        &mut self,
+        p: i32,
+        entries: Vec<(u64, Entry)>,
+        offsets: Vec<(usize, i64)>,
+    ) -> anyhow::Result<()> {
+        let k = &self.cfg.kafka;
+        let mut numbers = Vec::with_capacity(entries.len());
+        for (n, entry) in entries {
+            numbers.push(n);
+            match entry {
+                Entry::Alert { key, payload } => {
+                    self.publisher.send(
+                        &k.alerts_topic,
+                        Some(key.as_bytes()),
+                        payload.as_bytes(),
+                        None,
+                    )?;
+                    self.out.alerts += 1;
+                }
+                Entry::DeadLetter {
+                    key,
+                    payload,
+                    headers,
+                } => {
+                    let mut h = OwnedHeaders::new();
+                    for (name, value) in &headers {
+                        h = h.insert(Header {
+                            key: name,
+                            value: value.as_deref(),
+                        });
+                    }
+                    self.publisher
+                        .send(&k.dlq_topic, key.as_deref(), &payload, Some(h))?;
+                }
+                Entry::Email(email) => self.mailer.write(&email)?,
+            }
+        }
+        self.mailer.flush()?;
+        self.out.emails = self.mailer.written;
+        self.out.emails_again = self.mailer.already_written;
+        self.publisher.close(Covered {
+            task: p,
+            entries: numbers,
+            offsets,
+        });
+        Ok(())
     }
 
     /// Polls up to one batch of records into their tasks; rejects go out at once.
@@ -269,54 +436,27 @@ impl<'a> Worker<'a> {
                 }
             };
             timeout = Duration::ZERO;
-            let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
-            let Some(lane) = self.topics.iter().position(|t| t == topic) else {
-                continue;
-            };
-            // Records fetched before a rebalance that dropped the task are read again.
-            if !self.tasks.contains_key(&partition) {
-                continue;
-            }
-            self.first_record.get_or_insert_with(Instant::now);
-            self.out.records += 1;
-            let payload = msg.payload().unwrap_or_default();
-            let parsed = event::parse(payload);
-            if let Some(key) = msg.key() {
-                if kafka::partition_for(key, self.partitions) != partition {
-                    self.out.misrouted += 1;
-                    if !self.misrouted_warned {
-                        self.misrouted_warned = true;
-                        tracing::warn!(topic, partition, offset, "record's partition is not murmur2 of its key: its customer's events may be split across tasks (producers must use partitioner=murmur2_random); counted, further ones not logged");
-                    }
-                }
-            }
-            match parsed {
-                Ok(ev) => {
-                    if let Some(t) = self.tasks.get_mut(&partition) {
-                        t.merge.push(lane, offset, ev);
-                    }
-                }
-                Err(rej) => {
-                    self.out.rejected += 1;
-                    tracing::info!(topic, partition, offset, class = rej.class, reason = %rej.reason, "record rejected to the dead-letter topic");
-                    let dead = dead_letter(&msg, rej.class, &rej.reason);
-                    self.publisher.send(
-                        &self.cfg.kafka.dlq_topic,
-                        msg.key(),
-                        payload,
-                        Some(dead),
-                    )?;
-                    if let Some(t) = self.tasks.get_mut(&partition) {
-                        t.merge.skip(lane, offset);
-                    }
-                }
+            // A poll that served a rebalance may also return the first record of a task
+            // it assigned: start the task before taking the record, or it is lost.
+            let rebalanced = !self
+                .shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .events
+                .is_empty();
+            if rebalanced {
+                let owned = msg.detach();
+                self.take_rebalances()?;
+                intake!(self).take(&owned);
+            } else {
+                intake!(self).take(&msg);
             }
         }
         Ok(())
     }
 
     /// Applies what rebalances decided since the last look.
-    fn take_rebalances(&mut self) {
+    fn take_rebalances(&mut self) -> anyhow::Result<()> {
         let events = std::mem::take(
             &mut self
                 .shared
@@ -327,116 +467,120 @@ impl<'a> Worker<'a> {
         for ev in events {
             match ev {
                 Rebalanced::Revoked => {
-                    // Batches in flight must settle first, so that the positions kept
-                    // match the state kept (a lost grace period keeps them older:
-                    // records are then read again, never skipped).
-                    self.settle_all();
-                    // Keep each task's engine: if the task comes back, its state continues
-                    // from the stored positions. Buffered records are read again.
+                    // Checkpoint first and let what it handed over settle, so that what
+                    // is parked is exactly what the store holds (a lost grace period
+                    // leaves entries in the outbox: handed over again, never lost).
+                    self.checkpoint_all()?;
+                    self.settle_all()?;
                     self.parked.append(&mut self.tasks);
                 }
                 Rebalanced::Assigned(starts) => {
                     for (p, start) in starts {
-                        let lanes = self.topics.len();
-                        let task = match start {
-                            Start::Local(pos) => {
-                                let mut t = self.parked.remove(&p).unwrap_or_else(|| Task {
-                                    engine: Engine::new(Arc::new(self.cfg.engine.clone())),
-                                    merge: TaskMerge::new(lanes),
-                                });
-                                for (lane, o) in pos.into_iter().enumerate() {
-                                    t.merge.start(lane, o);
-                                }
-                                t
-                            }
-                            Start::Fresh => {
-                                self.parked.remove(&p);
-                                Task {
-                                    engine: Engine::new(Arc::new(self.cfg.engine.clone())),
-                                    merge: TaskMerge::new(lanes),
-                                }
-                            }
-                        };
+                        let task = self.start_task(p, start)?;
                         self.tasks.insert(p, task);
                     }
                 }
             }
         }
-    }
-
-    fn publish(&mut self, alerts: &mut Vec<Alert>) -> anyhow::Result<()> {
-        let domain = self.cfg.mail.message_id_domain.clone();
-        let cfg: &'a Config = self.cfg;
-        let topic = cfg.kafka.alerts_topic.as_str();
-        for mut alert in alerts.drain(..) {
-            if alert.decision == Decision::Email {
-                self.mailer.deliver(&mut alert)?;
-            }
-            let json = alert.to_json(&domain);
-            self.publisher.send(
-                topic,
-                Some(alert.customer_id.as_bytes()),
-                json.as_bytes(),
-                None,
-            )?;
-            self.out.alerts += 1;
-        }
-        self.mailer.flush()?;
-        self.out.emails = self.mailer.written;
         Ok(())
     }
 
-    /// What the records taken so far cover, per task and lane.
-    fn covered(&self) -> Covered {
-        let mut out = Vec::new();
-        for (&p, task) in &self.tasks {
-            for lane in 0..task.merge.lanes() {
-                if let Some(o) = task.merge.committable(lane) {
-                    out.push((p, lane, o));
-                }
+    /// A task as assigned: its parked engine, its store's state, or a fresh one.
+    fn start_task(&mut self, p: i32, start: Start) -> anyhow::Result<Task> {
+        let lanes = self.topics.len();
+        let fresh = |engine: Engine| Task {
+            engine,
+            merge: TaskMerge::new(lanes),
+            pending: Vec::new(),
+            next_entry: 0,
+            checkpointed: vec![None; lanes],
+        };
+        let pos = match start {
+            Start::Local(pos) => pos,
+            Start::Fresh => {
+                self.parked.remove(&p);
+                return Ok(fresh(Engine::new(Arc::new(self.cfg.engine.clone()))));
             }
+        };
+        let mut task = match self.parked.remove(&p) {
+            Some(t) => t,
+            None => {
+                let st = match self.stores.entry(p) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(TaskStore::open(&self.cfg.state.dir, p)?)
+                    }
+                };
+                let started = Instant::now();
+                let loaded = st
+                    .load(Arc::new(self.cfg.engine.clone()))?
+                    .with_context(|| format!("task {p}: its store has no checkpoint"))?;
+                tracing::info!(
+                    task = p,
+                    customers = loaded.engine.len(),
+                    pending = loaded.pending.len(),
+                    secs = started.elapsed().as_secs_f64(),
+                    "state loaded"
+                );
+                let mut t = fresh(loaded.engine);
+                t.next_entry = loaded.next_entry;
+                t.checkpointed = self
+                    .topics
+                    .iter()
+                    .map(|topic| loaded.offsets.get(topic).copied())
+                    .collect();
+                // What the outbox still holds was decided before the crash: finish it.
+                if !loaded.pending.is_empty() {
+                    let offsets = t
+                        .checkpointed
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(l, o)| o.map(|o| (l, o)))
+                        .collect();
+                    self.hand_over(p, loaded.pending, offsets)?;
+                }
+                t
+            }
+        };
+        for (lane, o) in pos.into_iter().enumerate() {
+            task.merge.start(lane, o);
         }
-        out
+        Ok(task)
     }
 
-    /// Stores, for the periodic commit, the offsets of every settled batch: all the
-    /// effects of the records before them are acknowledged.
-    fn store_settled(&mut self) {
+    /// Removes the outbox entries of every settled batch and stores its checkpoint's
+    /// offsets for the periodic group commit.
+    fn store_settled(&mut self) -> anyhow::Result<()> {
         let settled = self.publisher.settled();
         if settled.is_empty() {
-            return;
+            return Ok(());
         }
         let mut latest: BTreeMap<(i32, usize), i64> = BTreeMap::new();
-        for covered in &settled {
-            for &(p, lane, o) in covered {
-                latest.insert((p, lane), o);
+        for c in &settled {
+            if let Some(st) = self.stores.get(&c.task) {
+                if !c.entries.is_empty() {
+                    st.mark_done(c.entries.iter().copied())?;
+                }
+            }
+            for &(lane, o) in &c.offsets {
+                latest.insert((c.task, lane), o);
             }
         }
         let mut tpl = TopicPartitionList::new();
-        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        let lanes = self.topics.len();
         for (&(p, lane), &o) in &latest {
-            let pos = shared
-                .positions
-                .entry(p)
-                .or_insert_with(|| vec![None; lanes]);
-            if pos[lane] == Some(o) {
-                continue;
-            }
-            pos[lane] = Some(o);
             if self.tasks.contains_key(&p) {
                 if let Err(e) = tpl.add_partition_offset(&self.topics[lane], p, Offset::Offset(o)) {
                     tracing::warn!(error = %e, "offset not stored");
                 }
             }
         }
-        drop(shared);
         if tpl.count() > 0 {
             if let Err(e) = self.consumer.store_offsets(&tpl) {
                 tracing::warn!(error = %e, "storing offsets failed");
             }
         }
         self.last_done = Some(Instant::now());
+        Ok(())
     }
 
     fn finish(&mut self, opts: &Options) -> anyhow::Result<()> {
@@ -464,6 +608,71 @@ impl<'a> Worker<'a> {
     }
 }
 
+/// Borrows what taking a record needs, leaving the consumer (which the record borrows)
+/// alone.
+macro_rules! intake {
+    ($w:expr) => {
+        Intake {
+            tasks: &mut $w.tasks,
+            out: &mut $w.out,
+            topics: &$w.topics,
+            partitions: $w.partitions,
+            misrouted_warned: &mut $w.misrouted_warned,
+            first_record: &mut $w.first_record,
+        }
+    };
+}
+use intake;
+
+/// Routes polled records into their tasks.
+struct Intake<'w> {
+    tasks: &'w mut BTreeMap<i32, Task>,
+    out: &'w mut Outcome,
+    topics: &'w [String],
+    partitions: i32,
+    misrouted_warned: &'w mut bool,
+    first_record: &'w mut Option<Instant>,
+}
+
+impl Intake<'_> {
+    /// Parses one record into its task's merge; a reject becomes a pending dead letter.
+    fn take<M: Message>(self, msg: &M) {
+        let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+        let Some(lane) = self.topics.iter().position(|t| t == topic) else {
+            return;
+        };
+        // Records fetched before a rebalance that dropped the task are read again.
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            return;
+        };
+        self.first_record.get_or_insert_with(Instant::now);
+        self.out.records += 1;
+        let payload = msg.payload().unwrap_or_default();
+        if let Some(key) = msg.key() {
+            if kafka::partition_for(key, self.partitions) != partition {
+                self.out.misrouted += 1;
+                if !*self.misrouted_warned {
+                    *self.misrouted_warned = true;
+                    tracing::warn!(topic, partition, offset, "record's partition is not murmur2 of its key: its customer's events may be split across tasks (producers must use partitioner=murmur2_random); counted, further ones not logged");
+                }
+            }
+        }
+        match event::parse(payload) {
+            Ok(ev) => task.merge.push(lane, offset, ev),
+            Err(rej) => {
+                self.out.rejected += 1;
+                tracing::info!(topic, partition, offset, class = rej.class, reason = %rej.reason, "record rejected to the dead-letter topic");
+                task.pending.push(Entry::DeadLetter {
+                    key: msg.key().map(<[u8]>::to_vec),
+                    payload: payload.to_vec(),
+                    headers: dead_letter_headers(msg, rej.class, &rej.reason),
+                });
+                task.merge.skip(lane, offset);
+            }
+        }
+    }
+}
+
 fn wall_stamp() -> Option<Stamp> {
     let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -474,36 +683,22 @@ fn wall_stamp() -> Option<Stamp> {
 
 /// The dead-letter headers: where the record came from and why it was rejected, then the
 /// record's own headers.
-fn dead_letter(msg: &BorrowedMessage<'_>, class: &str, reason: &str) -> OwnedHeaders {
-    let partition = msg.partition().to_string();
-    let offset = msg.offset().to_string();
-    let mut h = OwnedHeaders::new()
-        .insert(Header {
-            key: "churnwatch.source.topic",
-            value: Some(msg.topic()),
-        })
-        .insert(Header {
-            key: "churnwatch.source.partition",
-            value: Some(&partition),
-        })
-        .insert(Header {
-            key: "churnwatch.source.offset",
-            value: Some(&offset),
-        })
-        .insert(Header {
-            key: "churnwatch.reject.class",
-            value: Some(class),
-        })
-        .insert(Header {
-            key: "churnwatch.reject.reason",
-            value: Some(reason),
-        });
+fn dead_letter_headers<M: Message>(
+    msg: &M,
+    class: &str,
+    reason: &str,
+) -> Vec<(String, Option<Vec<u8>>)> {
+    let own = |k: &str, v: &str| (k.to_string(), Some(v.as_bytes().to_vec()));
+    let mut h = vec![
+        own("churnwatch.source.topic", msg.topic()),
+        own("churnwatch.source.partition", &msg.partition().to_string()),
+        own("churnwatch.source.offset", &msg.offset().to_string()),
+        own("churnwatch.reject.class", class),
+        own("churnwatch.reject.reason", reason),
+    ];
     if let Some(orig) = msg.headers() {
         for hd in orig.iter() {
-            h = h.insert(Header {
-                key: hd.key,
-                value: hd.value,
-            });
+            h.push((hd.key.to_string(), hd.value.map(<[u8]>::to_vec)));
         }
     }
     h

@@ -25,6 +25,11 @@ impl Interner {
         Some(id)
     }
 
+    /// Every interned name, by id (what a checkpoint stores).
+    pub fn names(&self) -> &[Box<str>] {
+        &self.names
+    }
+
     /// The name of an id.
     pub fn name(&self, id: u16) -> Option<&str> {
         self.names.get(usize::from(id)).map(|n| &**n)
@@ -32,7 +37,7 @@ impl Interner {
 }
 
 /// Purchase counts of up to three categories: (id + 1, count); id 0 marks an empty slot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TopCategories([(u16, u16); SLOTS]);
 
 impl TopCategories {

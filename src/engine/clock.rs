@@ -15,7 +15,9 @@ pub const DAY: u32 = 86_400;
 pub type Secs = u32;
 
 /// An instant of event time, one-second resolution, after 2000-01-01T00:00:00Z.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Stamp(NonZeroU32);
 
 impl Stamp {

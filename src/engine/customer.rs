@@ -21,7 +21,7 @@ pub mod flag {
 }
 
 /// Purchase counts per 30-day bucket of absolute event time, as a ring.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Buckets {
     /// Absolute index of the newest bucket held (bucket = seconds since 2000 / width).
     pub head: u16,
@@ -86,7 +86,7 @@ impl Buckets {
 }
 
 /// Recent event ids: 48 bits of hash + the event's day, so entries can expire.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Dedup([u64; 2]);
 
 impl Dedup {
@@ -121,7 +121,7 @@ impl Dedup {
 }
 
 /// A support ticket that is still open.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OpenTicket {
     /// Ticket id as the shop knows it.
     pub id: Box<str>,
@@ -132,7 +132,7 @@ pub struct OpenTicket {
 }
 
 /// Everything the rules need to know about one customer, in ~128 bytes.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Customer {
     /// First purchase.
     pub first_purchase: Option<Stamp>,
@@ -144,6 +144,8 @@ pub struct Customer {
     pub last_bad_support: Option<Stamp>,
     /// Latest win-back email or holdout decision (for welcome_back attribution).
     pub winback_touch: Option<Stamp>,
+    /// Latest event of this customer (any type): retention counts from here.
+    pub last_seen: Option<Stamp>,
     /// When this customer's next timer is due (mirrors the engine's timer index).
     pub due: Option<Stamp>,
     /// Number of purchases.

@@ -5,6 +5,7 @@
 //! [`Engine::finish`] to move the event-time clock and fire due timers.
 
 pub mod category;
+pub mod checkpoint;
 pub mod clock;
 pub mod customer;
 pub mod guards;
@@ -48,7 +49,7 @@ pub enum Applied {
 }
 
 /// Counters of what the engine saw and decided.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Applied events per type, in [`EVENT_TYPES`] order.
     pub events: [u64; EVENT_TYPES.len()],
@@ -66,6 +67,8 @@ pub struct Stats {
     pub winback_converted: [u64; 2],
     /// Customers erased.
     pub erased: u64,
+    /// Customers dropped after `state.retention` without an event.
+    pub expired: u64,
 }
 
 impl Stats {
@@ -132,6 +135,10 @@ pub struct Engine {
     clock: Option<Stamp>,
     population: Population,
     stats: Stats,
+    /// Slots changed since the last checkpoint (one bit each).
+    dirty: Vec<u64>,
+    /// Ids dropped since the last checkpoint.
+    removed: Vec<Box<str>>,
 }
 
 fn id_hash(id: &str) -> u64 {
@@ -153,6 +160,8 @@ impl Engine {
             clock: None,
             population: Population::default(),
             stats: Stats::default(),
+            dirty: Vec::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -237,31 +246,41 @@ impl Engine {
         slot
     }
 
-    fn erase(&mut self, id: &str) {
-        let Some(slot) = self.find(id) else {
-            return;
-        };
-        let hash = id_hash(id);
-        let slots = &self.slots;
-        if let Ok(entry) = self
-            .index
-            .find_entry(hash, |&s| &*slots[s as usize].id == id)
-        {
+    fn mark(&mut self, slot: u32) {
+        let (word, bit) = ((slot / 64) as usize, slot % 64);
+        if word >= self.dirty.len() {
+            self.dirty.resize(word + 1, 0);
+        }
+        self.dirty[word] |= 1 << bit;
+    }
+
+    /// Drops a customer's state, profile and timers; its slot is reused.
+    fn drop_slot(&mut self, slot: u32) {
+        let id = std::mem::take(&mut self.slots[slot as usize].id);
+        if let Ok(entry) = self.index.find_entry(id_hash(&id), |&s| s == slot) {
             entry.remove();
         }
         let due = self.slots[slot as usize].c.due;
         self.timers.reschedule(slot, due, None);
         self.profiles.remove(&slot);
         self.categories.remove(&slot);
-        self.slots[slot as usize] = Slot {
-            id: Box::from(""),
-            c: Customer::default(),
-        };
+        self.slots[slot as usize].c = Customer::default();
         self.free.push(slot);
-        self.stats.erased += 1;
+        if let Some(w) = self.dirty.get_mut((slot / 64) as usize) {
+            *w &= !(1 << (slot % 64));
+        }
+        self.removed.push(id);
+    }
+
+    fn erase(&mut self, id: &str) {
+        if let Some(slot) = self.find(id) {
+            self.drop_slot(slot);
+            self.stats.erased += 1;
+        }
     }
 
     fn reschedule(&mut self, slot: u32) {
+        self.mark(slot);
         let c = &mut self.slots[slot as usize].c;
         let new = timers::next(&self.settings, c).map(|(d, _)| d);
         self.timers.reschedule(slot, c.due, new);
@@ -313,7 +332,13 @@ impl Engine {
                 TimerKind::FrequencyDrop => frequency_drop::fire(ctx, due),
                 TimerKind::Winback => winback::fire(ctx, due),
                 TimerKind::Anniversary => thank_you::fire(ctx, due),
+                TimerKind::Expire => {}
             });
+            if kind == TimerKind::Expire {
+                self.drop_slot(slot);
+                self.stats.expired += 1;
+                return;
+            }
         }
         self.reschedule(slot);
     }
@@ -370,7 +395,14 @@ impl Engine {
         self.stats.events[type_index] += 1;
         if self.slots[slot as usize].c.due.is_some_and(|d| d <= t) {
             self.fire_customer(slot, t, out);
+            if self.slots[slot as usize].id.is_empty() {
+                // Expired just before this event, which starts the customer afresh.
+                self.stats.events[type_index] -= 1;
+                return self.apply(ev, out);
+            }
         }
+        let c = &mut self.slots[slot as usize].c;
+        c.last_seen = c.last_seen.max(Some(t));
         let quiet = clock.since(t) > self.settings.allowed_lateness;
         if quiet {
             self.stats.late += 1;

@@ -4,7 +4,7 @@
 use crate::event::ProfileUpdate;
 
 /// What is known about how to reach a customer.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
     /// Email address.
     pub email: Option<Box<str>>,

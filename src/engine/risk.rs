@@ -54,7 +54,7 @@ pub struct Risk {
 /// Σ (now − first purchase) / Σ repeat purchases. Counting every buyer's whole observed
 /// time (one-time buyers included) avoids the bias of averaging observed gaps, which
 /// frequent buyers dominate.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Population {
     /// Customers with at least one purchase.
     pub buyers: u64,

@@ -1,7 +1,9 @@
 //! The five rules by name (SPEC §4).
 
 /// A rule that can emit alerts.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Rule {
     /// Inactivity → win-back sequence.
     Winback = 0,

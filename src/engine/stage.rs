@@ -1,7 +1,19 @@
 //! Customer stages (SPEC §3) and the recorded cause of the latest stage change.
 
 /// Where a customer stands in their life cycle.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(
+    Copy,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum Stage {
     /// Known (profile or support contact), never purchased.
     #[default]
@@ -55,7 +67,7 @@ impl Stage {
 }
 
 /// Why the customer is in their current stage (the rule and numbers are in the export).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Cause {
     /// First seen without a purchase.
     #[default]

@@ -21,6 +21,8 @@ pub enum TimerKind {
     Winback,
     /// A loyal customer's anniversary.
     Anniversary,
+    /// No event for `state.retention`: the customer is dropped.
+    Expire,
 }
 
 impl TimerKind {
@@ -32,6 +34,7 @@ impl TimerKind {
             TimerKind::FrequencyDrop => "frequency_drop_check",
             TimerKind::Winback => "winback_step",
             TimerKind::Anniversary => "anniversary",
+            TimerKind::Expire => "expire",
         }
     }
 }
@@ -45,13 +48,14 @@ fn at_risk_due(c: &Customer) -> Option<Stamp> {
     Some(last.plus(u32::from(c.at_risk_hours) * 3600))
 }
 
-fn candidates(s: &Settings, c: &Customer) -> [(Option<Stamp>, TimerKind); 5] {
+fn candidates(s: &Settings, c: &Customer) -> [(Option<Stamp>, TimerKind); 6] {
     [
         (support_recovery::next_due(s, c), TimerKind::Sla),
         (at_risk_due(c), TimerKind::AtRisk),
         (frequency_drop::next_due(s, c), TimerKind::FrequencyDrop),
         (winback::next_due(s, c), TimerKind::Winback),
         (thank_you::next_due(s, c), TimerKind::Anniversary),
+        (c.last_seen.map(|t| t.plus(s.retention)), TimerKind::Expire),
     ]
 }
 

@@ -13,6 +13,7 @@ use crate::config::MailSettings;
 use crate::mail::message;
 use crate::mail::outbox::FileOutbox;
 use crate::mail::template::Templates;
+use crate::outbox::Email;
 
 #[derive(Serialize)]
 struct SendLine<'a> {
@@ -34,6 +35,8 @@ pub struct FileMailer<'a> {
     sends: BufWriter<File>,
     /// Emails written.
     pub written: u64,
+    /// Emails found already written (handed over again after a crash).
+    pub already_written: u64,
     /// Emails that could not be built (bad address, template error).
     pub failed: u64,
 }
@@ -62,13 +65,14 @@ impl<'a> FileMailer<'a> {
             outbox,
             sends: BufWriter::new(file),
             written: 0,
+            already_written: 0,
             failed: 0,
         })
     }
 
-    /// Renders and writes the alert's email; sets the locale actually used. An email
-    /// that cannot be built is recorded as failed (an I/O error is returned).
-    pub fn deliver(&mut self, alert: &mut Alert) -> anyhow::Result<()> {
+    /// Renders the alert's email (or says why it cannot be built) and sets the locale
+    /// actually used. Pure: nothing is written yet.
+    pub fn render(&self, alert: &mut Alert) -> Email {
         let t = self.templates;
         let message_id = alert.message_id(&self.mail.message_id_domain);
         let requested = alert
@@ -79,41 +83,62 @@ impl<'a> FileMailer<'a> {
         if let Some(l) = t.resolve_locale(&alert.template, &requested) {
             alert.locale = l;
         }
-        let built = alert
+        let message = alert
             .mail
             .as_deref()
             .ok_or_else(|| "alert carries no recipient".to_string())
             .and_then(|m| t.render(&alert.template, m, &alert.alert_id))
-            .and_then(|r| message::build(alert, &r, self.mail).map_err(|e| e.0));
-        let line = match built {
-            Ok(msg) => {
-                let path = self.outbox.write(&message_id, &msg)?;
-                self.written += 1;
-                SendLine {
-                    alert_id: &alert.alert_id,
-                    message_id: format!("<{message_id}>"),
-                    status: "written",
-                    file: path.file_name().map(|n| n.to_string_lossy().into_owned()),
-                    reason: None,
-                    locale: &alert.locale,
-                }
+            .and_then(|r| message::build(alert, &r, self.mail).map_err(|e| e.0))
+            .map(|msg| msg.formatted());
+        Email {
+            message_id,
+            alert_id: alert.alert_id.clone(),
+            customer_id: alert.customer_id.to_string(),
+            locale: alert.locale.clone(),
+            message,
+        }
+    }
+
+    /// Hands a rendered email to the file transport and records the result. Idempotent
+    /// by Message-ID: a file already there (written before a crash) is not written again
+    /// and is recorded as `already_written`. Only an I/O error is returned.
+    pub fn write(&mut self, email: &Email) -> anyhow::Result<()> {
+        let (status, file, reason) = match &email.message {
+            Ok(bytes) => {
+                let (path, fresh) = self.outbox.write_once(&email.message_id, bytes)?;
+                let status = if fresh {
+                    self.written += 1;
+                    "written"
+                } else {
+                    self.already_written += 1;
+                    "already_written"
+                };
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                (status, name, None)
             }
             Err(reason) => {
                 self.failed += 1;
-                tracing::warn!(alert_id = %alert.alert_id, %reason, "email not written");
-                SendLine {
-                    alert_id: &alert.alert_id,
-                    message_id: format!("<{message_id}>"),
-                    status: "failed",
-                    file: None,
-                    reason: Some(reason),
-                    locale: &alert.locale,
-                }
+                tracing::warn!(alert_id = %email.alert_id, %reason, "email not written");
+                ("failed", None, Some(reason.clone()))
             }
+        };
+        let line = SendLine {
+            alert_id: &email.alert_id,
+            message_id: format!("<{}>", email.message_id),
+            status,
+            file,
+            reason,
+            locale: &email.locale,
         };
         serde_json::to_writer(&mut self.sends, &line)?;
         self.sends.write_all(b"\n")?;
         Ok(())
+    }
+
+    /// Renders and writes the alert's email at once (replay: no outbox in between).
+    pub fn deliver(&mut self, alert: &mut Alert) -> anyhow::Result<()> {
+        let email = self.render(alert);
+        self.write(&email)
     }
 
     /// Flushes the send records.

@@ -24,8 +24,8 @@ impl FileOutbox {
         })
     }
 
-    /// Writes `msg` as `<message_id>.eml`; returns the file's path.
-    pub fn write(&self, message_id: &str, msg: &Message) -> std::io::Result<PathBuf> {
+    /// The file a Message-ID is written to.
+    pub fn path_of(&self, message_id: &str) -> PathBuf {
         let safe: String = message_id
             .chars()
             .map(|c| {
@@ -36,12 +36,35 @@ impl FileOutbox {
                 }
             })
             .collect();
-        let path = self.dir.join(format!("{safe}.eml"));
-        let tmp = self.dir.join(format!(".{safe}.eml.tmp"));
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&msg.formatted())?;
-        drop(f);
-        fs::rename(&tmp, &path)?;
+        self.dir.join(format!("{safe}.eml"))
+    }
+
+    /// Writes `msg` as `<message_id>.eml`; returns the file's path.
+    pub fn write(&self, message_id: &str, msg: &Message) -> std::io::Result<PathBuf> {
+        let path = self.path_of(message_id);
+        write_atomically(&path, &msg.formatted())?;
         Ok(path)
     }
+
+    /// Writes `bytes` as `<message_id>.eml` unless that file exists already; returns the
+    /// path and whether it was written now.
+    pub fn write_once(&self, message_id: &str, bytes: &[u8]) -> std::io::Result<(PathBuf, bool)> {
+        let path = self.path_of(message_id);
+        if path.exists() {
+            return Ok((path, false));
+        }
+        write_atomically(&path, bytes)?;
+        Ok((path, true))
+    }
+}
+
+/// A temporary file, then a rename: a reader never sees half a message.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    drop(f);
+    fs::rename(&tmp, path)
 }

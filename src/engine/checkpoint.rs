@@ -1,0 +1,265 @@
+//! The engine's durable form: what a checkpoint holds (a header and one record per
+//! customer changed since the last one) and how an engine is rebuilt from it.
+//!
+//! Pure: bytes in, bytes out. The store (`crate::store`) decides where they go. Slots
+//! and the free list are kept as they were, so a restored engine is the same engine —
+//! not merely an equivalent one — and decides exactly what the uninterrupted one would.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::category::TopCategories;
+use super::clock::Stamp;
+use super::customer::Customer;
+use super::profile::Profile;
+use super::risk::{self, Population};
+use super::settings::Settings;
+use super::{id_hash, timers, Engine, Slot, Stats};
+
+/// Version of the encoding below; a store written by another version is refused.
+pub const FORMAT: u32 = 1;
+
+/// Everything of an engine that is not per customer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// [`FORMAT`] when written.
+    pub format: u32,
+    /// The event-time clock.
+    pub clock: Option<Stamp>,
+    /// Learned population statistics (SPEC §3: checkpointed with the task).
+    pub population: Population,
+    /// Counters so far.
+    pub stats: Stats,
+    /// Interned category names, by id.
+    pub categories: Vec<Box<str>>,
+    /// Length of the slot table.
+    pub slots: u32,
+    /// Free slots, in reuse order.
+    pub free: Vec<u32>,
+}
+
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    slot: u32,
+    customer: &'a Customer,
+    profile: Option<&'a Profile>,
+    categories: Option<&'a TopCategories>,
+}
+
+/// One customer as stored: hot state, profile and favourite categories.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Record {
+    /// Slot in the engine's table.
+    pub slot: u32,
+    /// Hot state.
+    pub customer: Customer,
+    /// Contact data, if any.
+    pub profile: Option<Profile>,
+    /// Category counts, if any.
+    pub categories: Option<TopCategories>,
+}
+
+/// Why stored state cannot be turned back into an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// Bytes that do not decode.
+    #[error("cannot decode {what}: {error}")]
+    Decode {
+        /// What was being decoded.
+        what: String,
+        /// The decoder's message.
+        error: String,
+    },
+    /// Written by another version of churnwatch.
+    #[error("state format {found} is not the format {FORMAT} this version reads")]
+    Format {
+        /// The format found.
+        found: u32,
+    },
+    /// Records that contradict the header.
+    #[error("inconsistent state: {0}")]
+    Inconsistent(String),
+}
+
+impl Header {
+    /// Encodes the header.
+    pub fn encode(&self) -> Vec<u8> {
+        // Encoding plain structs into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes and checks the format version.
+    pub fn decode(bytes: &[u8]) -> Result<Header, RestoreError> {
+        let h: Header = postcard::from_bytes(bytes).map_err(|e| RestoreError::Decode {
+            what: "the state header".into(),
+            error: e.to_string(),
+        })?;
+        if h.format != FORMAT {
+            return Err(RestoreError::Format { found: h.format });
+        }
+        Ok(h)
+    }
+}
+
+impl Record {
+    /// Decodes the record of customer `id`.
+    pub fn decode(id: &str, bytes: &[u8]) -> Result<Record, RestoreError> {
+        postcard::from_bytes(bytes).map_err(|e| RestoreError::Decode {
+            what: format!("the state of customer {id:?}"),
+            error: e.to_string(),
+        })
+    }
+}
+
+impl Engine {
+    /// The engine-wide part of a checkpoint.
+    pub fn header(&self) -> Header {
+        Header {
+            format: FORMAT,
+            clock: self.clock,
+            population: self.population.clone(),
+            stats: self.stats.clone(),
+            categories: self.category_names.names().to_vec(),
+            slots: self.slots.len() as u32,
+            free: self.free.clone(),
+        }
+    }
+
+    /// Whether anything changed since the last checkpoint.
+    pub fn has_changes(&self) -> bool {
+        !self.removed.is_empty() || self.dirty.iter().any(|w| *w != 0)
+    }
+
+    /// Ids dropped (erased or expired) since the last checkpoint.
+    pub fn removed_since_checkpoint(&self) -> &[Box<str>] {
+        &self.removed
+    }
+
+    /// Customers changed since the last checkpoint, encoded: (id, record bytes).
+    pub fn changed_since_checkpoint(&self) -> impl Iterator<Item = (&str, Vec<u8>)> + '_ {
+        self.dirty.iter().enumerate().flat_map(move |(w, &bits)| {
+            (0..64u32)
+                .filter(move |b| bits & (1 << b) != 0)
+                .filter_map(move |b| {
+                    let slot = w as u32 * 64 + b;
+                    let s = self.slots.get(slot as usize)?;
+                    if s.id.is_empty() {
+                        return None;
+                    }
+                    Some((&*s.id, self.encode_slot(slot)))
+                })
+        })
+    }
+
+    /// Every customer, encoded (a full checkpoint).
+    pub fn all_records(&self) -> impl Iterator<Item = (&str, Vec<u8>)> + '_ {
+        (0..self.slots.len() as u32)
+            .filter(|&s| !self.slots[s as usize].id.is_empty())
+            .map(|s| (&*self.slots[s as usize].id, self.encode_slot(s)))
+    }
+
+    fn encode_slot(&self, slot: u32) -> Vec<u8> {
+        let r = RecordRef {
+            slot,
+            customer: &self.slots[slot as usize].c,
+            profile: self.profiles.get(&slot),
+            categories: self.categories.get(&slot),
+        };
+        postcard::to_allocvec(&r).unwrap_or_default()
+    }
+
+    /// The checkpoint holding the changes is durable: start counting anew.
+    pub fn checkpoint_done(&mut self) {
+        self.dirty.iter_mut().for_each(|w| *w = 0);
+        self.removed.clear();
+    }
+
+    /// Rebuilds an engine from a header and every customer record. Timers and derived
+    /// values are recomputed under `settings` (which may differ from the writer's); a
+    /// customer whose derived values moved counts as changed for the next checkpoint.
+    pub fn restore<E>(
+        settings: Arc<Settings>,
+        header: Header,
+        records: impl IntoIterator<Item = Result<(Box<str>, Record), E>>,
+    ) -> Result<Engine, E>
+    where
+        E: From<RestoreError>,
+    {
+        let mut e = Engine::new(settings);
+        e.clock = header.clock;
+        e.population = header.population;
+        e.stats = header.stats;
+        for name in &header.categories {
+            e.category_names.intern(name);
+        }
+        e.slots = (0..header.slots)
+            .map(|_| Slot {
+                id: Box::from(""),
+                c: Customer::default(),
+            })
+            .collect();
+        e.free = header.free;
+        for item in records {
+            let (id, r) = item?;
+            let Some(slot) = e.slots.get_mut(r.slot as usize) else {
+                return Err(RestoreError::Inconsistent(format!(
+                    "customer {id:?} in slot {} of {}",
+                    r.slot, header.slots
+                ))
+                .into());
+            };
+            if !slot.id.is_empty() || id.is_empty() {
+                return Err(RestoreError::Inconsistent(format!(
+                    "slot {} held twice or by an empty id",
+                    r.slot
+                ))
+                .into());
+            }
+            slot.id = id;
+            slot.c = r.customer;
+            if let Some(p) = r.profile {
+                e.profiles.insert(r.slot, p);
+            }
+            if let Some(c) = r.categories {
+                e.categories.insert(r.slot, c);
+            }
+        }
+        let filled = e.slots.iter().filter(|s| !s.id.is_empty()).count();
+        if filled + e.free.len() != e.slots.len() {
+            return Err(RestoreError::Inconsistent(format!(
+                "{} slots, {} customers and {} free",
+                e.slots.len(),
+                filled,
+                e.free.len()
+            ))
+            .into());
+        }
+        for slot in 0..e.slots.len() as u32 {
+            if e.slots[slot as usize].id.is_empty() {
+                continue;
+            }
+            let slots = &e.slots;
+            e.index
+                .insert_unique(id_hash(&slots[slot as usize].id), slot, |&k| {
+                    id_hash(&slots[k as usize].id)
+                });
+            let s = &mut e.slots[slot as usize];
+            // Set at each purchase from purchase history only (as `record_purchase` does).
+            let hours = if s.c.purchases > 0 {
+                risk::at_risk_hours(&s.c, &e.settings.risk)
+            } else {
+                s.c.at_risk_hours
+            };
+            let due = timers::next(&e.settings, &s.c).map(|(d, _)| d);
+            let moved = hours != s.c.at_risk_hours || due != s.c.due;
+            s.c.at_risk_hours = hours;
+            s.c.due = due;
+            e.timers.reschedule(slot, None, due);
+            if moved {
+                e.mark(slot);
+            }
+        }
+        Ok(e)
+    }
+}

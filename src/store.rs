@@ -1,0 +1,436 @@
+//! The embedded store (SPEC §6): one redb file per task (`task-<p>.redb` in
+//! `state.dir`), so a task's state is one unit that can later move between replicas.
+//!
+//! A checkpoint is one write transaction, synced before it returns: the customers that
+//! changed (and the ids dropped) since the last one, the engine header, the input offsets
+//! that state reflects, and the effects it decided as numbered outbox entries. Entries
+//! are removed once acknowledged, in cheap unsynced transactions: a crash may forget a
+//! removal (the effect is then handed over again, at-least-once) but never a checkpoint.
+//!
+//! redb verifies page checksums when it opens a file (integrity check on), so a damaged
+//! file is an error naming it — never an empty start.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    Builder, Database, Durability, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ReadableTable, TableDefinition,
+};
+
+use crate::engine::checkpoint::{Header, Record, RestoreError};
+use crate::engine::settings::Settings;
+use crate::engine::Engine;
+use crate::outbox::Entry;
+
+const CUSTOMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("customers");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+
+const HEADER: &str = "header";
+const OFFSETS: &str = "offsets";
+const NEXT_ENTRY: &str = "next_entry";
+
+/// Why the store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (a running worker) has the file open.
+    #[error("{path}: in use by another churnwatch process (stop it, or ask it through its admin endpoint)")]
+    InUse {
+        /// The file.
+        path: PathBuf,
+    },
+    /// redb refused or failed (damaged file, I/O error, full disk).
+    #[error("{path}: {source}")]
+    Db {
+        /// The file.
+        path: PathBuf,
+        /// What redb said.
+        source: redb::Error,
+    },
+    /// The file opened, but its contents do not make a valid state.
+    #[error("{path}: damaged state: {source}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: RestoreError,
+    },
+    /// A write through a handle opened to read.
+    #[error("{path}: opened read-only")]
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Listing or creating the folder failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+enum Handle {
+    Write(Database),
+    Read(ReadOnlyDatabase),
+}
+
+/// One task's store.
+pub struct TaskStore {
+    handle: Handle,
+    path: PathBuf,
+}
+
+/// A task's state as loaded at start.
+pub struct Loaded {
+    /// The engine, as of the last checkpoint.
+    pub engine: Engine,
+    /// Per input topic, the next offset to read.
+    pub offsets: BTreeMap<String, i64>,
+    /// Outbox entries not yet acknowledged, in decision order.
+    pub pending: Vec<(u64, Entry)>,
+    /// The number the next outbox entry gets.
+    pub next_entry: u64,
+}
+
+/// What [`TaskStore::inspect`] finds about one customer.
+pub struct Found {
+    /// An engine holding just this customer (plus the task's header), for snapshots.
+    pub engine: Engine,
+    /// The customer's record as stored.
+    pub record: Record,
+    /// Outbox entries of this customer not yet acknowledged.
+    pub pending: Vec<(u64, Entry)>,
+}
+
+/// The file of task `task` in `dir`.
+pub fn task_path(dir: &Path, task: i32) -> PathBuf {
+    dir.join(format!("task-{task}.redb"))
+}
+
+/// Tasks that have a store file in `dir` (none when the folder does not exist).
+pub fn tasks_in(dir: &Path) -> Result<Vec<i32>, StoreError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut out: Vec<i32> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_prefix("task-")?
+                .strip_suffix(".redb")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+impl TaskStore {
+    /// Opens (or creates) task `task`'s store in `dir` for writing; checks its integrity.
+    pub fn open(dir: &Path, task: i32) -> Result<TaskStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = task_path(dir, task);
+        let db = Builder::new()
+            .set_check_integrity_on_open(true)
+            .create(&path)
+            .map_err(|e| db_error(&path, e.into()))?;
+        Ok(TaskStore {
+            handle: Handle::Write(db),
+            path,
+        })
+    }
+
+    /// Opens an existing store to read it (refused while a worker holds it).
+    pub fn open_read_only(dir: &Path, task: i32) -> Result<TaskStore, StoreError> {
+        let path = task_path(dir, task);
+        let db = Builder::new()
+            .open_read_only(&path)
+            .map_err(|e| db_error(&path, e.into()))?;
+        Ok(TaskStore {
+            handle: Handle::Read(db),
+            path,
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        db_error(&self.path, e.into())
+    }
+
+    fn damaged(&self, source: RestoreError) -> StoreError {
+        StoreError::Damaged {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        match &self.handle {
+            Handle::Write(db) => db.begin_read(),
+            Handle::Read(db) => db.begin_read(),
+        }
+        .map_err(|e| self.err(e))
+    }
+
+    fn db(&self) -> Result<&Database, StoreError> {
+        match &self.handle {
+            Handle::Write(db) => Ok(db),
+            Handle::Read(_) => Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            }),
+        }
+    }
+
+    fn meta(&self, tx: &ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let v = t.get(key).map_err(|e| self.err(e))?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    fn header_and_offsets(
+        &self,
+        tx: &ReadTransaction,
+    ) -> Result<Option<(Header, BTreeMap<String, i64>, u64)>, StoreError> {
+        let Some(h) = self.meta(tx, HEADER)? else {
+            return Ok(None);
+        };
+        let header = Header::decode(&h).map_err(|e| self.damaged(e))?;
+        let offsets = match self.meta(tx, OFFSETS)? {
+            Some(b) => postcard::from_bytes(&b).map_err(|e| {
+                self.damaged(RestoreError::Decode {
+                    what: "the stored offsets".into(),
+                    error: e.to_string(),
+                })
+            })?,
+            None => BTreeMap::new(),
+        };
+        let next = match self.meta(tx, NEXT_ENTRY)? {
+            Some(b) => u64::from_le_bytes(b.as_slice().try_into().map_err(|_| {
+                self.damaged(RestoreError::Decode {
+                    what: "the outbox counter".into(),
+                    error: format!("{} bytes", b.len()),
+                })
+            })?),
+            None => 0,
+        };
+        Ok(Some((header, offsets, next)))
+    }
+
+    /// The offsets of the last checkpoint (None: never checkpointed).
+    pub fn offsets(&self) -> Result<Option<BTreeMap<String, i64>>, StoreError> {
+        let tx = self.read()?;
+        Ok(self.header_and_offsets(&tx)?.map(|(_, o, _)| o))
+    }
+
+    fn pending(
+        &self,
+        tx: &ReadTransaction,
+        keep: impl Fn(&Entry) -> bool,
+    ) -> Result<Vec<(u64, Entry)>, StoreError> {
+        let t = match tx.open_table(OUTBOX) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(e)),
+        };
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let entry = Entry::decode(v.value()).map_err(|e| {
+                self.damaged(RestoreError::Decode {
+                    what: format!("outbox entry {}", k.value()),
+                    error: e.to_string(),
+                })
+            })?;
+            if keep(&entry) {
+                out.push((k.value(), entry));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads the task's engine, offsets and pending outbox (None: never checkpointed).
+    pub fn load(&self, settings: Arc<Settings>) -> Result<Option<Loaded>, StoreError> {
+        let tx = self.read()?;
+        let Some((header, offsets, next_entry)) = self.header_and_offsets(&tx)? else {
+            return Ok(None);
+        };
+        let engine = match tx.open_table(CUSTOMERS) {
+            Ok(t) => {
+                let iter = t.iter().map_err(|e| self.err(e))?;
+                Engine::restore(
+                    settings,
+                    header,
+                    iter.map(|item| -> Result<(Box<str>, Record), StoreError> {
+                        let (k, v) = item.map_err(|e| self.err(e))?;
+                        let id = k.value();
+                        let r = Record::decode(id, v.value()).map_err(|e| self.damaged(e))?;
+                        Ok((Box::from(id), r))
+                    }),
+                )
+                .map_err(|e| e.at(&self.path))?
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => Engine::restore(
+                settings,
+                header,
+                std::iter::empty::<Result<_, StoreError>>(),
+            )
+            .map_err(|e| e.at(&self.path))?,
+            Err(e) => return Err(self.err(e)),
+        };
+        let pending = self.pending(&tx, |_| true)?;
+        Ok(Some(Loaded {
+            engine,
+            offsets,
+            pending,
+            next_entry,
+        }))
+    }
+
+    /// One customer as stored, with an engine around it for explaining (None: unknown).
+    pub fn inspect(&self, settings: Arc<Settings>, id: &str) -> Result<Option<Found>, StoreError> {
+        let tx = self.read()?;
+        let Some((header, _, _)) = self.header_and_offsets(&tx)? else {
+            return Ok(None);
+        };
+        let t = match tx.open_table(CUSTOMERS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let Some(v) = t.get(id).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let record = Record::decode(id, v.value()).map_err(|e| self.damaged(e))?;
+        // Only this customer's slot is filled: the rest count as free.
+        let mut h = header;
+        h.free = (0..h.slots).filter(|s| *s != record.slot).collect();
+        let engine = Engine::restore(
+            settings,
+            h,
+            std::iter::once(Ok::<_, StoreError>((Box::from(id), record.clone()))),
+        )
+        .map_err(|e| e.at(&self.path))?;
+        let pending = self.pending(&tx, |e| e.customer_key() == Some(id.as_bytes()))?;
+        Ok(Some(Found {
+            engine,
+            record,
+            pending,
+        }))
+    }
+
+    /// Commits a checkpoint: the engine's changes and header, `offsets`, and `entries`
+    /// numbered from `first_entry`. Synced to disk before it returns; only then does the
+    /// engine forget its changes.
+    pub fn checkpoint(
+        &self,
+        engine: &mut Engine,
+        offsets: &BTreeMap<String, i64>,
+        entries: &[Entry],
+        first_entry: u64,
+    ) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let mut tx = db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(e))?;
+        {
+            let mut c = tx.open_table(CUSTOMERS).map_err(|e| self.err(e))?;
+            for id in engine.removed_since_checkpoint() {
+                c.remove(&**id).map_err(|e| self.err(e))?;
+            }
+            for (id, bytes) in engine.changed_since_checkpoint() {
+                c.insert(id, bytes.as_slice()).map_err(|e| self.err(e))?;
+            }
+            let mut m = tx.open_table(META).map_err(|e| self.err(e))?;
+            m.insert(HEADER, engine.header().encode().as_slice())
+                .map_err(|e| self.err(e))?;
+            let off = postcard::to_allocvec(offsets).unwrap_or_default();
+            m.insert(OFFSETS, off.as_slice()).map_err(|e| self.err(e))?;
+            let next = first_entry + entries.len() as u64;
+            m.insert(NEXT_ENTRY, next.to_le_bytes().as_slice())
+                .map_err(|e| self.err(e))?;
+            let mut o = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
+            for (i, entry) in entries.iter().enumerate() {
+                o.insert(first_entry + i as u64, entry.encode().as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        engine.checkpoint_done();
+        Ok(())
+    }
+
+    /// Removes acknowledged outbox entries (not synced: see the module note).
+    pub fn mark_done(&self, entries: impl IntoIterator<Item = u64>) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let mut tx = db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::None)
+            .map_err(|e| self.err(e))?;
+        {
+            let mut o = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
+            for n in entries {
+                o.remove(n).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+}
+
+fn db_error(path: &Path, e: redb::Error) -> StoreError {
+    match e {
+        redb::Error::DatabaseAlreadyOpen => StoreError::InUse {
+            path: path.to_path_buf(),
+        },
+        source => StoreError::Db {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+impl From<RestoreError> for StoreError {
+    /// The path is filled in by [`StoreError::at`].
+    fn from(source: RestoreError) -> StoreError {
+        StoreError::Damaged {
+            path: PathBuf::new(),
+            source,
+        }
+    }
+}
+
+impl StoreError {
+    /// Names `path` where the error came without one.
+    fn at(self, path: &Path) -> StoreError {
+        match self {
+            StoreError::Damaged { path: p, source } if p.as_os_str().is_empty() => {
+                StoreError::Damaged {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! SPEC §6: the embedded store. An engine checkpointed and restored over and over decides
+//! exactly what one that never stopped decides; outbox entries survive a reopen until
+//! removed; a store in use, damaged or from another format is a clear error, never an
+//! empty start; `inspect` explains a stored customer and redacts contact data.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use churnwatch::engine::clock::Stamp;
+use churnwatch::engine::Engine;
+use churnwatch::outbox::{Email, Entry};
+use churnwatch::store::{StoreError, TaskStore};
+use churnwatch::{config, event, Alert, Config};
+
+#[path = "../benches/support/gen.rs"]
+mod gen;
+
+/// The defaults with a short retention, so that customers also expire in two years.
+fn cfg() -> Config {
+    config::load_with_env(
+        None,
+        [(
+            "CHURNWATCH__STATE__RETENTION".to_string(),
+            "250d".to_string(),
+        )],
+    )
+    .expect("config")
+}
+
+fn lines() -> Vec<String> {
+    let mut v = gen::lines(30_000, 2_000, 11);
+    // Erasures among them: the store must forget those customers too.
+    for (i, l) in v.iter_mut().enumerate().filter(|(i, _)| i % 2_003 == 1_000) {
+        let t: serde_json::Value = serde_json::from_str(l).expect("json");
+        *l = format!(
+            r#"{{"event_id":"erase-{i}","type":"customer_erased","customer_id":{},"occurred_at":{}}}"#,
+            t["customer_id"], t["occurred_at"]
+        );
+    }
+    v
+}
+
+fn json(alerts: &[Alert], c: &Config) -> Vec<String> {
+    alerts
+        .iter()
+        .map(|a| a.to_json(&c.mail.message_id_domain))
+        .collect()
+}
+
+#[test]
+fn an_engine_restored_from_its_checkpoints_decides_like_one_that_never_stopped() {
+    let c = cfg();
+    let settings = Arc::new(c.engine.clone());
+    let until = Stamp::parse_rfc3339("2027-03-01T00:00:00Z").expect("until");
+    let input = lines();
+
+    let mut straight = Engine::new(settings.clone());
+    let mut want = Vec::new();
+    for l in &input {
+        straight.apply(event::parse(l.as_bytes()).expect("event"), &mut want);
+    }
+    straight.finish(until, &mut want);
+    assert!(straight.stats().expired > 0, "retention must be exercised");
+    assert!(straight.stats().erased > 0, "erasure must be exercised");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut engine = Engine::new(settings.clone());
+    let mut got = Vec::new();
+    let mut restores = 0;
+    for chunk in input.chunks(997) {
+        for l in chunk {
+            engine.apply(event::parse(l.as_bytes()).expect("event"), &mut got);
+        }
+        {
+            let st = TaskStore::open(dir.path(), 3).expect("open");
+            st.checkpoint(&mut engine, &BTreeMap::new(), &[], 0)
+                .expect("checkpoint");
+        }
+        // Forget everything in memory: continue from what the file holds.
+        let st = TaskStore::open(dir.path(), 3).expect("reopen");
+        engine = st
+            .load(settings.clone())
+            .expect("load")
+            .expect("state")
+            .engine;
+        restores += 1;
+    }
+    engine.finish(until, &mut got);
+    assert!(restores > 25);
+    assert_eq!(json(&got, &c), json(&want, &c), "alerts");
+    assert_eq!(engine.snapshots_sorted(), straight.snapshots_sorted());
+    assert_eq!(engine.stats(), straight.stats());
+    assert_eq!(engine.population(), straight.population());
+    assert_eq!(engine.len(), straight.len());
+    assert_eq!(engine.pending_timers(), straight.pending_timers());
+}
+
+fn email(n: u32) -> Entry {
+    Entry::Email(Email {
+        message_id: format!("id{n}@example.com"),
+        alert_id: format!("id{n}"),
+        customer_id: "c-1".into(),
+        locale: "en".into(),
+        message: Ok(b"Subject: hi\r\n\r\nhello".to_vec()),
+    })
+}
+
+#[test]
+fn outbox_entries_and_offsets_survive_a_reopen_until_removed() {
+    let c = cfg();
+    let settings = Arc::new(c.engine.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let offsets: BTreeMap<String, i64> =
+        [("shop.purchases".into(), 42), ("shop.support".into(), 7)]
+            .into_iter()
+            .collect();
+    {
+        let st = TaskStore::open(dir.path(), 0).expect("open");
+        assert!(st.offsets().expect("offsets").is_none(), "new store");
+        let mut e = Engine::new(settings.clone());
+        let entries = vec![
+            Entry::Alert {
+                key: "c-1".into(),
+                payload: "{}".into(),
+            },
+            email(1),
+            Entry::DeadLetter {
+                key: None,
+                payload: b"not json".to_vec(),
+                headers: vec![("churnwatch.reject.class".into(), Some(b"json".to_vec()))],
+            },
+        ];
+        st.checkpoint(&mut e, &offsets, &entries, 10)
+            .expect("checkpoint");
+        st.mark_done([11]).expect("mark");
+    }
+    let st = TaskStore::open(dir.path(), 0).expect("reopen");
+    assert_eq!(st.offsets().expect("offsets"), Some(offsets.clone()));
+    let loaded = st.load(settings.clone()).expect("load").expect("state");
+    let numbers: Vec<u64> = loaded.pending.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, vec![10, 12], "entry 11 was removed");
+    assert_eq!(loaded.next_entry, 13, "numbers never repeat");
+    assert!(matches!(loaded.pending[1].1, Entry::DeadLetter { .. }));
+    // The next checkpoint numbers on.
+    let mut e = loaded.engine;
+    st.checkpoint(&mut e, &offsets, &[email(2)], loaded.next_entry)
+        .expect("checkpoint");
+    st.mark_done([10, 12]).expect("mark");
+    drop(st);
+    let st = TaskStore::open(dir.path(), 0).expect("reopen");
+    let loaded = st.load(settings).expect("load").expect("state");
+    assert_eq!(
+        loaded.pending.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        vec![13]
+    );
+    assert_eq!(loaded.pending[0].1, email(2));
+}
+
+#[test]
+fn a_store_in_use_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _held = TaskStore::open(dir.path(), 1).expect("open");
+    let err = TaskStore::open(dir.path(), 1)
+        .err()
+        .expect("second open refused");
+    assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("task-1.redb"), "{err}");
+    assert!(err.to_string().contains("in use"), "{err}");
+}
+
+/// Writes a store with some customers and returns its file.
+fn written_store(dir: &Path) -> std::path::PathBuf {
+    let c = cfg();
+    let mut e = Engine::new(Arc::new(c.engine.clone()));
+    let mut out = Vec::new();
+    for l in gen::lines(5_000, 500, 3) {
+        e.apply(event::parse(l.as_bytes()).expect("event"), &mut out);
+    }
+    let st = TaskStore::open(dir, 0).expect("open");
+    st.checkpoint(&mut e, &BTreeMap::new(), &[], 0)
+        .expect("checkpoint");
+    st.path().to_path_buf()
+}
+
+#[test]
+fn a_damaged_store_is_an_error_naming_the_file_not_an_empty_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = written_store(dir.path());
+    let mut bytes = std::fs::read(&path).expect("read");
+    // Flip bytes in the middle of the file: inside committed pages.
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    let settings = Arc::new(cfg().engine.clone());
+    let result = TaskStore::open(dir.path(), 0).and_then(|st| st.load(settings));
+    match result {
+        Err(e) => assert!(e.to_string().contains("task-0.redb"), "{e}"),
+        Ok(loaded) => panic!(
+            "a damaged store loaded ({} customers)",
+            loaded.map_or(0, |l| l.engine.len())
+        ),
+    }
+
+    // Not a store at all.
+    std::fs::write(
+        &path,
+        b"this is not a redb file, just some text long enough",
+    )
+    .expect("w");
+    let err = TaskStore::open(dir.path(), 0).err().expect("refused");
+    assert!(err.to_string().contains("task-0.redb"), "{err}");
+}
+
+#[test]
+fn inspect_explains_a_stored_customer_and_redacts_contact_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        [
+            r#"{"event_id":"p","type":"customer_profile","customer_id":"c-9","occurred_at":"2026-01-01T00:00:00Z","email":"jane@example.com","name":"Jane Doe","marketing_consent":true}"#,
+            r#"{"event_id":"b1","type":"purchase","customer_id":"c-9","occurred_at":"2026-01-02T00:00:00Z","order_id":"o1","amount":"10.00","currency":"USD"}"#,
+            r#"{"event_id":"b2","type":"purchase","customer_id":"c-9","occurred_at":"2026-02-02T00:00:00Z","order_id":"o2","amount":"12.50","currency":"USD"}"#,
+        ]
+        .join("\n"),
+    )
+    .expect("events");
+    let bin = env!("CARGO_BIN_EXE_churnwatch");
+    let clean = |c: &mut Command| {
+        c.current_dir(env!("CARGO_MANIFEST_DIR"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CHURNWATCH") {
+                c.env_remove(k);
+            }
+        }
+    };
+    let mut replay = Command::new(bin);
+    clean(&mut replay);
+    let export = dir.path().join("export.jsonl");
+    let st = replay
+        .args(["replay", "--until", "2026-06-01T00:00:00Z", "--events"])
+        .arg(&events)
+        .arg("--outbox")
+        .arg(&out)
+        .arg("--export-customers")
+        .arg(&export)
+        .status()
+        .expect("replay");
+    assert!(st.success());
+
+    let inspect = |personal: bool| {
+        let mut c = Command::new(bin);
+        clean(&mut c);
+        c.args(["inspect", "c-9", "--state"]).arg(out.join("state"));
+        if personal {
+            c.arg("--personal");
+        }
+        let o = c.output().expect("inspect");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json")
+    };
+    let v = inspect(false);
+    let exported: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&export).expect("export").trim())
+            .expect("export json");
+    assert_eq!(
+        v["customer"], exported,
+        "inspect shows what replay exported"
+    );
+    assert_eq!(v["customer"]["purchases"], 2);
+    assert_eq!(v["profile"]["email"], "j•••@example.com");
+    assert_eq!(v["profile"]["name"], "J•••");
+    assert!(!v.to_string().contains("jane@"), "{v}");
+    let p = inspect(true);
+    assert_eq!(p["profile"]["email"], "jane@example.com");
+    assert_eq!(p["profile"]["name"], "Jane Doe");
+
+    let mut missing = Command::new(bin);
+    clean(&mut missing);
+    let o = missing
+        .args(["inspect", "nobody", "--state"])
+        .arg(out.join("state"))
+        .output()
+        .expect("inspect");
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no customer"));
+}
