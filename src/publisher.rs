@@ -35,7 +35,11 @@ pub struct AckContext {
     acks: Mutex<Acks>,
 }
 
-impl ClientContext for AckContext {}
+impl ClientContext for AckContext {
+    // The consumer's statistics carry what is watched (connection, lag); the producer's
+    // would only flood the log once a second.
+    fn stats(&self, _: rdkafka::Statistics) {}
+}
 
 impl ProducerContext for AckContext {
     type DeliveryOpaque = usize;

@@ -4,8 +4,8 @@
 //! A checkpoint is one write transaction, synced before it returns: the customers that
 //! changed (and the ids dropped) since the last one, the engine header, the input offsets
 //! that state reflects, and the effects it decided as numbered outbox entries. Entries
-//! are removed once acknowledged, in cheap unsynced transactions: a crash may forget a
-//! removal (the effect is then handed over again, at-least-once) but never a checkpoint.
+//! are removed once acknowledged, a batch at a time and synced too, so the window in
+//! which a crash hands an effect over again is one batch's acknowledgement.
 //!
 //! redb verifies page checksums when it opens a file (integrity check on), so a damaged
 //! file is an error naming it — never an empty start.
@@ -105,6 +105,9 @@ pub struct Found {
     /// Outbox entries of this customer not yet acknowledged.
     pub pending: Vec<(u64, Entry)>,
 }
+
+/// A checkpoint's engine header, offsets and outbox counter.
+type Stored = (Header, BTreeMap<String, i64>, u64);
 
 /// The file of task `task` in `dir`.
 pub fn task_path(dir: &Path, task: i32) -> PathBuf {
@@ -210,10 +213,7 @@ impl TaskStore {
         Ok(v.map(|g| g.value().to_vec()))
     }
 
-    fn header_and_offsets(
-        &self,
-        tx: &ReadTransaction,
-    ) -> Result<Option<(Header, BTreeMap<String, i64>, u64)>, StoreError> {
+    fn header_and_offsets(&self, tx: &ReadTransaction) -> Result<Option<Stored>, StoreError> {
         let Some(h) = self.meta(tx, HEADER)? else {
             return Ok(None);
         };
@@ -382,11 +382,12 @@ impl TaskStore {
         Ok(())
     }
 
-    /// Removes acknowledged outbox entries (not synced: see the module note).
+    /// Removes acknowledged outbox entries, synced: after a crash only entries whose
+    /// effect was acknowledged since the last call are handed over again.
     pub fn mark_done(&self, entries: impl IntoIterator<Item = u64>) -> Result<(), StoreError> {
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(|e| self.err(e))?;
-        tx.set_durability(Durability::None)
+        tx.set_durability(Durability::Immediate)
             .map_err(|e| self.err(e))?;
         {
             let mut o = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;

@@ -382,8 +382,8 @@ impl<'a> Worker<'a> {
     ) -> anyhow::Result<()> {
         let k = &self.cfg.kafka;
         let mut numbers = Vec::with_capacity(entries.len());
+        let mut mailed = Vec::new();
         for (n, entry) in entries {
-            numbers.push(n);
             match entry {
                 Entry::Alert { key, payload } => {
                     self.publisher.send(
@@ -393,6 +393,7 @@ impl<'a> Worker<'a> {
                         None,
                     )?;
                     self.out.alerts += 1;
+                    numbers.push(n);
                 }
                 Entry::DeadLetter {
                     key,
@@ -408,11 +409,23 @@ impl<'a> Worker<'a> {
                     }
                     self.publisher
                         .send(&k.dlq_topic, key.as_deref(), &payload, Some(h))?;
+                    numbers.push(n);
                 }
-                Entry::Email(email) => self.mailer.write(&email)?,
+                Entry::Email(email) => {
+                    self.mailer.write(&email)?;
+                    mailed.push(n);
+                }
             }
         }
         self.mailer.flush()?;
+        // An email is done once the transport has it: mark it now, not with the batch's
+        // broker acknowledgements, so that the window in which a crash could hand it
+        // over again is this one write (SPEC §6).
+        if !mailed.is_empty() {
+            if let Some(st) = self.stores.get(&p) {
+                st.mark_done(mailed)?;
+            }
+        }
         self.out.emails = self.mailer.written;
         self.out.emails_again = self.mailer.already_written;
         self.publisher.close(Covered {
@@ -530,15 +543,15 @@ impl<'a> Worker<'a> {
                     .map(|topic| loaded.offsets.get(topic).copied())
                     .collect();
                 // What the outbox still holds was decided before the crash: finish it.
-                if !loaded.pending.is_empty() {
-                    let offsets = t
-                        .checkpointed
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(l, o)| o.map(|o| (l, o)))
-                        .collect();
-                    self.hand_over(p, loaded.pending, offsets)?;
-                }
+                // Once that settles, the group commit catches up with the store even if
+                // no new record arrives.
+                let offsets = t
+                    .checkpointed
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(l, o)| o.map(|o| (l, o)))
+                    .collect();
+                self.hand_over(p, loaded.pending, offsets)?;
                 t
             }
         };

@@ -512,7 +512,7 @@ fn full_replay_writes_an_english_and_an_arabic_email_for_every_rule() {
     assert_eq!(files, o.emls.keys().cloned().collect::<BTreeSet<_>>());
     assert_eq!(
         o.others,
-        ["alerts.jsonl", "rejects.jsonl", "sends.jsonl"]
+        ["alerts.jsonl", "rejects.jsonl", "sends.jsonl", "state"]
             .map(String::from)
             .into_iter()
             .collect()

@@ -32,7 +32,7 @@ struct Lane {
     high_watermark: Option<i64>,
     /// Where fetching started, when known (stored or committed offset).
     start: Option<i64>,
-    /// Since when the lane has been empty and caught up (or its end unknown).
+    /// Since when the lane has been empty and caught up.
     empty_since: Option<Instant>,
 }
 
@@ -146,10 +146,13 @@ impl TaskMerge {
                 continue;
             }
             match l.caught_up() {
-                // Records on the broker not fetched yet: they may sort first.
-                Some(false) => return None,
-                // Caught up (or end not reported yet): wait a while for more.
-                Some(true) | None => {
+                // Records on the broker not fetched yet: they may sort first. Nor is the
+                // end known yet (just assigned, first fetch pending): as Kafka Streams
+                // does (KIP-695), unknown lag is waited out, not counted as idle time,
+                // or a slow first fetch after a restart would reorder the task.
+                Some(false) | None => return None,
+                // Caught up: wait a while for more.
+                Some(true) => {
                     let since = *l.empty_since.get_or_insert(now);
                     if now.duration_since(since) < max_idle {
                         return None;
@@ -215,7 +218,11 @@ mod tests {
         m.set_high_watermark(0, 1);
         m.set_high_watermark(1, 2);
         assert!(!m.caught_up());
-        let (lane, _) = m.next(now + IDLE, IDLE).expect("idle time passed");
+        assert!(
+            m.next(now + IDLE, IDLE).is_none(),
+            "idle time counts once lane 0 is known to be caught up"
+        );
+        let (lane, _) = m.next(now + IDLE * 2, IDLE).expect("idle time passed");
         assert_eq!(lane, 1);
         assert!(m.caught_up());
         assert_eq!(m.committable(0), Some(1));
@@ -283,12 +290,20 @@ mod tests {
     }
 
     #[test]
-    fn a_lane_whose_end_is_not_known_yet_holds_the_task_at_most_the_idle_time() {
+    fn a_lane_whose_end_is_not_known_yet_holds_the_task_until_it_is() {
         let mut m = TaskMerge::new(2);
         let t0 = Instant::now();
         m.push(0, 0, ev("a", "2025-01-02T00:00:00Z"));
+        m.start(1, Some(3));
         assert!(m.next(t0, IDLE).is_none());
-        assert!(m.next(t0 + IDLE, IDLE).is_some());
+        assert!(
+            m.next(t0 + IDLE * 100, IDLE).is_none(),
+            "a slow first fetch is not idle time"
+        );
+        // The first fetch reports the end: caught up, so the idle time now counts.
+        m.set_high_watermark(1, 3);
+        assert!(m.next(t0 + IDLE * 100, IDLE).is_none());
+        assert!(m.next(t0 + IDLE * 101, IDLE).is_some());
     }
 
     #[test]
