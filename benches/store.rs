@@ -70,6 +70,7 @@ fn main() {
         out.clear();
     }
     let changed = engine.changed_since_checkpoint().count();
+    let held = engine.len();
     let t = Instant::now();
     st.checkpoint(&mut engine, &BTreeMap::new(), &[], 0)
         .expect("checkpoint");
@@ -104,9 +105,10 @@ fn main() {
         }
     }
     let templates = Templates::load(&cfg.mail).expect("templates");
-    for write_state in [false, true] {
+    for (write_emails, write_state) in [(false, false), (false, true), (true, true)] {
         let opts = replay::Options {
-            outbox: dir.path().join(format!("out-{write_state}")),
+            outbox: dir.path().join(format!("out-{write_emails}-{write_state}")),
+            write_emails,
             write_state,
             ..replay::Options::new(vec![events.clone()])
         };
@@ -114,8 +116,9 @@ fn main() {
         let summary = replay::run(&cfg, Some(&templates), &opts).expect("replay");
         let secs = t.elapsed().as_secs_f64();
         println!(
-            "store/replay ({}): {} events in {secs:.3} s = {:.0} events/s, {} emails [target ≥ 300,000 with state]",
+            "store/replay ({}, {}): {} events in {secs:.3} s = {:.0} events/s, {} .eml files [target ≥ 300,000 with state]",
             if write_state { "with durable state" } else { "without state" },
+            if write_emails { "emails written" } else { "decisions only" },
             summary.records,
             summary.records as f64 / secs,
             summary.emails_written

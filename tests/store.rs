@@ -97,6 +97,75 @@ fn an_engine_restored_from_its_checkpoints_decides_like_one_that_never_stopped()
     assert_eq!(engine.pending_timers(), straight.pending_timers());
 }
 
+#[test]
+fn a_store_restored_under_new_thresholds_decides_like_a_live_reload() {
+    let old = cfg();
+    let new = config::load_with_env(
+        None,
+        [
+            (
+                "CHURNWATCH__STATE__RETENTION".to_string(),
+                "250d".to_string(),
+            ),
+            (
+                "CHURNWATCH__RULES__WINBACK__MULTIPLIER".to_string(),
+                "1.5".to_string(),
+            ),
+            ("CHURNWATCH__RISK__AT_RISK".to_string(), "0.4".to_string()),
+        ],
+    )
+    .expect("config");
+    assert_ne!(old.engine.fingerprint(), new.engine.fingerprint());
+    let until = Stamp::parse_rfc3339("2027-03-01T00:00:00Z").expect("until");
+    let input = lines();
+    let (first, rest) = input.split_at(input.len() / 2);
+
+    // Reference: the new thresholds swapped in while running.
+    let mut live = Engine::new(Arc::new(old.engine.clone()));
+    let mut want = Vec::new();
+    for l in first {
+        live.apply(event::parse(l.as_bytes()).expect("event"), &mut want);
+    }
+    live.set_settings(Arc::new(new.engine.clone()));
+    for l in rest {
+        live.apply(event::parse(l.as_bytes()).expect("event"), &mut want);
+    }
+    live.finish(until, &mut want);
+
+    // A restart with the new config in between.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut engine = Engine::new(Arc::new(old.engine.clone()));
+    let mut got = Vec::new();
+    for l in first {
+        engine.apply(event::parse(l.as_bytes()).expect("event"), &mut got);
+    }
+    let st = TaskStore::open(dir.path(), 0).expect("open");
+    st.checkpoint(&mut engine, &BTreeMap::new(), &[], 0)
+        .expect("checkpoint");
+    let mut engine = st
+        .load(Arc::new(new.engine.clone()))
+        .expect("load")
+        .expect("state")
+        .engine;
+    assert!(engine.has_changes(), "moved due times are saved next time");
+    for l in rest {
+        engine.apply(event::parse(l.as_bytes()).expect("event"), &mut got);
+    }
+    engine.finish(until, &mut got);
+    let (g, w) = (json(&got, &new), json(&want, &new));
+    if let Some(i) = (0..g.len().min(w.len())).find(|&i| g[i] != w[i]) {
+        panic!(
+            "alerts differ from #{i} of {} / {}:\n{}\n{}",
+            g.len(),
+            w.len(),
+            g[i],
+            w[i]
+        );
+    }
+    assert_eq!(g.len(), w.len(), "alerts");
+    assert_eq!(engine.snapshots_sorted(), live.snapshots_sorted());
+}
+
 fn email(n: u32) -> Entry {
     Entry::Email(Email {
         message_id: format!("id{n}@example.com"),
@@ -168,6 +237,11 @@ fn a_store_in_use_is_refused() {
     assert!(matches!(err, StoreError::InUse { .. }), "{err}");
     assert!(err.to_string().contains("task-1.redb"), "{err}");
     assert!(err.to_string().contains("in use"), "{err}");
+    // `inspect` beside a running worker is told so, instead of reading a moving file.
+    let err = TaskStore::open_read_only(dir.path(), 1)
+        .err()
+        .expect("read-only open refused while a writer holds it");
+    assert!(matches!(err, StoreError::InUse { .. }), "{err}");
 }
 
 /// Writes a store with some customers and returns its file.

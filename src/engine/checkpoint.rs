@@ -15,7 +15,7 @@ use super::customer::Customer;
 use super::profile::Profile;
 use super::risk::{self, Population};
 use super::settings::Settings;
-use super::{id_hash, timers, Engine, Slot, Stats};
+use super::{id_hash, mark, timers, Engine, Slot, Stats};
 
 /// Version of the encoding below; a store written by another version is refused.
 pub const FORMAT: u32 = 1;
@@ -37,6 +37,9 @@ pub struct Header {
     pub slots: u32,
     /// Free slots, in reuse order.
     pub free: Vec<u32>,
+    /// [`Settings::fingerprint`] of the writer: when it matches, stored due times and
+    /// derived values are used as they are (a fast restart).
+    pub settings: u64,
 }
 
 #[derive(Serialize)]
@@ -123,6 +126,7 @@ impl Engine {
             categories: self.category_names.names().to_vec(),
             slots: self.slots.len() as u32,
             free: self.free.clone(),
+            settings: self.settings.fingerprint(),
         }
     }
 
@@ -225,6 +229,7 @@ impl Engine {
                 e.categories.insert(r.slot, c);
             }
         }
+        let same_settings = header.settings == e.settings.fingerprint();
         let filled = e.slots.iter().filter(|s| !s.id.is_empty()).count();
         if filled + e.free.len() != e.slots.len() {
             return Err(RestoreError::Inconsistent(format!(
@@ -235,6 +240,8 @@ impl Engine {
             ))
             .into());
         }
+        e.index.reserve(filled, |_| 0);
+        let mut due_entries = Vec::with_capacity(filled);
         for slot in 0..e.slots.len() as u32 {
             if e.slots[slot as usize].id.is_empty() {
                 continue;
@@ -245,21 +252,25 @@ impl Engine {
                     id_hash(&slots[k as usize].id)
                 });
             let s = &mut e.slots[slot as usize];
-            // Set at each purchase from purchase history only (as `record_purchase` does).
-            let hours = if s.c.purchases > 0 {
-                risk::at_risk_hours(&s.c, &e.settings.risk)
-            } else {
-                s.c.at_risk_hours
-            };
-            let due = timers::next(&e.settings, &s.c).map(|(d, _)| d);
-            let moved = hours != s.c.at_risk_hours || due != s.c.due;
-            s.c.at_risk_hours = hours;
-            s.c.due = due;
-            e.timers.reschedule(slot, None, due);
-            if moved {
-                e.mark(slot);
+            if !same_settings {
+                // Other thresholds: derive what depends on them again. Set at each
+                // purchase from purchase history only (as `record_purchase` does).
+                let (old_hours, old_due) = (s.c.at_risk_hours, s.c.due);
+                if s.c.purchases > 0 {
+                    s.c.at_risk_hours = risk::at_risk_hours(&s.c, &e.settings.risk);
+                }
+                // After the hours: the at-risk timer is derived from them.
+                s.c.due = timers::next(&e.settings, &s.c).map(|(d, _)| d);
+                let moved = old_hours != s.c.at_risk_hours || old_due != s.c.due;
+                if moved {
+                    mark(&mut e.dirty, slot);
+                }
+            }
+            if let Some(d) = e.slots[slot as usize].c.due {
+                due_entries.push((d, slot));
             }
         }
+        e.timers = timers::TimerIndex::from_entries(due_entries);
         Ok(e)
     }
 }

@@ -141,6 +141,15 @@ pub struct Engine {
     removed: Vec<Box<str>>,
 }
 
+/// Sets `slot`'s bit in a dirty set.
+fn mark(dirty: &mut Vec<u64>, slot: u32) {
+    let (word, bit) = ((slot / 64) as usize, slot % 64);
+    if word >= dirty.len() {
+        dirty.resize(word + 1, 0);
+    }
+    dirty[word] |= 1 << bit;
+}
+
 fn id_hash(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
@@ -247,11 +256,7 @@ impl Engine {
     }
 
     fn mark(&mut self, slot: u32) {
-        let (word, bit) = ((slot / 64) as usize, slot % 64);
-        if word >= self.dirty.len() {
-            self.dirty.resize(word + 1, 0);
-        }
-        self.dirty[word] |= 1 << bit;
+        mark(&mut self.dirty, slot);
     }
 
     /// Drops a customer's state, profile and timers; its slot is reused.

@@ -41,6 +41,16 @@ pub struct Settings {
     pub delivery: DeliverySettings,
 }
 
+impl Settings {
+    /// A hash of every setting (the id secret aside), so that a checkpoint can tell
+    /// whether it was written under the same thresholds.
+    pub fn fingerprint(&self) -> u64 {
+        // Debug output covers every field and is stable for a given build; the id key
+        // prints as a placeholder, and alert ids do not affect state.
+        xxhash_rust::xxh3::xxh3_64(format!("{self:?}").as_bytes())
+    }
+}
+
 /// Parameters of the churn_risk model (see `engine::risk`).
 #[derive(Clone, Debug)]
 pub struct RiskSettings {

@@ -97,6 +97,15 @@ impl TimerIndex {
         }
     }
 
+    /// An index of the given (due, slot) entries, built in one pass.
+    pub fn from_entries(mut entries: Vec<(Stamp, u32)>) -> TimerIndex {
+        // Sorted input lets the set be built in bulk rather than by repeated inserts.
+        entries.sort_unstable();
+        TimerIndex {
+            set: entries.into_iter().collect(),
+        }
+    }
+
     /// Removes and returns the earliest entry due at or before `limit`.
     pub fn pop_due(&mut self, limit: Stamp) -> Option<(Stamp, u32)> {
         let first = *self.set.first()?;
