@@ -194,6 +194,7 @@ fn main() {
         .env("CHURNWATCH__KAFKA__ALERTS_TOPIC", &alerts)
         .env("CHURNWATCH__CLOCK", "event")
         .env("CHURNWATCH__DELIVERY__FILE_DIR", dir.path())
+        .env("CHURNWATCH__STATE__DIR", dir.path().join("state"))
         .env("RUST_LOG", "warn")
         .arg("run")
         .stdout(Stdio::piped())

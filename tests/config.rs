@@ -812,3 +812,33 @@ fn kafka_topic_mistakes_are_errors_naming_the_key() {
     let (msg, _) = load_err("[kafka]\nmax_task_idle = \"soon\"\n");
     assert!(msg.contains("soon"), "{msg}");
 }
+
+#[test]
+fn state_settings_load_from_file_and_env_and_are_checked() {
+    let d = defaults();
+    assert_eq!(d.state.dir, std::path::PathBuf::from("state"));
+    assert_eq!(
+        d.state.checkpoint_interval,
+        std::time::Duration::from_secs(1)
+    );
+    assert_eq!(d.engine.retention, 1095 * DAY);
+
+    let c = load_ok("[state]\ndir = \"/var/lib/churnwatch\"\ncheckpoint_interval = \"250ms\"\nretention = \"400d\"\n");
+    assert_eq!(c.state.dir, std::path::PathBuf::from("/var/lib/churnwatch"));
+    assert_eq!(
+        c.state.checkpoint_interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(c.engine.retention, 400 * DAY);
+    let c = defaults_with_env(&[("CHURNWATCH__STATE__DIR", "/data/cw")]).expect("env");
+    assert_eq!(c.state.dir, std::path::PathBuf::from("/data/cw"));
+
+    // A retention shorter than a win-back sequence would cut sequences short.
+    let (msg, _) = load_err("[state]\nretention = \"90d\"\n");
+    assert!(msg.contains("state.retention"), "{msg}");
+    assert!(msg.contains("win-back"), "{msg}");
+    let (msg, _) = load_err("[state]\ncheckpoint_interval = \"0s\"\n");
+    assert!(msg.contains("state.checkpoint_interval"), "{msg}");
+    let (msg, _) = load_err("[state]\npath = \"x\"\n");
+    assert!(msg.contains("path"), "{msg}");
+}

@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::alert::Alert;
 use crate::config::MailSettings;
 use crate::mail::message;
-use crate::mail::outbox::FileOutbox;
 use crate::mail::template::Templates;
+use crate::mail::transport::FileTransport;
 use crate::outbox::Email;
 
 #[derive(Serialize)]
@@ -31,7 +31,7 @@ struct SendLine<'a> {
 pub struct FileMailer<'a> {
     mail: &'a MailSettings,
     templates: &'a Templates,
-    outbox: FileOutbox,
+    transport: FileTransport,
     sends: BufWriter<File>,
     /// Emails written.
     pub written: u64,
@@ -49,8 +49,8 @@ impl<'a> FileMailer<'a> {
         dir: &Path,
         append: bool,
     ) -> anyhow::Result<FileMailer<'a>> {
-        let outbox =
-            FileOutbox::new(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let transport =
+            FileTransport::new(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join("sends.jsonl");
         let file = OpenOptions::new()
             .create(true)
@@ -62,7 +62,7 @@ impl<'a> FileMailer<'a> {
         Ok(FileMailer {
             mail,
             templates,
-            outbox,
+            transport,
             sends: BufWriter::new(file),
             written: 0,
             already_written: 0,
@@ -105,7 +105,7 @@ impl<'a> FileMailer<'a> {
     pub fn write(&mut self, email: &Email) -> anyhow::Result<()> {
         let (status, file, reason) = match &email.message {
             Ok(bytes) => {
-                let (path, fresh) = self.outbox.write_once(&email.message_id, bytes)?;
+                let (path, fresh) = self.transport.write_once(&email.message_id, bytes)?;
                 let status = if fresh {
                     self.written += 1;
                     "written"

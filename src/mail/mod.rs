@@ -2,5 +2,5 @@
 
 pub mod mailer;
 pub mod message;
-pub mod outbox;
 pub mod template;
+pub mod transport;

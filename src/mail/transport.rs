@@ -1,5 +1,6 @@
-//! The file transport of `replay`: each email becomes `<Message-ID>.eml` in the output
-//! folder, written atomically (temporary file, then rename).
+//! The file transport (`replay`, and `run` with `delivery.transport = "file"`): each
+//! email becomes `<Message-ID>.eml` in a folder, written atomically (temporary file, then
+//! rename).
 //!
 //! lettre's own `FileTransport` names files by a random UUID; SPEC §5 wants them named by
 //! the deterministic Message-ID, so this writes lettre's formatted bytes itself.
@@ -11,15 +12,15 @@ use std::path::{Path, PathBuf};
 use lettre::Message;
 
 /// Writes messages as `.eml` files into one folder.
-pub struct FileOutbox {
+pub struct FileTransport {
     dir: PathBuf,
 }
 
-impl FileOutbox {
+impl FileTransport {
     /// A transport writing into `dir` (created if missing).
-    pub fn new(dir: &Path) -> std::io::Result<FileOutbox> {
+    pub fn new(dir: &Path) -> std::io::Result<FileTransport> {
         fs::create_dir_all(dir)?;
-        Ok(FileOutbox {
+        Ok(FileTransport {
             dir: dir.to_path_buf(),
         })
     }
