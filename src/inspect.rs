@@ -42,8 +42,17 @@ pub fn inspect(
     personal: bool,
 ) -> Result<Option<Value>, StoreError> {
     let tasks = store::tasks_in(dir)?;
+    // A store a worker holds cannot be read; say so only if no other store knows `id`.
+    let mut in_use = None;
     for task in tasks {
-        let st = TaskStore::open_read_only(dir, task)?;
+        let st = match TaskStore::open_read_only(dir, task) {
+            Ok(st) => st,
+            Err(e @ StoreError::InUse { .. }) => {
+                in_use.get_or_insert(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let Some(found) = st.inspect(Arc::new(settings.clone()), id)? else {
             continue;
         };
@@ -107,7 +116,10 @@ pub fn inspect(
             "pending_in_outbox": pending,
         })));
     }
-    Ok(None)
+    match in_use {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
 }
 
 fn date(t: Stamp) -> String {

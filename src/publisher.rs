@@ -80,6 +80,17 @@ pub struct Publisher<T> {
 pub struct QueueError {
     topic: String,
     error: String,
+    code: Option<rdkafka::error::RDKafkaErrorCode>,
+}
+
+impl QueueError {
+    /// The record itself is refused (too large): sending it again cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self.code,
+            Some(rdkafka::error::RDKafkaErrorCode::MessageSizeTooLarge)
+        )
+    }
 }
 
 impl<T> Publisher<T> {
@@ -138,6 +149,7 @@ impl<T> Publisher<T> {
                     return Err(QueueError {
                         topic: topic.to_string(),
                         error: e.to_string(),
+                        code: e.rdkafka_error_code(),
                     })
                 }
             }

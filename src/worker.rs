@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
@@ -64,6 +65,8 @@ pub struct Outcome {
     pub emails_again: u64,
     /// Checkpoints committed.
     pub checkpoints: u64,
+    /// Alerts or dead letters the producer refused for good (too large).
+    pub dropped: u64,
     /// From the first record taken to the last one done.
     pub busy: Duration,
     /// False when the grace period ran out with effects unacknowledged (their records
@@ -81,8 +84,8 @@ impl std::fmt::Display for Outcome {
         };
         write!(
             f,
-            "consumed {} records ({} rejected to the dead-letter topic, {} misrouted) in {:.3}s from the first to the last: {:.0} records/s; {} alerts published, {} emails written ({} found already written); {} checkpoints",
-            self.records, self.rejected, self.misrouted, secs, rate, self.alerts, self.emails, self.emails_again, self.checkpoints
+            "consumed {} records ({} rejected to the dead-letter topic, {} misrouted) in {:.3}s from the first to the last: {:.0} records/s; {} alerts published, {} emails written ({} found already written), {} records too large dropped; {} checkpoints",
+            self.records, self.rejected, self.misrouted, secs, rate, self.alerts, self.emails, self.emails_again, self.dropped, self.checkpoints
         )
     }
 }
@@ -382,16 +385,20 @@ impl<'a> Worker<'a> {
     ) -> anyhow::Result<()> {
         let k = &self.cfg.kafka;
         let mut numbers = Vec::with_capacity(entries.len());
-        let mut mailed = Vec::new();
+        // Entries done at once: emails the transport has, records Kafka refuses outright.
+        let mut done_now = Vec::new();
         for (n, entry) in entries {
             match entry {
                 Entry::Alert { key, payload } => {
-                    self.publisher.send(
+                    let sent = self.publisher.send(
                         &k.alerts_topic,
                         Some(key.as_bytes()),
                         payload.as_bytes(),
                         None,
-                    )?;
+                    );
+                    if refused(sent, n, &mut self.out, &mut done_now)? {
+                        continue;
+                    }
                     self.out.alerts += 1;
                     numbers.push(n);
                 }
@@ -407,13 +414,17 @@ impl<'a> Worker<'a> {
                             value: value.as_deref(),
                         });
                     }
-                    self.publisher
-                        .send(&k.dlq_topic, key.as_deref(), &payload, Some(h))?;
+                    let sent = self
+                        .publisher
+                        .send(&k.dlq_topic, key.as_deref(), &payload, Some(h));
+                    if refused(sent, n, &mut self.out, &mut done_now)? {
+                        continue;
+                    }
                     numbers.push(n);
                 }
                 Entry::Email(email) => {
                     self.mailer.write(&email)?;
-                    mailed.push(n);
+                    done_now.push(n);
                 }
             }
         }
@@ -421,9 +432,9 @@ impl<'a> Worker<'a> {
         // An email is done once the transport has it: mark it now, not with the batch's
         // broker acknowledgements, so that the window in which a crash could hand it
         // over again is this one write (SPEC §6).
-        if !mailed.is_empty() {
+        if !done_now.is_empty() {
             if let Some(st) = self.stores.get(&p) {
-                st.mark_done(mailed)?;
+                st.mark_done(done_now)?;
             }
         }
         self.out.emails = self.mailer.written;
@@ -480,11 +491,18 @@ impl<'a> Worker<'a> {
         for ev in events {
             match ev {
                 Rebalanced::Revoked => {
-                    // Checkpoint first and let what it handed over settle, so that what
-                    // is parked is exactly what the store holds (a lost grace period
-                    // leaves entries in the outbox: handed over again, never lost).
+                    // Checkpoint first, let what it handed over settle and commit its
+                    // offsets while the partitions are still ours, so the group shows
+                    // the next owner where this worker's state stands; then give them
+                    // up. What is parked is exactly what the store holds (a lost grace
+                    // period leaves entries in the outbox: handed over again, never lost).
                     self.checkpoint_all()?;
                     self.settle_all()?;
+                    match self.consumer.commit_consumer_state(CommitMode::Sync) {
+                        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                        Err(e) => tracing::warn!(error = %e, "commit on revoke failed"),
+                    }
+                    kafka::unassign(&self.consumer);
                     self.parked.append(&mut self.tasks);
                 }
                 Rebalanced::Assigned(starts) => {
@@ -512,7 +530,9 @@ impl<'a> Worker<'a> {
             Start::Local(pos) => pos,
             Start::Fresh => {
                 self.parked.remove(&p);
-                return Ok(fresh(Engine::new(Arc::new(self.cfg.engine.clone()))));
+                let mut task = fresh(Engine::new(Arc::new(self.cfg.engine.clone())));
+                self.claim(p, &mut task)?;
+                return Ok(task);
             }
         };
         let mut task = match self.parked.remove(&p) {
@@ -561,6 +581,49 @@ impl<'a> Worker<'a> {
         Ok(task)
     }
 
+    /// Claims a task nobody has processed: its (empty) state and starting offsets are
+    /// stored, then those offsets committed, before anything is read. From then on
+    /// another worker given the task sees committed offsets, and refuses it unless it
+    /// holds the state (SPEC §6), instead of starting it afresh a second time.
+    fn claim(&mut self, p: i32, task: &mut Task) -> anyhow::Result<()> {
+        let mut lanes = Vec::with_capacity(self.topics.len());
+        for topic in &self.topics {
+            let (low, _) = self
+                .consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .with_context(|| format!("task {p}: cannot read where {topic} starts"))?;
+            lanes.push(Some(low));
+        }
+        for (lane, o) in lanes.iter().enumerate() {
+            task.merge.start(lane, *o);
+        }
+        task.checkpointed = lanes.clone();
+        let offsets: BTreeMap<String, i64> = self
+            .topics
+            .iter()
+            .cloned()
+            .zip(lanes.iter().map(|o| o.unwrap_or(0)))
+            .collect();
+        let st = match self.stores.entry(p) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(TaskStore::open(&self.cfg.state.dir, p)?)
+            }
+        };
+        st.checkpoint(&mut task.engine, &offsets, &[], 0)?;
+        self.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .positions
+            .insert(p, lanes);
+        let commit: Vec<(&str, i32, i64)> =
+            offsets.iter().map(|(t, o)| (t.as_str(), p, *o)).collect();
+        kafka::commit_now(&self.consumer, &commit)
+            .with_context(|| format!("task {p}: cannot commit its starting offsets"))?;
+        tracing::info!(task = p, offsets = ?offsets, "new task claimed");
+        Ok(())
+    }
+
     /// Removes the outbox entries of every settled batch and stores its checkpoint's
     /// offsets for the periodic group commit.
     fn store_settled(&mut self) -> anyhow::Result<()> {
@@ -597,6 +660,10 @@ impl<'a> Worker<'a> {
     }
 
     fn finish(&mut self, opts: &Options) -> anyhow::Result<()> {
+        self.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closing = true;
         if self.out.clean {
             match self.consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) => {}
@@ -618,6 +685,26 @@ impl<'a> Worker<'a> {
         }
         self.consumer.unsubscribe();
         Ok(())
+    }
+}
+
+/// Whether a record was refused for good (too large for the broker): logged, counted and
+/// done, so that it cannot stop the worker at every restart. Other errors pass on.
+fn refused(
+    sent: Result<(), crate::publisher::QueueError>,
+    entry: u64,
+    out: &mut Outcome,
+    done: &mut Vec<u64>,
+) -> anyhow::Result<bool> {
+    match sent {
+        Ok(()) => Ok(false),
+        Err(e) if e.is_permanent() => {
+            tracing::error!(error = %e, entry, "record refused by the producer; dropped");
+            out.dropped += 1;
+            done.push(entry);
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

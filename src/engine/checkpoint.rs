@@ -132,7 +132,9 @@ impl Engine {
 
     /// Whether anything changed since the last checkpoint.
     pub fn has_changes(&self) -> bool {
-        !self.removed.is_empty() || self.dirty.iter().any(|w| *w != 0)
+        self.clock != self.checkpointed_clock
+            || !self.removed.is_empty()
+            || self.dirty.iter().any(|w| *w != 0)
     }
 
     /// Ids dropped (erased or expired) since the last checkpoint.
@@ -156,13 +158,6 @@ impl Engine {
         })
     }
 
-    /// Every customer, encoded (a full checkpoint).
-    pub fn all_records(&self) -> impl Iterator<Item = (&str, Vec<u8>)> + '_ {
-        (0..self.slots.len() as u32)
-            .filter(|&s| !self.slots[s as usize].id.is_empty())
-            .map(|s| (&*self.slots[s as usize].id, self.encode_slot(s)))
-    }
-
     fn encode_slot(&self, slot: u32) -> Vec<u8> {
         let r = RecordRef {
             slot,
@@ -177,6 +172,7 @@ impl Engine {
     pub fn checkpoint_done(&mut self) {
         self.dirty.iter_mut().for_each(|w| *w = 0);
         self.removed.clear();
+        self.checkpointed_clock = self.clock;
     }
 
     /// Rebuilds an engine from a header and every customer record. Timers and derived
@@ -192,6 +188,7 @@ impl Engine {
     {
         let mut e = Engine::new(settings);
         e.clock = header.clock;
+        e.checkpointed_clock = header.clock;
         e.population = header.population;
         e.stats = header.stats;
         for name in &header.categories {
@@ -203,6 +200,20 @@ impl Engine {
                 c: Customer::default(),
             })
             .collect();
+        // Every free slot must be in range and listed once: a slot reused by mistake
+        // would overwrite a live customer.
+        let mut seen = vec![false; e.slots.len()];
+        for &f in &header.free {
+            match seen.get_mut(f as usize) {
+                Some(s) if !*s => *s = true,
+                _ => {
+                    return Err(RestoreError::Inconsistent(format!(
+                        "free slot {f} out of range or listed twice"
+                    ))
+                    .into())
+                }
+            }
+        }
         e.free = header.free;
         for item in records {
             let (id, r) = item?;
@@ -213,9 +224,9 @@ impl Engine {
                 ))
                 .into());
             };
-            if !slot.id.is_empty() || id.is_empty() {
+            if !slot.id.is_empty() || id.is_empty() || seen[r.slot as usize] {
                 return Err(RestoreError::Inconsistent(format!(
-                    "slot {} held twice or by an empty id",
+                    "slot {} held twice, free, or by an empty id",
                     r.slot
                 ))
                 .into());

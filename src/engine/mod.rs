@@ -139,6 +139,8 @@ pub struct Engine {
     dirty: Vec<u64>,
     /// Ids dropped since the last checkpoint.
     removed: Vec<Box<str>>,
+    /// The clock as of the last checkpoint (a moved clock alone is a change too).
+    checkpointed_clock: Option<Stamp>,
 }
 
 /// Sets `slot`'s bit in a dirty set.
@@ -171,6 +173,7 @@ impl Engine {
             stats: Stats::default(),
             dirty: Vec::new(),
             removed: Vec::new(),
+            checkpointed_clock: None,
         }
     }
 

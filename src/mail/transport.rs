@@ -9,8 +9,6 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use lettre::Message;
-
 /// Writes messages as `.eml` files into one folder.
 pub struct FileTransport {
     dir: PathBuf,
@@ -38,13 +36,6 @@ impl FileTransport {
             })
             .collect();
         self.dir.join(format!("{safe}.eml"))
-    }
-
-    /// Writes `msg` as `<message_id>.eml`; returns the file's path.
-    pub fn write(&self, message_id: &str, msg: &Message) -> std::io::Result<PathBuf> {
-        let path = self.path_of(message_id);
-        write_atomically(&path, &msg.formatted())?;
-        Ok(path)
     }
 
     /// Writes `bytes` as `<message_id>.eml` unless that file exists already; returns the

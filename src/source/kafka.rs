@@ -153,6 +153,29 @@ pub enum Rebalanced {
     Revoked,
 }
 
+/// Gives up the assignment (the end of a revoke), logging a failure.
+pub fn unassign<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
+    if let Err(e) = consumer.unassign() {
+        tracing::error!(error = %e, "unassign failed");
+    }
+}
+
+/// Commits `offsets` (topic, partition, next offset) to the group and waits for the
+/// broker's answer.
+pub fn commit_now<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    offsets: &[(&str, i32, i64)],
+) -> Result<(), KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for &(t, p, o) in offsets {
+        tpl.add_partition_offset(t, p, Offset::Offset(o))?;
+    }
+    if tpl.count() == 0 {
+        return Ok(());
+    }
+    consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+}
+
 /// What the consumer context shares with the worker loop.
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -160,6 +183,8 @@ pub struct Shared {
     pub positions: BTreeMap<i32, Vec<Option<i64>>>,
     /// Rebalance outcomes not yet seen by the loop.
     pub events: Vec<Rebalanced>,
+    /// The worker is shutting down: a revoke unassigns at once.
+    pub closing: bool,
 }
 
 /// The consumer's context: rebalances, statistics, client errors.
@@ -223,14 +248,16 @@ impl WorkerContext {
                     });
                     (!stale).then(|| Start::Local(local.clone()))
                 }
-                None => committed
-                    .iter()
-                    .all(Option::is_none)
+                // No state here: fresh only if nobody processed anything still on the
+                // broker (nothing committed, or only a claim at the partition's start).
+                None => self
+                    .nothing_processed(consumer, *task, committed)
                     .then_some(Start::Fresh),
             };
             match start {
-                // Without the group's offsets, "nobody processed it" cannot be told.
-                Some(Start::Fresh) if !lookup_ok => {
+                // Without the group's offsets neither "nobody processed it" nor "nobody
+                // moved it past our state" can be told.
+                Some(_) if !lookup_ok => {
                     refused.insert(*task);
                 }
                 Some(s) => {
@@ -276,23 +303,40 @@ impl WorkerContext {
         shared.events.push(Rebalanced::Assigned(accepted));
     }
 
+    /// Whether every lane's committed offset (if any) is at or before the start of its
+    /// partition: what a worker claiming a new task commits before reading it.
+    fn nothing_processed(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        task: i32,
+        committed: &[Option<i64>],
+    ) -> bool {
+        committed.iter().zip(&self.topics).all(|(c, topic)| match c {
+            None => true,
+            Some(c) => match consumer.fetch_watermarks(topic, task, self.lookup_timeout) {
+                Ok((low, _)) => *c <= low,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, task, "cannot read where the partition starts");
+                    false
+                }
+            },
+        })
+    }
+
     fn on_revoke(&self, consumer: &BaseConsumer<Self>) {
-        // Offsets stored so far are those whose effects are done: hand them over now.
-        match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-            Ok(())
-            | Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(error = %e, "commit on revoke failed"),
-        }
-        if let Err(e) = consumer.unassign() {
-            tracing::error!(error = %e, "unassign failed");
-        }
         tracing::info!("tasks revoked");
         self.health.set_tasks(0, 0);
-        self.shared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .events
-            .push(Rebalanced::Revoked);
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if shared.closing {
+            // No loop left to finish the hand-over: it already checkpointed and committed.
+            drop(shared);
+            unassign(consumer);
+            return;
+        }
+        // The worker loop checkpoints, commits and only then unassigns (`unassign`): the
+        // group waits for that call, so the next owner of a task sees offsets that match
+        // the state this worker keeps for it.
+        shared.events.push(Rebalanced::Revoked);
     }
 }
 
