@@ -45,9 +45,11 @@ impl Settings {
     /// A hash of every setting (the id secret aside), so that a checkpoint can tell
     /// whether it was written under the same thresholds.
     pub fn fingerprint(&self) -> u64 {
-        // Debug output covers every field and is stable for a given build; the id key
-        // prints as a placeholder, and alert ids do not affect state.
-        xxhash_rust::xxh3::xxh3_64(format!("{self:?}").as_bytes())
+        // Debug output covers every field; the id key prints as a placeholder (alert ids
+        // do not affect state). The version is part of it: a new build may derive due
+        // times differently from the same settings.
+        let text = format!("{} {self:?}", env!("CARGO_PKG_VERSION"));
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes())
     }
 }
 
