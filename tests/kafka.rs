@@ -1306,3 +1306,54 @@ fn kill_9_at_random_points_loses_nothing_and_sends_nothing_twice() {
         let _ = home.keep();
     }
 }
+
+#[test]
+fn a_claimed_empty_task_moves_freely_and_the_claim_is_committed_before_reading() {
+    let bootstrap = broker();
+    let (input, dlq, alerts) = (unique("in"), unique("dlq"), unique("alerts"));
+    create_topics(&bootstrap, &[(&input, 1), (&dlq, 1), (&alerts, 1)]);
+    let group = unique("group");
+    // The first worker claims the task: its start offset is committed before any record.
+    let mut first = Worker::start(&bootstrap, &group, &[&input], &dlq, &alerts);
+    first.wait_tasks(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !first.log().contains("new task claimed") {
+        first.assert_running();
+        assert!(Instant::now() < deadline, "no claim:\n{}", first.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", &group)
+        .create()
+        .expect("offset reader");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&input, 0);
+    let committed = reader
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed");
+    assert_eq!(committed.elements()[0].offset(), Offset::Offset(0));
+    first.stop();
+
+    // Another process without state may take it over: nothing was processed.
+    let mut second = Worker::start(&bootstrap, &group, &[&input], &dlq, &alerts);
+    second.wait_tasks(1);
+    let ends = produce(
+        &bootstrap,
+        &[(
+            input.clone(),
+            Some("c-1".to_string()),
+            br#"{"event_id":"e1","type":"complaint","customer_id":"c-1","occurred_at":"2025-01-01T00:00:00Z"}"#.to_vec(),
+            None,
+        )],
+    );
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut second]);
+    let done = second.stop();
+    assert!(!done.log.contains("task refused"), "{}", done.log);
+    assert!(
+        done.stdout.contains("consumed 1 records"),
+        "{}",
+        done.stdout
+    );
+    assert_eq!(read_all(&bootstrap, &alerts, 1).len(), 1);
+}
