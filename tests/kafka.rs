@@ -284,6 +284,21 @@ fn read_all(bootstrap: &str, topic: &str, expect: usize) -> Vec<Received> {
     out
 }
 
+/// The group's committed offset of one partition.
+fn committed(bootstrap: &str, group: &str, topic: &str, partition: i32) -> Offset {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("offset reader");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let c = reader
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed");
+    c.elements()[0].offset()
+}
+
 /// Waits until the group has committed every partition up to `ends`.
 fn wait_committed(
     bootstrap: &str,
@@ -1074,17 +1089,7 @@ fn a_task_with_committed_offsets_but_no_state_is_refused_not_started_empty() {
         done.stdout
     );
     // The group's offset did not move past what the first worker did.
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", &group)
-        .create()
-        .expect("offset reader");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&input, 0);
-    let committed = reader
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed");
-    assert_eq!(committed.elements()[0].offset(), Offset::Offset(2));
+    assert_eq!(committed(&bootstrap, &group, &input, 0), Offset::Offset(2));
     assert_eq!(more[&(input.clone(), 0)], 3);
     // Only the two alerts of the first worker were published.
     assert_eq!(read_all(&bootstrap, &alerts, 2).len(), 2);
@@ -1337,17 +1342,7 @@ fn a_claimed_empty_task_moves_freely_and_the_claim_is_committed_before_reading()
         assert!(Instant::now() < deadline, "no claim:\n{}", first.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", &group)
-        .create()
-        .expect("offset reader");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&input, 0);
-    let committed = reader
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed");
-    assert_eq!(committed.elements()[0].offset(), Offset::Offset(0));
+    assert_eq!(committed(&bootstrap, &group, &input, 0), Offset::Offset(0));
     first.stop();
 
     // Another process without state may take it over: nothing was processed.
