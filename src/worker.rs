@@ -348,12 +348,7 @@ impl<'a> Worker<'a> {
             .enumerate()
             .filter_map(|(l, o)| o.map(|o| (self.topics[l].clone(), o)))
             .collect();
-        let st = match self.stores.entry(p) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(TaskStore::open(&self.cfg.state.dir, p)?)
-            }
-        };
+        let st = open_store(&mut self.stores, &self.cfg.state.dir, p)?;
         let first = task.next_entry;
         st.checkpoint(&mut task.engine, &offsets, &task.pending, first)
             .with_context(|| format!("checkpoint of task {p} failed; stopping so that a restart resumes from the last good one"))?;
@@ -367,12 +362,7 @@ impl<'a> Worker<'a> {
             .positions
             .insert(p, lanes.clone());
         let numbered: Vec<(u64, Entry)> = (first..).zip(entries).collect();
-        let offsets = lanes
-            .iter()
-            .enumerate()
-            .filter_map(|(l, o)| o.map(|o| (l, o)))
-            .collect();
-        self.hand_over(p, numbered, offsets)
+        self.hand_over(p, numbered, lane_offsets(&lanes))
     }
 
     /// Hands outbox entries to Kafka and the mail transport, as one batch that settles
@@ -460,21 +450,18 @@ impl<'a> Worker<'a> {
                 }
             };
             timeout = Duration::ZERO;
-            // A poll that served a rebalance may also return the first record of a task
-            // it assigned: start the task before taking the record, or it is lost.
-            let rebalanced = !self
-                .shared
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .events
-                .is_empty();
-            if rebalanced {
-                let owned = msg.detach();
-                self.take_rebalances()?;
-                intake!(self).take(&owned);
-            } else {
-                intake!(self).take(&msg);
+            // A poll that serves a rebalance returns no record (rdkafka's poll stops at
+            // the event), so the loop applies it before a newly assigned task's first
+            // record arrives.
+            Intake {
+                tasks: &mut self.tasks,
+                out: &mut self.out,
+                topics: &self.topics,
+                partitions: self.partitions,
+                misrouted_warned: &mut self.misrouted_warned,
+                first_record: &mut self.first_record,
             }
+            .take(&msg);
         }
         Ok(())
     }
@@ -507,8 +494,12 @@ impl<'a> Worker<'a> {
                 }
                 Rebalanced::Assigned(starts) => {
                     for (p, start) in starts {
+                        let fresh = start == Start::Fresh;
                         let task = self.start_task(p, start)?;
                         self.tasks.insert(p, task);
+                        if fresh {
+                            self.claim(p)?;
+                        }
                     }
                 }
             }
@@ -531,19 +522,21 @@ impl<'a> Worker<'a> {
             Start::Fresh => {
                 self.parked.remove(&p);
                 let mut task = fresh(Engine::new(Arc::new(self.cfg.engine.clone())));
-                self.claim(p, &mut task)?;
+                // Where each partition starts: what the claim stores and commits.
+                for (lane, topic) in self.topics.iter().enumerate() {
+                    let (low, _) = self
+                        .consumer
+                        .fetch_watermarks(topic, p, Duration::from_secs(10))
+                        .with_context(|| format!("task {p}: cannot read where {topic} starts"))?;
+                    task.merge.start(lane, Some(low));
+                }
                 return Ok(task);
             }
         };
         let mut task = match self.parked.remove(&p) {
             Some(t) => t,
             None => {
-                let st = match self.stores.entry(p) {
-                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(TaskStore::open(&self.cfg.state.dir, p)?)
-                    }
-                };
+                let st = open_store(&mut self.stores, &self.cfg.state.dir, p)?;
                 let started = Instant::now();
                 let loaded = st
                     .load(Arc::new(self.cfg.engine.clone()))?
@@ -565,12 +558,7 @@ impl<'a> Worker<'a> {
                 // What the outbox still holds was decided before the crash: finish it.
                 // Once that settles, the group commit catches up with the store even if
                 // no new record arrives.
-                let offsets = t
-                    .checkpointed
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(l, o)| o.map(|o| (l, o)))
-                    .collect();
+                let offsets = lane_offsets(&t.checkpointed);
                 self.hand_over(p, loaded.pending, offsets)?;
                 t
             }
@@ -581,46 +569,23 @@ impl<'a> Worker<'a> {
         Ok(task)
     }
 
-    /// Claims a task nobody has processed: its (empty) state and starting offsets are
-    /// stored, then those offsets committed, before anything is read. From then on
-    /// another worker given the task sees committed offsets, and refuses it unless it
-    /// holds the state (SPEC §6), instead of starting it afresh a second time.
-    fn claim(&mut self, p: i32, task: &mut Task) -> anyhow::Result<()> {
-        let mut lanes = Vec::with_capacity(self.topics.len());
-        for topic in &self.topics {
-            let (low, _) = self
-                .consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .with_context(|| format!("task {p}: cannot read where {topic} starts"))?;
-            lanes.push(Some(low));
-        }
-        for (lane, o) in lanes.iter().enumerate() {
-            task.merge.start(lane, *o);
-        }
-        task.checkpointed = lanes.clone();
-        let offsets: BTreeMap<String, i64> = self
-            .topics
-            .iter()
-            .cloned()
-            .zip(lanes.iter().map(|o| o.unwrap_or(0)))
-            .collect();
-        let st = match self.stores.entry(p) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(TaskStore::open(&self.cfg.state.dir, p)?)
-            }
+    /// Claims a task nobody has processed: its first checkpoint (empty state, starting
+    /// offsets) is committed to the store, then those offsets to the group, before
+    /// anything is read. From then on another worker given the task sees committed
+    /// offsets and refuses it unless it holds the state (SPEC §6), instead of starting
+    /// it afresh a second time.
+    fn claim(&mut self, p: i32) -> anyhow::Result<()> {
+        self.checkpoint(p)?;
+        let Some(task) = self.tasks.get(&p) else {
+            return Ok(());
         };
-        st.checkpoint(&mut task.engine, &offsets, &[], 0)?;
-        self.shared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .positions
-            .insert(p, lanes);
-        let commit: Vec<(&str, i32, i64)> =
-            offsets.iter().map(|(t, o)| (t.as_str(), p, *o)).collect();
+        let commit: Vec<(&str, i32, i64)> = lane_offsets(&task.checkpointed)
+            .into_iter()
+            .map(|(lane, o)| (self.topics[lane].as_str(), p, o))
+            .collect();
         kafka::commit_now(&self.consumer, &commit)
             .with_context(|| format!("task {p}: cannot commit its starting offsets"))?;
-        tracing::info!(task = p, offsets = ?offsets, "new task claimed");
+        tracing::info!(task = p, offsets = ?commit, "new task claimed");
         Ok(())
     }
 
@@ -688,6 +653,27 @@ impl<'a> Worker<'a> {
     }
 }
 
+/// The task store of `p`, opened on first use (kept open: the file stays locked).
+fn open_store<'s>(
+    stores: &'s mut BTreeMap<i32, TaskStore>,
+    dir: &std::path::Path,
+    p: i32,
+) -> Result<&'s TaskStore, store::StoreError> {
+    match stores.entry(p) {
+        std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::btree_map::Entry::Vacant(v) => Ok(v.insert(TaskStore::open(dir, p)?)),
+    }
+}
+
+/// (lane, offset) for every lane whose offset is known.
+fn lane_offsets(lanes: &[Option<i64>]) -> Vec<(usize, i64)> {
+    lanes
+        .iter()
+        .enumerate()
+        .filter_map(|(l, o)| o.map(|o| (l, o)))
+        .collect()
+}
+
 /// Whether a record was refused for good (too large for the broker): logged, counted and
 /// done, so that it cannot stop the worker at every restart. Other errors pass on.
 fn refused(
@@ -708,23 +694,8 @@ fn refused(
     }
 }
 
-/// Borrows what taking a record needs, leaving the consumer (which the record borrows)
-/// alone.
-macro_rules! intake {
-    ($w:expr) => {
-        Intake {
-            tasks: &mut $w.tasks,
-            out: &mut $w.out,
-            topics: &$w.topics,
-            partitions: $w.partitions,
-            misrouted_warned: &mut $w.misrouted_warned,
-            first_record: &mut $w.first_record,
-        }
-    };
-}
-use intake;
-
-/// Routes polled records into their tasks.
+/// Routes polled records into their tasks. Borrows what taking a record needs and not
+/// the consumer, which the record borrows.
 struct Intake<'w> {
     tasks: &'w mut BTreeMap<i32, Task>,
     out: &'w mut Outcome,

@@ -69,6 +69,27 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// Fresh purchases, support and alerts topics of `partitions` each, and a dead-letter
+/// topic.
+fn shop_topics(bootstrap: &str, partitions: i32) -> (String, String, String, String) {
+    let (purchases, support, dlq, alerts) = (
+        unique("purchases"),
+        unique("support"),
+        unique("dlq"),
+        unique("alerts"),
+    );
+    create_topics(
+        bootstrap,
+        &[
+            (&purchases, partitions),
+            (&support, partitions),
+            (&dlq, 1),
+            (&alerts, partitions),
+        ],
+    );
+    (purchases, support, dlq, alerts)
+}
+
 fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -181,8 +202,18 @@ fn produce_with(
 /// customer id (malformed lines go to the purchases topic, keyed if an id is readable).
 fn example_split(purchases: &str, support: &str) -> Vec<Outgoing> {
     let text = fs::read(manifest_dir().join("examples/events.jsonl")).expect("example");
+    split_by_type(text.split(|b| *b == b'\n'), purchases, support)
+}
+
+/// Event lines as records: support events to `support`, the rest (and lines that are
+/// not events) to `purchases`, keyed by customer id where one is readable.
+fn split_by_type<'a>(
+    lines: impl IntoIterator<Item = &'a [u8]>,
+    purchases: &str,
+    support: &str,
+) -> Vec<Outgoing> {
     let mut out = Vec::new();
-    for line in text.split(|b| *b == b'\n') {
+    for line in lines {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -668,16 +699,7 @@ fn header<'a>(h: &'a [(String, Vec<u8>)], k: &str) -> Option<&'a str> {
 #[test]
 fn run_decides_exactly_what_replay_decides_on_the_same_events() {
     let bootstrap = broker();
-    let (purchases, support, dlq, alerts) = (
-        unique("purchases"),
-        unique("support"),
-        unique("dlq"),
-        unique("alerts"),
-    );
-    create_topics(
-        &bootstrap,
-        &[(&purchases, 1), (&support, 1), (&dlq, 1), (&alerts, 1)],
-    );
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
     let records = example_split(&purchases, &support);
     let scratch = tempfile::tempdir().expect("tempdir");
     let files = write_split(scratch.path(), &records, &[&purchases, &support]);
@@ -1109,45 +1131,27 @@ fn kill_9_at_random_points_loses_nothing_and_sends_nothing_twice() {
     let mut rng = gen::Rng::new(seed);
 
     let bootstrap = broker();
-    let (purchases, support, dlq, alerts) = (
-        unique("purchases"),
-        unique("support"),
-        unique("dlq"),
-        unique("alerts"),
-    );
-    create_topics(
-        &bootstrap,
-        &[(&purchases, 2), (&support, 2), (&dlq, 1), (&alerts, 2)],
-    );
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 2);
     let topics = [purchases.as_str(), support.as_str()];
     // 100,000 generated events of 10,000 customers over two years, plus malformed ones.
-    let mut records: Vec<Outgoing> = Vec::new();
+    // A malformed one (no event_id, no type) keeps its customer's key, so it lands in
+    // that customer's task.
+    let mut input: Vec<String> = Vec::new();
     for (i, line) in gen::lines(100_000, 10_000, seed ^ 0x5eed)
         .into_iter()
         .enumerate()
     {
-        let v: Value = serde_json::from_str(&line).expect("generated json");
-        let key = v["customer_id"].as_str().map(String::from);
-        let ty = v["type"].as_str().unwrap_or("");
-        let topic = if SUPPORT_TYPES.contains(&ty) {
-            &support
-        } else {
-            &purchases
-        };
         if i % 2_500 == 1_234 {
-            records.push((
-                purchases.clone(),
-                key.clone(),
-                format!("{{\"broken\": {i}").into_bytes(),
-                None,
+            let v: Value = serde_json::from_str(&line).expect("generated json");
+            input.push(format!(
+                r#"{{"customer_id":{},"broken":{i}}}"#,
+                v["customer_id"]
             ));
         }
-        records.push((topic.clone(), key, line.into_bytes(), None));
+        input.push(line);
     }
-    let malformed = records
-        .iter()
-        .filter(|r| r.2.starts_with(b"{\"broken"))
-        .count();
+    let records = split_by_type(input.iter().map(|l| l.as_bytes()), &purchases, &support);
+    let malformed = input.iter().filter(|l| l.contains("\"broken\"")).count();
     let ends = produce_one_per_batch(&bootstrap, &records);
 
     let group = unique("crash");

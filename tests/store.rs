@@ -364,3 +364,53 @@ fn inspect_explains_a_stored_customer_and_redacts_contact_data() {
     assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no customer"));
 }
+
+#[test]
+fn a_customer_silent_for_the_retention_horizon_is_dropped_from_memory_and_store() {
+    let c = cfg(); // retention 250 days
+    let settings = Arc::new(c.engine.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ev = |id: &str, who: &str, at: &str| {
+        event::parse(
+            format!(r#"{{"event_id":"{id}","type":"purchase","customer_id":"{who}","occurred_at":"{at}","order_id":"{id}","amount":"5.00","currency":"USD"}}"#)
+                .as_bytes(),
+        )
+        .expect("event")
+    };
+    let mut e = Engine::new(settings.clone());
+    let mut out = Vec::new();
+    e.apply(ev("a1", "quiet", "2025-01-01T00:00:00Z"), &mut out);
+    e.apply(ev("b1", "busy", "2025-01-01T00:00:00Z"), &mut out);
+    let st = TaskStore::open(dir.path(), 0).expect("open");
+    st.checkpoint(&mut e, &BTreeMap::new(), &[], 0)
+        .expect("checkpoint");
+    assert!(st
+        .inspect(settings.clone(), "quiet")
+        .expect("inspect")
+        .is_some());
+
+    // "busy" keeps buying; "quiet" says nothing for 250 days and more.
+    e.apply(ev("b2", "busy", "2025-06-01T00:00:00Z"), &mut out);
+    // Due at 250 days (2025-09-08); like any timer of a silent customer it fires once
+    // the clock is `allowed_lateness` (1 day) past it.
+    e.apply(ev("b3", "busy", "2025-09-08T00:00:00Z"), &mut out);
+    assert!(
+        e.snapshot("quiet").is_some(),
+        "250 days, lateness not yet passed: kept"
+    );
+    e.apply(ev("b4", "busy", "2025-09-09T12:00:00Z"), &mut out);
+    assert!(e.snapshot("quiet").is_none(), "past 250 days: dropped");
+    assert!(e.snapshot("busy").is_some());
+    assert_eq!(e.stats().expired, 1);
+    st.checkpoint(&mut e, &BTreeMap::new(), &[], 0)
+        .expect("checkpoint");
+    assert!(
+        st.inspect(settings.clone(), "quiet")
+            .expect("inspect")
+            .is_none(),
+        "deleted from the store at the next checkpoint"
+    );
+    // A later event starts the customer afresh.
+    e.apply(ev("a2", "quiet", "2025-09-10T00:00:00Z"), &mut out);
+    assert_eq!(e.snapshot("quiet").map(|s| s.purchases), Some(1));
+}
