@@ -80,6 +80,8 @@ pub enum Suppression {
     Unsubscribed,
     /// The address hard-bounced.
     HardBounce,
+    /// The customer was erased (send time only: an erased customer has no alerts).
+    Erased,
 }
 
 impl Suppression {
@@ -90,6 +92,7 @@ impl Suppression {
             Suppression::NoConsent => "no_consent",
             Suppression::Unsubscribed => "unsubscribed",
             Suppression::HardBounce => "hard_bounce",
+            Suppression::Erased => "erased",
         }
     }
 }
@@ -150,6 +153,8 @@ pub struct MailContext {
     pub years: u32,
     /// Ticket concerned (support_recovery), "" otherwise.
     pub ticket_id: String,
+    /// The customer's IANA time zone ("" when unknown), for quiet hours.
+    pub timezone: String,
 }
 
 /// One decision record.
@@ -204,6 +209,34 @@ impl std::fmt::Debug for IdKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("IdKey(…)")
     }
+}
+
+/// Letters of per-customer offer codes: base 32 without 0/O and 1/I, which read alike.
+const CODE_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+/// Expands an offer code: `{code}` becomes 8 characters of
+/// HMAC-SHA256(key, len ‖ customer_id ‖ len ‖ rule) (its first 40 bits in
+/// [`CODE_ALPHABET`]), the same for a customer and rule every time and not guessable
+/// without the key. A code without `{code}` is static and returned as it is.
+pub fn offer_code(key: &IdKey, code: &str, customer_id: &str, rule: Rule) -> String {
+    if !code.contains("{code}") {
+        return code.to_string();
+    }
+    let mut mac = key.0.clone();
+    for part in [customer_id.as_bytes(), rule.name().as_bytes()] {
+        mac.update(&(part.len() as u32).to_be_bytes());
+        mac.update(part);
+    }
+    let digest = mac.finalize().into_bytes();
+    let mut bits = digest[..5]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let mut out = [0u8; 8];
+    for c in out.iter_mut().rev() {
+        *c = CODE_ALPHABET[(bits & 31) as usize];
+        bits >>= 5;
+    }
+    code.replace("{code}", std::str::from_utf8(&out).unwrap_or_default())
 }
 
 /// Computes an alert id: hex of HMAC-SHA256(secret, customer ‖ rule ‖ episode ‖ step).
@@ -279,6 +312,27 @@ impl Alert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offer_codes_are_per_customer_keyed_and_static_codes_stay() {
+        let k = IdKey::new(b"offer");
+        assert_eq!(
+            offer_code(&k, "SORRY5", "c1", Rule::SupportRecovery),
+            "SORRY5"
+        );
+        let a = offer_code(&k, "BACK-{code}", "c1", Rule::Winback);
+        assert_eq!(a.len(), "BACK-".len() + 8);
+        assert!(a["BACK-".len()..]
+            .bytes()
+            .all(|b| CODE_ALPHABET.contains(&b)));
+        assert_eq!(a, offer_code(&k, "BACK-{code}", "c1", Rule::Winback));
+        assert_ne!(a, offer_code(&k, "BACK-{code}", "c2", Rule::Winback));
+        assert_ne!(a, offer_code(&k, "BACK-{code}", "c1", Rule::FrequencyDrop));
+        assert_ne!(
+            a,
+            offer_code(&IdKey::new(b"other"), "BACK-{code}", "c1", Rule::Winback)
+        );
+    }
 
     #[test]
     fn ids_are_stable_keyed_and_distinct() {

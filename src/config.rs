@@ -209,6 +209,29 @@ pub struct RawTemplates {
 #[serde(deny_unknown_fields)]
 pub struct RawSmtp {
     /// See the defaults file.
+    pub host: String,
+    /// See the defaults file.
+    pub port: u16,
+    /// See the defaults file.
+    pub tls: String,
+    /// See the defaults file.
+    pub username: String,
+    /// From the environment only (`CHURNWATCH__SMTP__PASSWORD`); never in the file.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// See the defaults file.
+    pub password_file: PathBuf,
+    /// See the defaults file.
+    pub ca_file: PathBuf,
+    /// See the defaults file.
+    pub timeout: Duration,
+    /// See the defaults file.
+    pub pool_size: u32,
+    /// See the defaults file.
+    pub retry_initial: Duration,
+    /// See the defaults file.
+    pub retry_max: Duration,
+    /// See the defaults file.
     pub from: String,
     /// See the defaults file.
     pub reply_to: String,
@@ -238,6 +261,14 @@ pub struct RawDelivery {
     pub max_decision_age: Duration,
     /// See the defaults file.
     pub require_consent: bool,
+    /// See the defaults file.
+    pub quiet_hours: String,
+    /// See the defaults file.
+    pub default_timezone: String,
+    /// See the defaults file.
+    pub rate_limit: u32,
+    /// See the defaults file.
+    pub offer_secret: String,
 }
 
 /// `[loyal]`
@@ -462,6 +493,169 @@ fn flatten_client(
     }
 }
 
+/// A secret (the SMTP password): its Debug output is a placeholder, so it cannot reach a
+/// log line or an error through `{:?}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The value, for the one place that needs it (SMTP authentication).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How the connection to the relay is secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain SMTP (a local relay on loopback or in the same pod).
+    None,
+    /// Plain connection upgraded with STARTTLS, which is required.
+    StartTls,
+    /// TLS from the first byte (SMTPS, port 465).
+    Tls,
+}
+
+/// The SMTP relay (SPEC §5, §7).
+#[derive(Clone, Debug)]
+pub struct SmtpSettings {
+    /// Relay host name (also the name its certificate must carry).
+    pub host: String,
+    /// Relay port.
+    pub port: u16,
+    /// Connection security.
+    pub tls: TlsMode,
+    /// User name for AUTH ("" for none).
+    pub username: String,
+    /// Password for AUTH, from the environment or `password_file`.
+    pub password: Option<Secret>,
+    /// Extra root certificate (PEM) for a relay with a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Connect and per-command timeout.
+    pub timeout: std::time::Duration,
+    /// Connections kept open to the relay (and emails in flight at once).
+    pub pool_size: u32,
+    /// First retry delay after a transient failure …
+    pub retry_initial: std::time::Duration,
+    /// … doubling up to this.
+    pub retry_max: std::time::Duration,
+}
+
+/// What the sender applies when it schedules an email (SPEC §5).
+#[derive(Clone, Debug)]
+pub struct SendSettings {
+    /// Local-time window with no sends, if any.
+    pub quiet_hours: Option<crate::mail::quiet_hours::QuietHours>,
+    /// Time zone of customers whose own is unknown.
+    pub default_timezone: jiff::tz::TimeZone,
+    /// Emails per second at most, across the worker (0: no limit).
+    pub rate_limit: u32,
+}
+
+/// Reads and checks the SMTP settings; problems are pushed, never the password.
+fn smtp_settings(raw: &RawSmtp, smtp_used: bool, p: &mut Vec<String>) -> SmtpSettings {
+    let tls = match raw.tls.as_str() {
+        "none" => TlsMode::None,
+        "starttls" => TlsMode::StartTls,
+        "tls" => TlsMode::Tls,
+        other => {
+            p.push(format!(
+                "smtp.tls: must be \"none\", \"starttls\" or \"tls\", got `{other}`"
+            ));
+            TlsMode::StartTls
+        }
+    };
+    let port = match (raw.port, tls) {
+        (0, TlsMode::None) => 25,
+        (0, TlsMode::StartTls) => 587,
+        (0, TlsMode::Tls) => 465,
+        (n, _) => n,
+    };
+    let from_env = raw.password.clone().filter(|s| !s.is_empty());
+    let from_file = if raw.password_file.as_os_str().is_empty() {
+        None
+    } else {
+        match std::fs::read_to_string(&raw.password_file) {
+            Ok(s) => Some(s.trim_end_matches(['\r', '\n']).to_string()),
+            Err(e) => {
+                p.push(format!(
+                    "smtp.password_file: cannot read {}: {e}",
+                    raw.password_file.display()
+                ));
+                None
+            }
+        }
+    };
+    if from_env.is_some() && from_file.is_some() {
+        p.push("smtp.password_file: a password is also set in CHURNWATCH__SMTP__PASSWORD; set only one".into());
+    }
+    let password = from_env.or(from_file).map(Secret);
+    if smtp_used {
+        if raw.host.trim().is_empty() {
+            p.push("smtp.host: must name the relay when delivery.transport = \"smtp\"".into());
+        }
+        if !raw.username.is_empty() && password.is_none() {
+            p.push("smtp.username: is set but no password is (CHURNWATCH__SMTP__PASSWORD or smtp.password_file)".into());
+        }
+    }
+    if raw.pool_size == 0 {
+        p.push("smtp.pool_size: must be at least 1".into());
+    }
+    if raw.timeout.0 == 0 {
+        p.push("smtp.timeout: must be positive".into());
+    }
+    if raw.retry_initial.0 == 0 || raw.retry_max.0 < raw.retry_initial.0 {
+        p.push(
+            "smtp.retry_initial, smtp.retry_max: must be positive, retry_max ≥ retry_initial"
+                .into(),
+        );
+    }
+    let secs = |n: u32| std::time::Duration::from_secs(u64::from(n));
+    SmtpSettings {
+        host: raw.host.trim().to_string(),
+        port,
+        tls,
+        username: raw.username.clone(),
+        password,
+        ca_file: (!raw.ca_file.as_os_str().is_empty()).then(|| raw.ca_file.clone()),
+        timeout: secs(raw.timeout.0),
+        pool_size: raw.pool_size.max(1),
+        retry_initial: secs(raw.retry_initial.0),
+        retry_max: secs(raw.retry_max.0),
+    }
+}
+
+fn send_settings(d: &RawDelivery, p: &mut Vec<String>) -> SendSettings {
+    let quiet_hours =
+        crate::mail::quiet_hours::QuietHours::parse(&d.quiet_hours).unwrap_or_else(|e| {
+            p.push(format!("delivery.quiet_hours: {e}"));
+            None
+        });
+    let default_timezone = jiff::tz::db().get(&d.default_timezone).unwrap_or_else(|e| {
+        p.push(format!(
+            "delivery.default_timezone: `{}` is not an IANA time zone: {e}",
+            d.default_timezone
+        ));
+        jiff::tz::TimeZone::UTC
+    });
+    SendSettings {
+        quiet_hours,
+        default_timezone,
+        rate_limit: d.rate_limit,
+    }
+}
+
 /// Where and how often `run` makes its state durable (SPEC §6).
 #[derive(Clone, Debug)]
 pub struct StateSettings {
@@ -492,6 +686,10 @@ pub struct Config {
     pub engine: Settings,
     /// Rendering and headers.
     pub mail: MailSettings,
+    /// The SMTP relay.
+    pub smtp: SmtpSettings,
+    /// Quiet hours and rate limit.
+    pub send: SendSettings,
 }
 
 /// Loads defaults, then `path` (when given or present at the default location), then
@@ -922,6 +1120,8 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
             raw.smtp.message_id_domain
         ));
     }
+    let smtp = smtp_settings(&raw.smtp, raw.delivery.transport == "smtp", &mut p);
+    let send = send_settings(&raw.delivery, &mut p);
     if raw.templates.default_locale.is_empty() {
         p.push("templates.default_locale: must not be empty".to_string());
     }
@@ -939,6 +1139,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         dedup_window: raw.engine.dedup_window.0,
         retention: raw.state.retention.0,
         id_key: crate::alert::IdKey::new(raw.engine.id_secret.as_bytes()),
+        offer_key: crate::alert::IdKey::new(raw.delivery.offer_secret.as_bytes()),
         risk: RiskSettings {
             dropout: r.dropout,
             prior_gap_days: r.prior_gap_days,
@@ -1048,5 +1249,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
             reply_to: raw.smtp.reply_to,
             message_id_domain: raw.smtp.message_id_domain,
         },
+        smtp,
+        send,
     })
 }

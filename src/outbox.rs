@@ -41,6 +41,10 @@ pub struct Email {
     pub customer_id: String,
     /// The locale it was rendered in.
     pub locale: String,
+    /// Envelope recipient.
+    pub to: String,
+    /// The customer's IANA time zone ("" when unknown), for quiet hours.
+    pub timezone: String,
     /// The RFC 5322 message, or the reason it could not be built (recorded as failed).
     pub message: Result<Vec<u8>, String>,
 }

@@ -271,6 +271,12 @@ impl TaskStore {
         Ok(out)
     }
 
+    /// The outbox entries not yet done, in order.
+    pub fn outbox(&self) -> Result<Vec<(u64, Entry)>, StoreError> {
+        let tx = self.read()?;
+        self.pending(&tx, |_| true)
+    }
+
     /// Loads the task's engine, offsets and pending outbox (None: never checkpointed).
     pub fn load(&self, settings: Arc<Settings>) -> Result<Option<Loaded>, StoreError> {
         let tx = self.read()?;

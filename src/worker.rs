@@ -26,13 +26,15 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
 
-use crate::alert::Decision;
+use crate::alert::{Decision, Suppression};
 use crate::config::{ClockMode, Config};
 use crate::engine::clock::Stamp;
 use crate::engine::{Engine, Snapshot};
 use crate::event;
+use crate::event::EventKind;
 use crate::health::Health;
-use crate::mail::mailer::FileMailer;
+use crate::mail::mailer::{self, FileMailer, SendLine, SendLog};
+use crate::mail::sender::{Job, Report, Sender, Status};
 use crate::mail::template::Templates;
 use crate::outbox::Entry;
 use crate::publisher::Publisher;
@@ -59,10 +61,18 @@ pub struct Outcome {
     pub misrouted: u64,
     /// Alerts published.
     pub alerts: u64,
-    /// Emails written.
+    /// Emails written (file transport) or accepted by the relay (SMTP).
     pub emails: u64,
     /// Emails found already written when handed over again after a crash.
     pub emails_again: u64,
+    /// Emails failed for good (unbuildable, or a 5xx reply).
+    pub emails_failed: u64,
+    /// Emails suppressed at send time (an unsubscribe, bounce or erasure came first).
+    pub emails_suppressed: u64,
+    /// Times an email was deferred by quiet hours.
+    pub emails_deferred: u64,
+    /// Transient failures retried.
+    pub emails_retried: u64,
     /// Checkpoints committed.
     pub checkpoints: u64,
     /// Alerts or dead letters the producer refused for good (too large).
@@ -84,8 +94,8 @@ impl std::fmt::Display for Outcome {
         };
         write!(
             f,
-            "consumed {} records ({} rejected to the dead-letter topic, {} misrouted) in {:.3}s from the first to the last: {:.0} records/s; {} alerts published, {} emails written ({} found already written), {} records too large dropped; {} checkpoints",
-            self.records, self.rejected, self.misrouted, secs, rate, self.alerts, self.emails, self.emails_again, self.dropped, self.checkpoints
+            "consumed {} records ({} rejected to the dead-letter topic, {} misrouted) in {:.3}s from the first to the last: {:.0} records/s; {} alerts published, {} emails delivered ({} found already written, {} failed, {} suppressed at send time, {} deferrals, {} retries), {} records too large dropped; {} checkpoints",
+            self.records, self.rejected, self.misrouted, secs, rate, self.alerts, self.emails, self.emails_again, self.emails_failed, self.emails_suppressed, self.emails_deferred, self.emails_retried, self.dropped, self.checkpoints
         )
     }
 }
@@ -116,8 +126,15 @@ const MAX_PENDING: usize = 50_000;
 /// More closed batches than this in flight and the loop waits for acknowledgements.
 const MAX_UNSETTLED: usize = 16;
 
+/// Where emails go: written as files at once, or sent over SMTP by the sender thread.
+enum Delivery<'a> {
+    File(FileMailer<'a>),
+    Smtp { sender: Sender, log: SendLog },
+}
+
 struct Worker<'a> {
     cfg: &'a Config,
+    templates: &'a Templates,
     shutdown: &'a Shutdown,
     health: Arc<Health>,
     consumer: kafka::WorkerConsumer,
@@ -133,7 +150,7 @@ struct Worker<'a> {
     /// Every task store this worker has opened (kept open: they are locked files).
     stores: BTreeMap<i32, TaskStore>,
     last_checkpoint: Instant,
-    mailer: FileMailer<'a>,
+    delivery: Delivery<'a>,
     out: Outcome,
     first_record: Option<Instant>,
     last_done: Option<Instant>,
@@ -149,12 +166,6 @@ pub fn run(
     health: Arc<Health>,
     opts: &Options,
 ) -> anyhow::Result<Outcome> {
-    if cfg.transport != "file" {
-        bail!(
-            "delivery.transport = \"{}\" is not available in this version of `run`; use \"file\" (emails as .eml in delivery.file_dir)",
-            cfg.transport
-        );
-    }
     let k = &cfg.kafka;
     let shared = Arc::new(Mutex::new(Shared::default()));
     let ctx = WorkerContext::new(k.topics.clone(), health.clone(), shared.clone());
@@ -199,9 +210,24 @@ pub fn run(
     let topic_refs: Vec<&str> = k.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
     tracing::info!(topics = ?k.topics, partitions, group = %k.group_id, "subscribed");
-    let mailer = FileMailer::new(&cfg.mail, templates, &cfg.file_dir, true)?;
+    let delivery = if cfg.transport == "smtp" {
+        let from: lettre::message::Mailbox = cfg
+            .mail
+            .from
+            .parse()
+            .with_context(|| format!("smtp.from `{}` is not a mailbox", cfg.mail.from))?;
+        let sender = Sender::start(&cfg.smtp, &cfg.send, from.email)?;
+        tracing::info!(host = %cfg.smtp.host, port = cfg.smtp.port, tls = ?cfg.smtp.tls, pool = cfg.smtp.pool_size, "sending emails over SMTP");
+        Delivery::Smtp {
+            sender,
+            log: SendLog::open(&cfg.state.dir.join("sends.jsonl"), true)?,
+        }
+    } else {
+        Delivery::File(FileMailer::new(&cfg.mail, templates, &cfg.file_dir, true)?)
+    };
     let mut w = Worker {
         cfg,
+        templates,
         shutdown,
         health,
         consumer,
@@ -219,7 +245,7 @@ pub fn run(
         parked: BTreeMap::new(),
         stores,
         last_checkpoint: Instant::now(),
-        mailer,
+        delivery,
         out: Outcome::default(),
         first_record: None,
         last_done: None,
@@ -250,7 +276,22 @@ impl<'a> Worker<'a> {
                     task.merge.set_high_watermark(lane, high);
                 }
                 while let Some((_, rec)) = task.merge.next(now, self.cfg.kafka.max_task_idle) {
+                    // Events that can make a customer unreachable: an email of theirs
+                    // waiting in the sender (quiet hours, retries) must not go (SPEC §5).
+                    let reach = matches!(
+                        rec.event.kind,
+                        EventKind::Unsubscribed
+                            | EventKind::Bounced { hard: true }
+                            | EventKind::Erased
+                            | EventKind::Profile(_)
+                    )
+                    .then(|| rec.event.customer_id.clone());
                     task.engine.apply(rec.event, &mut alerts);
+                    if let (Some(id), Delivery::Smtp { sender, .. }) = (reach, &self.delivery) {
+                        if let Some(why) = task.engine.suppression(&id) {
+                            sender.suppress(&id, why.name());
+                        }
+                    }
                 }
                 if task.merge.caught_up() {
                     if self.cfg.clock == ClockMode::Wall {
@@ -263,7 +304,7 @@ impl<'a> Worker<'a> {
                 }
                 for mut alert in alerts.drain(..) {
                     if alert.decision == Decision::Email {
-                        let email = self.mailer.render(&mut alert);
+                        let email = mailer::render(&self.cfg.mail, self.templates, &mut alert);
                         task.pending.push(Entry::Email(email));
                     }
                     task.pending.push(Entry::Alert {
@@ -280,6 +321,7 @@ impl<'a> Worker<'a> {
                 self.checkpoint_all()?;
             }
             self.store_settled()?;
+            self.take_reports()?;
             while self.publisher.unsettled() > MAX_UNSETTLED {
                 if self.shutdown.expired() {
                     return Ok(false);
@@ -311,6 +353,7 @@ impl<'a> Worker<'a> {
     fn settle_all(&mut self) -> anyhow::Result<bool> {
         loop {
             self.store_settled()?;
+            self.take_reports()?;
             if self.publisher.unsettled() == 0 {
                 return Ok(true);
             }
@@ -362,7 +405,8 @@ impl<'a> Worker<'a> {
             .positions
             .insert(p, lanes.clone());
         let numbered: Vec<(u64, Entry)> = (first..).zip(entries).collect();
-        self.hand_over(p, numbered, lane_offsets(&lanes))
+        let blocked = blocked(&task.engine, &numbered);
+        self.hand_over(p, numbered, &blocked, lane_offsets(&lanes))
     }
 
     /// Hands outbox entries to Kafka and the mail transport, as one batch that settles
@@ -371,6 +415,7 @@ impl<'a> Worker<'a> {
         &mut self,
         p: i32,
         entries: Vec<(u64, Entry)>,
+        blocked: &BTreeMap<u64, Suppression>,
         offsets: Vec<(usize, i64)>,
     ) -> anyhow::Result<()> {
         let k = &self.cfg.kafka;
@@ -412,13 +457,54 @@ impl<'a> Worker<'a> {
                     }
                     numbers.push(n);
                 }
-                Entry::Email(email) => {
-                    self.mailer.write(&email)?;
-                    done_now.push(n);
-                }
+                Entry::Email(email) => match &mut self.delivery {
+                    Delivery::File(m) => {
+                        m.write(&email)?;
+                        done_now.push(n);
+                    }
+                    Delivery::Smtp { sender, log } => {
+                        let refusal = match (&email.message, blocked.get(&n)) {
+                            (Err(reason), _) => Some(("failed", reason.clone())),
+                            (Ok(_), Some(why)) => Some(("suppressed", why.name().to_string())),
+                            (Ok(_), None) => None,
+                        };
+                        let Some((status, reason)) = refusal else {
+                            sender.send(Job {
+                                task: p,
+                                entry: n,
+                                email,
+                            });
+                            continue;
+                        };
+                        if status == "failed" {
+                            self.out.emails_failed += 1;
+                            tracing::warn!(alert_id = %email.alert_id, %reason, "email not built");
+                        } else {
+                            self.out.emails_suppressed += 1;
+                        }
+                        log.record(&SendLine {
+                            at: Some(jiff::Timestamp::now().to_string()),
+                            alert_id: &email.alert_id,
+                            message_id: format!("<{}>", email.message_id),
+                            status,
+                            reason: Some(reason),
+                            locale: &email.locale,
+                            ..SendLine::default()
+                        })?;
+                        done_now.push(n);
+                    }
+                },
             }
         }
-        self.mailer.flush()?;
+        match &mut self.delivery {
+            Delivery::File(m) => {
+                m.flush()?;
+                self.out.emails = m.written;
+                self.out.emails_again = m.already_written;
+                self.out.emails_failed = m.failed;
+            }
+            Delivery::Smtp { log, .. } => log.flush()?,
+        }
         // An email is done once the transport has it: mark it now, not with the batch's
         // broker acknowledgements, so that the window in which a crash could hand it
         // over again is this one write (SPEC §6).
@@ -427,8 +513,6 @@ impl<'a> Worker<'a> {
                 st.mark_done(done_now)?;
             }
         }
-        self.out.emails = self.mailer.written;
-        self.out.emails_again = self.mailer.already_written;
         self.publisher.close(Covered {
             task: p,
             entries: numbers,
@@ -489,6 +573,14 @@ impl<'a> Worker<'a> {
                         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
                         Err(e) => tracing::warn!(error = %e, "commit on revoke failed"),
                     }
+                    // Emails waiting in the sender stay in the outbox for the next owner;
+                    // those in flight finish here, so none is sent by both.
+                    if let Delivery::Smtp { sender, .. } = &self.delivery {
+                        for p in self.tasks.keys() {
+                            sender.withdraw(*p);
+                        }
+                    }
+                    self.take_reports()?;
                     kafka::unassign(&self.consumer);
                     self.parked.append(&mut self.tasks);
                 }
@@ -534,7 +626,22 @@ impl<'a> Worker<'a> {
             }
         };
         let mut task = match self.parked.remove(&p) {
-            Some(t) => t,
+            Some(t) => {
+                // Its emails left the sender when it was revoked; they are still in
+                // its outbox.
+                if matches!(self.delivery, Delivery::Smtp { .. }) {
+                    if let Some(st) = self.stores.get(&p) {
+                        let emails: Vec<(u64, Entry)> = st
+                            .outbox()?
+                            .into_iter()
+                            .filter(|(_, e)| matches!(e, Entry::Email(_)))
+                            .collect();
+                        let blocked = blocked(&t.engine, &emails);
+                        self.hand_over(p, emails, &blocked, Vec::new())?;
+                    }
+                }
+                t
+            }
             None => {
                 let st = open_store(&mut self.stores, &self.cfg.state.dir, p)?;
                 let started = Instant::now();
@@ -559,7 +666,8 @@ impl<'a> Worker<'a> {
                 // Once that settles, the group commit catches up with the store even if
                 // no new record arrives.
                 let offsets = lane_offsets(&t.checkpointed);
-                self.hand_over(p, loaded.pending, offsets)?;
+                let blocked = blocked(&t.engine, &loaded.pending);
+                self.hand_over(p, loaded.pending, &blocked, offsets)?;
                 t
             }
         };
@@ -586,6 +694,32 @@ impl<'a> Worker<'a> {
         kafka::commit_now(&self.consumer, &commit)
             .with_context(|| format!("task {p}: cannot commit its starting offsets"))?;
         tracing::info!(task = p, offsets = ?commit, "new task claimed");
+        Ok(())
+    }
+
+    /// Records what the sender reports and removes the outbox entries of emails that
+    /// are finished (sent, failed for good, suppressed).
+    fn take_reports(&mut self) -> anyhow::Result<()> {
+        let Delivery::Smtp { sender, log } = &mut self.delivery else {
+            return Ok(());
+        };
+        let reports = sender.reports();
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let mut done: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
+        for r in &reports {
+            record_report(log, r, &mut self.out)?;
+            if r.status.is_final() {
+                done.entry(r.task).or_default().push(r.entry);
+            }
+        }
+        log.flush()?;
+        for (p, entries) in done {
+            if let Some(st) = self.stores.get(&p) {
+                st.mark_done(entries)?;
+            }
+        }
         Ok(())
     }
 
@@ -625,6 +759,13 @@ impl<'a> Worker<'a> {
     }
 
     fn finish(&mut self, opts: &Options) -> anyhow::Result<()> {
+        if let Delivery::Smtp { sender, .. } = &mut self.delivery {
+            // Emails in flight get what is left of the grace period; waiting ones stay
+            // in the outbox for the next start.
+            let grace = self.shutdown.remaining().unwrap_or(Duration::from_secs(5));
+            sender.stop(grace);
+        }
+        self.take_reports()?;
         self.shared
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -663,6 +804,69 @@ fn open_store<'s>(
         std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
         std::collections::btree_map::Entry::Vacant(v) => Ok(v.insert(TaskStore::open(dir, p)?)),
     }
+}
+
+/// The emails among `entries` that must not go out now, and why: their customer has
+/// unsubscribed, bounced, withdrawn consent or been erased since the decision (SPEC §5).
+fn blocked(engine: &Engine, entries: &[(u64, Entry)]) -> BTreeMap<u64, Suppression> {
+    entries
+        .iter()
+        .filter_map(|(n, e)| match e {
+            Entry::Email(m) => engine.suppression(&m.customer_id).map(|why| (*n, why)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Writes one sender report to `sends.jsonl` and counts it.
+fn record_report(log: &mut SendLog, r: &Report, out: &mut Outcome) -> std::io::Result<()> {
+    let (status, reason, until, attempt) = match &r.status {
+        Status::Sent(reply) => {
+            out.emails += 1;
+            ("sent", Some(reply.clone()), None, None)
+        }
+        Status::Failed(reply) => {
+            out.emails_failed += 1;
+            ("failed", Some(reply.clone()), None, None)
+        }
+        Status::Suppressed(why) => {
+            out.emails_suppressed += 1;
+            ("suppressed", Some((*why).to_string()), None, None)
+        }
+        Status::Deferred(t) => {
+            out.emails_deferred += 1;
+            (
+                "deferred",
+                Some("quiet hours".into()),
+                Some(t.to_string()),
+                None,
+            )
+        }
+        Status::Retrying {
+            attempt,
+            reason,
+            next,
+        } => {
+            out.emails_retried += 1;
+            (
+                "retrying",
+                Some(reason.clone()),
+                Some(next.to_string()),
+                Some(*attempt),
+            )
+        }
+    };
+    log.record(&SendLine {
+        at: Some(jiff::Timestamp::now().to_string()),
+        alert_id: &r.alert_id,
+        message_id: format!("<{}>", r.message_id),
+        status,
+        reason,
+        until,
+        attempt,
+        locale: &r.locale,
+        ..SendLine::default()
+    })
 }
 
 /// (lane, offset) for every lane whose offset is known.

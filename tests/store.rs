@@ -172,6 +172,8 @@ fn email(n: u32) -> Entry {
         alert_id: format!("id{n}"),
         customer_id: "c-1".into(),
         locale: "en".into(),
+        to: "c-1@example.com".into(),
+        timezone: "Asia/Riyadh".into(),
         message: Ok(b"Subject: hi\r\n\r\nhello".to_vec()),
     })
 }

@@ -63,6 +63,7 @@ fn ctx(locale: &str, name: &str) -> MailContext {
         milestone: 10,
         years: 2,
         ticket_id: "T-77".into(),
+        timezone: String::new(),
     }
 }
 

@@ -18,7 +18,8 @@ use super::settings::Settings;
 use super::{id_hash, mark, timers, Engine, Slot, Stats};
 
 /// Version of the encoding below; a store written by another version is refused.
-pub const FORMAT: u32 = 1;
+/// 2: outbox emails carry their envelope recipient and time zone (SMTP sender).
+pub const FORMAT: u32 = 2;
 
 /// Everything of an engine that is not per customer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

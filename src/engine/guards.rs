@@ -117,10 +117,14 @@ pub(crate) fn emit(ctx: &mut Ctx<'_>, cand: Candidate<'_>) -> Option<Decision> {
             days_since_last_purchase: c.days_since_purchase(cand.at),
             purchase_count: c.purchases,
             favourite_category: favourite.unwrap_or("").to_string(),
-            offer_code: cand.offer_code.to_string(),
+            offer_code: crate::alert::offer_code(&s.offer_key, cand.offer_code, ctx.id, cand.rule),
             milestone: cand.milestone,
             years: cand.years,
             ticket_id: cand.ticket_id.unwrap_or("").to_string(),
+            timezone: p
+                .and_then(|p| p.timezone.as_deref())
+                .unwrap_or("")
+                .to_string(),
         }))
     } else {
         None

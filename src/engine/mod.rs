@@ -516,6 +516,15 @@ impl Engine {
         c.at_risk_hours = risk::at_risk_hours(c, &s.risk);
     }
 
+    /// Why the customer may not be emailed now, if so (SPEC §5: suppression is checked
+    /// again at send time). A customer the engine does not know was erased.
+    pub fn suppression(&self, customer_id: &str) -> Option<crate::alert::Suppression> {
+        let Some(slot) = self.find(customer_id) else {
+            return Some(crate::alert::Suppression::Erased);
+        };
+        guards::suppression(&self.settings.delivery, self.profiles.get(&slot))
+    }
+
     /// A customer's state, explained, as of the clock.
     pub fn snapshot(&self, customer_id: &str) -> Option<Snapshot> {
         self.find(customer_id).map(|slot| self.snapshot_slot(slot))

@@ -23,6 +23,8 @@ pub struct Settings {
     pub retention: Secs,
     /// Key of the keyed hash that makes alert ids.
     pub id_key: crate::alert::IdKey,
+    /// Key of per-customer offer codes (`{code}` in an offer code).
+    pub offer_key: crate::alert::IdKey,
     /// The churn_risk model.
     pub risk: RiskSettings,
     /// Loyal promotion criteria (shared by the stage model and `thank_you`).

@@ -1,5 +1,6 @@
-//! Turns an alert decided as `email` into a message and hands it to the file transport,
-//! recording one send result per email (`sends.jsonl`). Shared by `replay` and `run`.
+//! Turns an alert decided as `email` into a message, and records what became of each
+//! email in `sends.jsonl`; the file mailer hands messages to the file transport. Shared
+//! by `replay` and `run`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -15,16 +16,103 @@ use crate::mail::template::Templates;
 use crate::mail::transport::FileTransport;
 use crate::outbox::Email;
 
-#[derive(Serialize)]
-struct SendLine<'a> {
-    alert_id: &'a str,
-    message_id: String,
-    status: &'static str,
+/// One line of `sends.jsonl`: what became of an email (SPEC §5 send results).
+#[derive(Serialize, Default)]
+pub struct SendLine<'a> {
+    /// When it was recorded (RFC 3339, UTC; absent in replay, whose clock is event time).
     #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<String>,
+    pub at: Option<String>,
+    /// The alert.
+    pub alert_id: &'a str,
+    /// `<Message-ID>`.
+    pub message_id: String,
+    /// `written`, `already_written`, `sent`, `deferred`, `retrying`, `failed`, `suppressed`.
+    pub status: &'static str,
+    /// The `.eml` file (file transport).
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-    locale: &'a str,
+    pub file: Option<String>,
+    /// The server's reply or why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Deferred or retried until (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Transient failures so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// The locale it was rendered in.
+    pub locale: &'a str,
+}
+
+/// The `sends.jsonl` file of send results.
+pub struct SendLog {
+    out: BufWriter<File>,
+}
+
+impl SendLog {
+    /// Opens `path`; `append` keeps earlier records (service mode), else it starts empty.
+    pub fn open(path: &Path, append: bool) -> anyhow::Result<SendLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(SendLog {
+            out: BufWriter::new(file),
+        })
+    }
+
+    /// Appends one record.
+    pub fn record(&mut self, line: &SendLine<'_>) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, line)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Writes buffered records out.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Renders the alert's email (or says why it cannot be built) and sets the locale
+/// actually used on the alert. Pure: nothing is written.
+pub fn render(mail: &MailSettings, t: &Templates, alert: &mut Alert) -> Email {
+    let message_id = alert.message_id(&mail.message_id_domain);
+    let requested = alert
+        .mail
+        .as_ref()
+        .map(|m| m.locale.clone())
+        .unwrap_or_default();
+    if let Some(l) = t.resolve_locale(&alert.template, &requested) {
+        alert.locale = l;
+    }
+    let message = alert
+        .mail
+        .as_deref()
+        .ok_or_else(|| "alert carries no recipient".to_string())
+        .and_then(|m| t.render(&alert.template, m, &alert.alert_id))
+        .and_then(|r| message::build(alert, &r, mail).map_err(|e| e.0))
+        .map(|msg| msg.formatted());
+    let (to, timezone) = alert
+        .mail
+        .as_deref()
+        .map(|m| (m.email.trim().to_string(), m.timezone.clone()))
+        .unwrap_or_default();
+    Email {
+        message_id,
+        alert_id: alert.alert_id.clone(),
+        customer_id: alert.customer_id.to_string(),
+        locale: alert.locale.clone(),
+        to,
+        timezone,
+        message,
+    }
 }
 
 /// Renders emails and writes them as `.eml` files, with a send record for each.
@@ -32,7 +120,7 @@ pub struct FileMailer<'a> {
     mail: &'a MailSettings,
     templates: &'a Templates,
     transport: FileTransport,
-    sends: BufWriter<File>,
+    sends: SendLog,
     /// Emails written.
     pub written: u64,
     /// Emails found already written (handed over again after a crash).
@@ -51,52 +139,21 @@ impl<'a> FileMailer<'a> {
     ) -> anyhow::Result<FileMailer<'a>> {
         let transport =
             FileTransport::new(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join("sends.jsonl");
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+        let sends = SendLog::open(&dir.join("sends.jsonl"), append)?;
         Ok(FileMailer {
             mail,
             templates,
             transport,
-            sends: BufWriter::new(file),
+            sends,
             written: 0,
             already_written: 0,
             failed: 0,
         })
     }
 
-    /// Renders the alert's email (or says why it cannot be built) and sets the locale
-    /// actually used. Pure: nothing is written yet.
+    /// Renders the alert's email; see [`render`].
     pub fn render(&self, alert: &mut Alert) -> Email {
-        let t = self.templates;
-        let message_id = alert.message_id(&self.mail.message_id_domain);
-        let requested = alert
-            .mail
-            .as_ref()
-            .map(|m| m.locale.clone())
-            .unwrap_or_default();
-        if let Some(l) = t.resolve_locale(&alert.template, &requested) {
-            alert.locale = l;
-        }
-        let message = alert
-            .mail
-            .as_deref()
-            .ok_or_else(|| "alert carries no recipient".to_string())
-            .and_then(|m| t.render(&alert.template, m, &alert.alert_id))
-            .and_then(|r| message::build(alert, &r, self.mail).map_err(|e| e.0))
-            .map(|msg| msg.formatted());
-        Email {
-            message_id,
-            alert_id: alert.alert_id.clone(),
-            customer_id: alert.customer_id.to_string(),
-            locale: alert.locale.clone(),
-            message,
-        }
+        render(self.mail, self.templates, alert)
     }
 
     /// Hands a rendered email to the file transport and records the result. Idempotent
@@ -122,16 +179,15 @@ impl<'a> FileMailer<'a> {
                 ("failed", None, Some(reason.clone()))
             }
         };
-        let line = SendLine {
+        self.sends.record(&SendLine {
             alert_id: &email.alert_id,
             message_id: format!("<{}>", email.message_id),
             status,
             file,
             reason,
             locale: &email.locale,
-        };
-        serde_json::to_writer(&mut self.sends, &line)?;
-        self.sends.write_all(b"\n")?;
+            ..SendLine::default()
+        })?;
         Ok(())
     }
 

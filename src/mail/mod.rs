@@ -2,5 +2,8 @@
 
 pub mod mailer;
 pub mod message;
+pub mod quiet_hours;
+pub mod sender;
+pub mod smtp;
 pub mod template;
 pub mod transport;

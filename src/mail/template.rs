@@ -266,6 +266,7 @@ fn samples(locale: &str) -> [MailContext; 2] {
             milestone: 10,
             years: 2,
             ticket_id: "T-1".into(),
+            timezone: "Asia/Riyadh".into(),
         },
     ]
 }
