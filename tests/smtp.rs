@@ -11,9 +11,8 @@
 //! AUTH over STARTTLS with a private CA; the password never shows.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use churnwatch::alert::{Alert, Decision, Inputs, MailContext};
@@ -30,80 +29,9 @@ use serde_json::Value;
 // ---------------------------------------------------------------------------------------
 // the server
 
-fn python() -> String {
-    std::env::var("CHURNWATCH_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("CHURNWATCH_TEST_PYTHON is not set: run the suite with scripts/test, which installs aiosmtpd")
-    })
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    out: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        Server::start_on(0, args)
-    }
-
-    fn start_on(port: u16, args: &[&str]) -> Server {
-        let out = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .arg("--out")
-            .arg(out.path())
-            .arg("--port")
-            .arg(port.to_string())
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the SMTP server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .unwrap_or_else(|| panic!("SMTP server said {line:?}"))
-            .parse()
-            .unwrap();
-        Server { child, port, out }
-    }
-
-    fn lines(&self, name: &str) -> Vec<Value> {
-        std::fs::read_to_string(self.out.path().join(name))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn received(&self) -> Vec<Value> {
-        self.lines("received.jsonl")
-    }
-
-    fn attempts(&self) -> Vec<Value> {
-        self.lines("attempts.jsonl")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "support/smtp_server.rs"]
+mod smtp_server;
+use smtp_server::{free_port, Server};
 
 // ---------------------------------------------------------------------------------------
 // churnwatch's side
