@@ -842,3 +842,96 @@ fn state_settings_load_from_file_and_env_and_are_checked() {
     let (msg, _) = load_err("[state]\npath = \"x\"\n");
     assert!(msg.contains("path"), "{msg}");
 }
+
+#[test]
+fn smtp_and_send_settings_from_file_and_environment() {
+    let f = toml(
+        "[smtp]\nhost = \"relay.example.com\"\ntls = \"tls\"\npool_size = 8\n[delivery]\ntransport = \"smtp\"\nquiet_hours = \"22:30-07:15\"\ndefault_timezone = \"Asia/Riyadh\"\nrate_limit = 50\n",
+    );
+    let c = load_with_env(Some(f.path()), no_env()).expect("loads");
+    assert_eq!(c.smtp.host, "relay.example.com");
+    assert_eq!(c.smtp.tls, churnwatch::config::TlsMode::Tls);
+    assert_eq!(c.smtp.port, 465, "the port follows tls when 0");
+    assert_eq!(c.smtp.pool_size, 8);
+    assert_eq!(c.send.rate_limit, 50);
+    assert_eq!(
+        c.send.default_timezone,
+        jiff::tz::TimeZone::get("Asia/Riyadh").unwrap()
+    );
+    assert!(c.send.quiet_hours.is_some());
+    let c = load_with_env(
+        None,
+        env(&[
+            ("CHURNWATCH__SMTP__TLS", "starttls"),
+            ("CHURNWATCH__SMTP__USERNAME", "cw"),
+            ("CHURNWATCH__SMTP__PASSWORD", "pw-from-env-123"),
+            ("CHURNWATCH__DELIVERY__QUIET_HOURS", ""),
+        ]),
+    )
+    .expect("loads");
+    assert_eq!(c.smtp.port, 587);
+    assert_eq!(
+        c.smtp.password.as_ref().map(|p| p.expose()),
+        Some("pw-from-env-123")
+    );
+    assert!(c.send.quiet_hours.is_none());
+    assert!(
+        !format!("{c:?}").contains("pw-from-env-123"),
+        "the password is never printed"
+    );
+}
+
+#[test]
+fn bad_smtp_and_send_settings_are_refused_by_key_and_never_show_the_password() {
+    for (text, key) in [
+        ("[smtp]\ntls = \"ssl\"\n", "smtp.tls"),
+        ("[smtp]\npool_size = 0\n", "smtp.pool_size"),
+        (
+            "[smtp]\nretry_initial = \"2h\"\nretry_max = \"1h\"\n",
+            "smtp.retry_max",
+        ),
+        (
+            "[delivery]\nquiet_hours = \"08:00-08:00\"\n",
+            "delivery.quiet_hours",
+        ),
+        (
+            "[delivery]\nquiet_hours = \"late\"\n",
+            "delivery.quiet_hours",
+        ),
+        (
+            "[delivery]\ndefault_timezone = \"Mars/Olympus\"\n",
+            "delivery.default_timezone",
+        ),
+        (
+            "[delivery]\ntransport = \"smtp\"\n[smtp]\nusername = \"cw\"\n",
+            "smtp.username",
+        ),
+        (
+            "[smtp]\npassword_file = \"/nonexistent/churnwatch-secret\"\n",
+            "smtp.password_file",
+        ),
+        ("[smtp]\nhost = \"relay\"\nfrom_name = \"x\"\n", "from_name"),
+    ] {
+        let (e, path) = load_err(text);
+        assert!(e.contains(key), "{text}: {e}");
+        assert!(e.contains(&path), "{e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, "file-secret-456\n").unwrap();
+    let f = toml(&format!(
+        "[smtp]\npassword_file = \"{}\"\n",
+        secret.display()
+    ));
+    let e = load_with_env(
+        Some(f.path()),
+        env(&[("CHURNWATCH__SMTP__PASSWORD", "env-secret-789")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("set only one"), "{e}");
+    assert!(
+        !e.contains("file-secret-456") && !e.contains("env-secret-789"),
+        "{e}"
+    );
+}
