@@ -612,6 +612,14 @@ fn smtp_settings(raw: &RawSmtp, smtp_used: bool, p: &mut Vec<String>) -> SmtpSet
     if raw.pool_size == 0 {
         p.push("smtp.pool_size: must be at least 1".into());
     }
+    if !raw.ca_file.as_os_str().is_empty() {
+        if let Err(e) = std::fs::metadata(&raw.ca_file) {
+            p.push(format!(
+                "smtp.ca_file: cannot read {}: {e}",
+                raw.ca_file.display()
+            ));
+        }
+    }
     if raw.timeout.0 == 0 {
         p.push("smtp.timeout: must be positive".into());
     }

@@ -911,6 +911,10 @@ fn bad_smtp_and_send_settings_are_refused_by_key_and_never_show_the_password() {
             "smtp.password_file",
         ),
         ("[smtp]\nhost = \"relay\"\nfrom_name = \"x\"\n", "from_name"),
+        (
+            "[smtp]\nca_file = \"/nonexistent/ca.pem\"\n",
+            "smtp.ca_file",
+        ),
     ] {
         let (e, path) = load_err(text);
         assert!(e.contains(key), "{text}: {e}");

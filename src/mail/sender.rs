@@ -228,6 +228,20 @@ impl Core {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut inflight: JoinSet<Outcome> = JoinSet::new();
         let slots = self.smtp.pool_size as usize;
+        // Tell the operator at once whether the relay answers; emails wait either way.
+        let probe = self.pool.clone();
+        let (host, port) = (self.smtp.host.clone(), self.smtp.port);
+        tokio::spawn(async move {
+            match probe.test_connection().await {
+                Ok(true) => tracing::info!(%host, port, "SMTP relay reachable"),
+                Ok(false) => {
+                    tracing::warn!(%host, port, "SMTP relay did not answer NOOP; emails wait and are retried")
+                }
+                Err(e) => {
+                    tracing::warn!(%host, port, error = %smtp::describe(&e), "SMTP relay not reachable; emails wait and are retried")
+                }
+            }
+        });
         loop {
             self.dispatch(&mut inflight, slots);
             let next_due = self.queue.keys().next().map(|k| k.0);

@@ -91,7 +91,7 @@ pub fn classify(e: &lettre::transport::smtp::Error) -> Failure {
 }
 
 /// The error with its causes, one line (lettre's own text never holds credentials).
-fn describe(e: &dyn std::error::Error) -> String {
+pub fn describe(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

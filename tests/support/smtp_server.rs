@@ -39,6 +39,12 @@ impl Server {
             .arg(port.to_string())
             .args(args)
             .stdout(Stdio::piped())
+            // Its log (e.g. a client refusing the certificate) stays out of test output.
+            .stderr(
+                std::fs::File::create(out.path().join("server.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .expect("start the SMTP server");
         let mut line = String::new();
