@@ -232,6 +232,8 @@ pub struct RawSmtp {
     /// See the defaults file.
     pub retry_max: Duration,
     /// See the defaults file.
+    pub queue_limit: usize,
+    /// See the defaults file.
     pub from: String,
     /// See the defaults file.
     pub reply_to: String,
@@ -550,6 +552,8 @@ pub struct SmtpSettings {
     pub retry_initial: std::time::Duration,
     /// … doubling up to this.
     pub retry_max: std::time::Duration,
+    /// Emails the sender holds at once; more wait in the outbox on disk.
+    pub queue_limit: usize,
 }
 
 /// What the sender applies when it schedules an email (SPEC §5).
@@ -612,6 +616,9 @@ fn smtp_settings(raw: &RawSmtp, smtp_used: bool, p: &mut Vec<String>) -> SmtpSet
     if raw.pool_size == 0 {
         p.push("smtp.pool_size: must be at least 1".into());
     }
+    if raw.queue_limit < raw.pool_size as usize {
+        p.push("smtp.queue_limit: must be at least smtp.pool_size".into());
+    }
     if !raw.ca_file.as_os_str().is_empty() {
         if let Err(e) = std::fs::metadata(&raw.ca_file) {
             p.push(format!(
@@ -641,6 +648,7 @@ fn smtp_settings(raw: &RawSmtp, smtp_used: bool, p: &mut Vec<String>) -> SmtpSet
         pool_size: raw.pool_size.max(1),
         retry_initial: secs(raw.retry_initial.0),
         retry_max: secs(raw.retry_max.0),
+        queue_limit: raw.queue_limit.max(1),
     }
 }
 

@@ -271,6 +271,25 @@ impl TaskStore {
         Ok(out)
     }
 
+    /// One outbox entry, if it is not done yet.
+    pub fn entry(&self, n: u64) -> Result<Option<Entry>, StoreError> {
+        let tx = self.read()?;
+        let t = match tx.open_table(OUTBOX) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let Some(v) = t.get(n).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        Entry::decode(v.value()).map(Some).map_err(|e| {
+            self.damaged(RestoreError::Decode {
+                what: format!("outbox entry {n}"),
+                error: e.to_string(),
+            })
+        })
+    }
+
     /// The outbox entries not yet done, in order.
     pub fn outbox(&self) -> Result<Vec<(u64, Entry)>, StoreError> {
         let tx = self.read()?;

@@ -13,7 +13,7 @@
 //! the stored offsets, whatever the group committed) and effects at-least-once with
 //! stable ids: a crash re-hands what the outbox still holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::CString;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -73,6 +73,8 @@ pub struct Outcome {
     pub emails_deferred: u64,
     /// Transient failures retried.
     pub emails_retried: u64,
+    /// Emails that waited in the store for room in the sender (`smtp.queue_limit`).
+    pub emails_held_back: u64,
     /// Checkpoints committed.
     pub checkpoints: u64,
     /// Alerts or dead letters the producer refused for good (too large).
@@ -94,8 +96,8 @@ impl std::fmt::Display for Outcome {
         };
         write!(
             f,
-            "consumed {} records ({} rejected to the dead-letter topic, {} misrouted) in {:.3}s from the first to the last: {:.0} records/s; {} alerts published, {} emails delivered ({} found already written, {} failed, {} suppressed at send time, {} deferrals, {} retries), {} records too large dropped; {} checkpoints",
-            self.records, self.rejected, self.misrouted, secs, rate, self.alerts, self.emails, self.emails_again, self.emails_failed, self.emails_suppressed, self.emails_deferred, self.emails_retried, self.dropped, self.checkpoints
+            "consumed {} records ({} rejected to the dead-letter topic, {} misrouted) in {:.3}s from the first to the last: {:.0} records/s; {} alerts published, {} emails delivered ({} found already written, {} failed, {} suppressed at send time, {} deferrals, {} retries, {} held back for room in the sender), {} records too large dropped; {} checkpoints",
+            self.records, self.rejected, self.misrouted, secs, rate, self.alerts, self.emails, self.emails_again, self.emails_failed, self.emails_suppressed, self.emails_deferred, self.emails_retried, self.emails_held_back, self.dropped, self.checkpoints
         )
     }
 }
@@ -151,6 +153,9 @@ struct Worker<'a> {
     stores: BTreeMap<i32, TaskStore>,
     last_checkpoint: Instant,
     delivery: Delivery<'a>,
+    /// Emails (task, outbox entry) left in the store while the sender holds
+    /// `smtp.queue_limit`; handed over, in order, as it drains.
+    held_back: VecDeque<(i32, u64)>,
     out: Outcome,
     first_record: Option<Instant>,
     last_done: Option<Instant>,
@@ -246,6 +251,7 @@ pub fn run(
         stores,
         last_checkpoint: Instant::now(),
         delivery,
+        held_back: VecDeque::new(),
         out: Outcome::default(),
         first_record: None,
         last_done: None,
@@ -322,6 +328,7 @@ impl<'a> Worker<'a> {
             }
             self.store_settled()?;
             self.take_reports()?;
+            self.refill()?;
             while self.publisher.unsettled() > MAX_UNSETTLED {
                 if self.shutdown.expired() {
                     return Ok(false);
@@ -469,28 +476,22 @@ impl<'a> Worker<'a> {
                             (Ok(_), None) => None,
                         };
                         let Some((status, reason)) = refusal else {
-                            sender.send(Job {
-                                task: p,
-                                entry: n,
-                                email,
-                            });
+                            if sender.held() >= self.cfg.smtp.queue_limit
+                                || !self.held_back.is_empty()
+                            {
+                                // It stays in the store; `refill` hands it over later.
+                                self.held_back.push_back((p, n));
+                                self.out.emails_held_back += 1;
+                            } else {
+                                sender.send(Job {
+                                    task: p,
+                                    entry: n,
+                                    email,
+                                });
+                            }
                             continue;
                         };
-                        if status == "failed" {
-                            self.out.emails_failed += 1;
-                            tracing::warn!(alert_id = %email.alert_id, %reason, "email not built");
-                        } else {
-                            self.out.emails_suppressed += 1;
-                        }
-                        log.record(&SendLine {
-                            at: Some(jiff::Timestamp::now().to_string()),
-                            alert_id: &email.alert_id,
-                            message_id: format!("<{}>", email.message_id),
-                            status,
-                            reason: Some(reason),
-                            locale: &email.locale,
-                            ..SendLine::default()
-                        })?;
+                        record_refusal(log, &mut self.out, &email, status, reason)?;
                         done_now.push(n);
                     }
                 },
@@ -581,6 +582,8 @@ impl<'a> Worker<'a> {
                         }
                     }
                     self.take_reports()?;
+                    // Held-back emails are in the outbox of tasks that are leaving.
+                    self.held_back.clear();
                     kafka::unassign(&self.consumer);
                     self.parked.append(&mut self.tasks);
                 }
@@ -723,6 +726,49 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
+    /// Hands held-back emails to the sender, in order, while it has room; each is read
+    /// from its store and checked for suppression again.
+    fn refill(&mut self) -> anyhow::Result<()> {
+        let Delivery::Smtp { sender, log } = &mut self.delivery else {
+            return Ok(());
+        };
+        let mut done: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
+        while sender.held() < self.cfg.smtp.queue_limit {
+            let Some((p, n)) = self.held_back.pop_front() else {
+                break;
+            };
+            let (Some(task), Some(st)) = (self.tasks.get(&p), self.stores.get(&p)) else {
+                continue;
+            };
+            let Some(Entry::Email(email)) = st.entry(n)? else {
+                continue;
+            };
+            if let Some(why) = task.engine.suppression(&email.customer_id) {
+                record_refusal(
+                    log,
+                    &mut self.out,
+                    &email,
+                    "suppressed",
+                    why.name().to_string(),
+                )?;
+                done.entry(p).or_default().push(n);
+                continue;
+            }
+            sender.send(Job {
+                task: p,
+                entry: n,
+                email,
+            });
+        }
+        log.flush()?;
+        for (p, entries) in done {
+            if let Some(st) = self.stores.get(&p) {
+                st.mark_done(entries)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the outbox entries of every settled batch and stores its checkpoint's
     /// offsets for the periodic group commit.
     fn store_settled(&mut self) -> anyhow::Result<()> {
@@ -816,6 +862,32 @@ fn blocked(engine: &Engine, entries: &[(u64, Entry)]) -> BTreeMap<u64, Suppressi
             _ => None,
         })
         .collect()
+}
+
+/// Records an email that is not sent at all: it could not be built (`failed`) or its
+/// customer is no longer reachable (`suppressed`).
+fn record_refusal(
+    log: &mut SendLog,
+    out: &mut Outcome,
+    email: &crate::outbox::Email,
+    status: &'static str,
+    reason: String,
+) -> std::io::Result<()> {
+    if status == "failed" {
+        out.emails_failed += 1;
+        tracing::warn!(alert_id = %email.alert_id, %reason, "email not built");
+    } else {
+        out.emails_suppressed += 1;
+    }
+    log.record(&SendLine {
+        at: Some(jiff::Timestamp::now().to_string()),
+        alert_id: &email.alert_id,
+        message_id: format!("<{}>", email.message_id),
+        status,
+        reason: Some(reason),
+        locale: &email.locale,
+        ..SendLine::default()
+    })
 }
 
 /// Writes one sender report to `sends.jsonl` and counts it.

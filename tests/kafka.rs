@@ -779,7 +779,8 @@ fn run_decides_exactly_what_replay_decides_on_the_same_events() {
 }
 
 /// `run` over SMTP (SPEC §5, §6): every email replay decides reaches the relay exactly
-/// once, through a 451 on every first try, unless its customer became unreachable
+/// once, through a 451 on every first try and a sender queue far smaller than the
+/// backlog, unless its customer became unreachable
 /// (unsubscribed, bounced, erased, consent withdrawn) later in the input before it was
 /// handed over: send-time suppression, recorded in `sends.jsonl`.
 #[test]
@@ -827,6 +828,8 @@ fn run_over_smtp_delivers_each_email_replay_decides_once_through_transient_failu
             ("CHURNWATCH__SMTP__PORT", &port),
             ("CHURNWATCH__SMTP__TLS", "none"),
             ("CHURNWATCH__SMTP__POOL_SIZE", "8"),
+            // Far fewer than the 925 emails: most wait in the outbox on disk.
+            ("CHURNWATCH__SMTP__QUEUE_LIMIT", "40"),
             ("CHURNWATCH__SMTP__RETRY_INITIAL", "1s"),
             ("CHURNWATCH__SMTP__RETRY_MAX", "2s"),
             ("CHURNWATCH__DELIVERY__QUIET_HOURS", ""),
@@ -865,6 +868,18 @@ fn run_over_smtp_delivers_each_email_replay_decides_once_through_transient_failu
             records.iter().filter(|v| v["status"] == "sent").count()
         )),
         "{}",
+        done.stdout
+    );
+    let held_back: u64 = done
+        .stdout
+        .split(" held back for room in the sender")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        held_back > 100,
+        "the queue limit was not reached: {}",
         done.stdout
     );
 
