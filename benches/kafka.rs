@@ -193,6 +193,7 @@ fn main() {
         .env("CHURNWATCH__KAFKA__DLQ_TOPIC", &dlq)
         .env("CHURNWATCH__KAFKA__ALERTS_TOPIC", &alerts)
         .env("CHURNWATCH__CLOCK", "event")
+        .env("CHURNWATCH__ADMIN__LISTEN", "")
         .env("CHURNWATCH__DELIVERY__FILE_DIR", dir.path())
         .env("CHURNWATCH__STATE__DIR", dir.path().join("state"))
         .env("RUST_LOG", "warn")

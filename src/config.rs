@@ -105,6 +105,8 @@ pub struct RawConfig {
     pub templates: RawTemplates,
     /// `[smtp]`
     pub smtp: RawSmtp,
+    /// `[admin]`
+    pub admin: RawAdmin,
     /// `[delivery]`
     pub delivery: RawDelivery,
     /// `[loyal]`
@@ -202,6 +204,14 @@ pub struct RawTemplates {
     pub feedback_url: String,
     /// See the defaults file.
     pub unsubscribe_url: String,
+}
+
+/// `[admin]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// See the defaults file.
+    pub listen: String,
 }
 
 /// `[smtp]`
@@ -706,6 +716,8 @@ pub struct Config {
     pub smtp: SmtpSettings,
     /// Quiet hours and rate limit.
     pub send: SendSettings,
+    /// Address of the HTTP admin endpoint (None: off).
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 /// Loads defaults, then `path` (when given or present at the default location), then
@@ -1137,6 +1149,20 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         ));
     }
     let smtp = smtp_settings(&raw.smtp, raw.delivery.transport == "smtp", &mut p);
+    let admin_listen = if raw.admin.listen.trim().is_empty() {
+        None
+    } else {
+        match raw.admin.listen.trim().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.push(format!(
+                    "admin.listen: must be an address such as \"127.0.0.1:9464\" (or \"\" for none), got `{}`",
+                    raw.admin.listen
+                ));
+                None
+            }
+        }
+    };
     let send = send_settings(&raw.delivery, &mut p);
     if raw.templates.default_locale.is_empty() {
         p.push("templates.default_locale: must not be empty".to_string());
@@ -1267,5 +1293,6 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         },
         smtp,
         send,
+        admin_listen,
     })
 }

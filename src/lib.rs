@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod alert;
 pub mod config;
 pub mod engine;
@@ -14,6 +15,7 @@ pub mod event;
 pub mod health;
 pub mod inspect;
 pub mod mail;
+pub mod metrics;
 pub mod outbox;
 pub mod publisher;
 pub mod replay;

@@ -83,6 +83,22 @@ fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options)
     };
     let shutdown = Arc::new(Shutdown::new());
     let health = Arc::new(Health::new());
+    if let Some(listen) = cfg.admin_listen {
+        match runtime.block_on(churnwatch::admin::bind(listen)) {
+            Ok(listener) => {
+                let (h, m) = (health.clone(), opts.metrics.clone());
+                runtime.spawn(async move {
+                    if let Err(e) = churnwatch::admin::serve(listener, h, m).await {
+                        tracing::error!(error = %e, "admin endpoint stopped");
+                    }
+                });
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let grace = cfg.shutdown_grace;
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     {
@@ -190,14 +206,24 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // The service logs JSON lines for the log collector, unless a person is watching;
+    // CHURNWATCH_LOG_FORMAT=json|human decides instead when set.
+    let json = match std::env::var("CHURNWATCH_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("human") => false,
+        _ => matches!(cli.command, Command::Run { .. }) && !terminal,
+    };
+    if json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(terminal).init();
+    }
     let cfg = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -261,7 +287,14 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(code) => return code,
             };
-            run_service(cfg, templates, worker::Options { export_customers })
+            run_service(
+                cfg,
+                templates,
+                worker::Options {
+                    export_customers,
+                    ..worker::Options::default()
+                },
+            )
         }
         Command::Replay {
             events,

@@ -36,6 +36,7 @@ use crate::health::Health;
 use crate::mail::mailer::{self, FileMailer, SendLine, SendLog};
 use crate::mail::sender::{Job, Report, Sender, Status};
 use crate::mail::template::Templates;
+use crate::metrics::Metrics;
 use crate::outbox::Entry;
 use crate::publisher::Publisher;
 use crate::shutdown::Shutdown;
@@ -48,6 +49,8 @@ use crate::store::{self, TaskStore};
 pub struct Options {
     /// At shutdown, write the state of every customer this worker holds (JSONL).
     pub export_customers: Option<PathBuf>,
+    /// Where the worker counts what it does (served at `/metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// What a run did.
@@ -136,6 +139,7 @@ enum Delivery<'a> {
 
 struct Worker<'a> {
     cfg: &'a Config,
+    metrics: Arc<Metrics>,
     templates: &'a Templates,
     shutdown: &'a Shutdown,
     health: Arc<Health>,
@@ -232,6 +236,7 @@ pub fn run(
     };
     let mut w = Worker {
         cfg,
+        metrics: opts.metrics.clone(),
         templates,
         shutdown,
         health,
@@ -309,6 +314,13 @@ impl<'a> Worker<'a> {
                     behind += 1;
                 }
                 for mut alert in alerts.drain(..) {
+                    Metrics::inc(
+                        &self.metrics.alerts,
+                        &[
+                            ("rule", alert.rule.name()),
+                            ("decision", &alert.decision.label()),
+                        ],
+                    );
                     if alert.decision == Decision::Email {
                         let email = mailer::render(&self.cfg.mail, self.templates, &mut alert);
                         task.pending.push(Entry::Email(email));
@@ -320,6 +332,11 @@ impl<'a> Worker<'a> {
                 }
             }
             self.health.set_catching_up(behind);
+            let lag: i64 = self.tasks.values().map(|t| t.merge.lag()).sum();
+            self.metrics.lag.set(lag);
+            let customers: usize = self.tasks.values().map(|t| t.engine.len()).sum();
+            self.metrics.customers.set(customers as i64);
+            self.metrics.tasks.set(self.tasks.len() as i64);
             let pending: usize = self.tasks.values().map(|t| t.pending.len()).sum();
             if pending >= MAX_PENDING
                 || self.last_checkpoint.elapsed() >= self.cfg.state.checkpoint_interval
@@ -403,6 +420,7 @@ impl<'a> Worker<'a> {
         st.checkpoint(&mut task.engine, &offsets, &task.pending, first)
             .with_context(|| format!("checkpoint of task {p} failed; stopping so that a restart resumes from the last good one"))?;
         self.out.checkpoints += 1;
+        self.metrics.checkpoints.inc();
         let entries = std::mem::take(&mut task.pending);
         task.next_entry = first + entries.len() as u64;
         task.checkpointed = lanes.clone();
@@ -466,7 +484,16 @@ impl<'a> Worker<'a> {
                 }
                 Entry::Email(email) => match &mut self.delivery {
                     Delivery::File(m) => {
+                        let (written, again) = (m.written, m.already_written);
                         m.write(&email)?;
+                        let outcome = if m.written > written {
+                            "written"
+                        } else if m.already_written > again {
+                            "already_written"
+                        } else {
+                            "failed"
+                        };
+                        Metrics::inc(&self.metrics.emails, &[("outcome", outcome)]);
                         done_now.push(n);
                     }
                     Delivery::Smtp { sender, log } => {
@@ -491,7 +518,7 @@ impl<'a> Worker<'a> {
                             }
                             continue;
                         };
-                        record_refusal(log, &mut self.out, &email, status, reason)?;
+                        record_refusal(log, &mut self.out, &self.metrics, &email, status, reason)?;
                         done_now.push(n);
                     }
                 },
@@ -539,6 +566,7 @@ impl<'a> Worker<'a> {
             // the event), so the loop applies it before a newly assigned task's first
             // record arrives.
             Intake {
+                metrics: &self.metrics,
                 tasks: &mut self.tasks,
                 out: &mut self.out,
                 topics: &self.topics,
@@ -712,7 +740,7 @@ impl<'a> Worker<'a> {
         }
         let mut done: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
         for r in &reports {
-            record_report(log, r, &mut self.out)?;
+            record_report(log, r, &mut self.out, &self.metrics)?;
             if r.status.is_final() {
                 done.entry(r.task).or_default().push(r.entry);
             }
@@ -747,6 +775,7 @@ impl<'a> Worker<'a> {
                 record_refusal(
                     log,
                     &mut self.out,
+                    &self.metrics,
                     &email,
                     "suppressed",
                     why.name().to_string(),
@@ -869,10 +898,12 @@ fn blocked(engine: &Engine, entries: &[(u64, Entry)]) -> BTreeMap<u64, Suppressi
 fn record_refusal(
     log: &mut SendLog,
     out: &mut Outcome,
+    metrics: &Metrics,
     email: &crate::outbox::Email,
     status: &'static str,
     reason: String,
 ) -> std::io::Result<()> {
+    Metrics::inc(&metrics.emails, &[("outcome", status)]);
     if status == "failed" {
         out.emails_failed += 1;
         tracing::warn!(alert_id = %email.alert_id, %reason, "email not built");
@@ -891,7 +922,12 @@ fn record_refusal(
 }
 
 /// Writes one sender report to `sends.jsonl` and counts it.
-fn record_report(log: &mut SendLog, r: &Report, out: &mut Outcome) -> std::io::Result<()> {
+fn record_report(
+    log: &mut SendLog,
+    r: &Report,
+    out: &mut Outcome,
+    metrics: &Metrics,
+) -> std::io::Result<()> {
     let (status, reason, until, attempt) = match &r.status {
         Status::Sent(reply) => {
             out.emails += 1;
@@ -928,6 +964,12 @@ fn record_report(log: &mut SendLog, r: &Report, out: &mut Outcome) -> std::io::R
             )
         }
     };
+    let outcome = if status == "retrying" {
+        "retried"
+    } else {
+        status
+    };
+    Metrics::inc(&metrics.emails, &[("outcome", outcome)]);
     log.record(&SendLine {
         at: Some(jiff::Timestamp::now().to_string()),
         alert_id: &r.alert_id,
@@ -973,6 +1015,7 @@ fn refused(
 /// Routes polled records into their tasks. Borrows what taking a record needs and not
 /// the consumer, which the record borrows.
 struct Intake<'w> {
+    metrics: &'w Metrics,
     tasks: &'w mut BTreeMap<i32, Task>,
     out: &'w mut Outcome,
     topics: &'w [String],
@@ -994,6 +1037,7 @@ impl Intake<'_> {
         };
         self.first_record.get_or_insert_with(Instant::now);
         self.out.records += 1;
+        self.metrics.records.inc();
         let payload = msg.payload().unwrap_or_default();
         if let Some(key) = msg.key() {
             if kafka::partition_for(key, self.partitions) != partition {
@@ -1005,9 +1049,13 @@ impl Intake<'_> {
             }
         }
         match event::parse(payload) {
-            Ok(ev) => task.merge.push(lane, offset, ev),
+            Ok(ev) => {
+                Metrics::inc(&self.metrics.events, &[("type", ev.kind.type_name())]);
+                task.merge.push(lane, offset, ev)
+            }
             Err(rej) => {
                 self.out.rejected += 1;
+                Metrics::inc(&self.metrics.rejects, &[("class", rej.class)]);
                 tracing::info!(topic, partition, offset, class = rej.class, reason = %rej.reason, "record rejected to the dead-letter topic");
                 task.pending.push(Entry::DeadLetter {
                     key: msg.key().map(<[u8]>::to_vec),

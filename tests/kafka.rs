@@ -451,6 +451,10 @@ impl Worker {
                 "500",
             )
             .env("CHURNWATCH__CLOCK", "event")
+            // Tests run workers side by side: no shared admin port unless a test asks.
+            .env("CHURNWATCH__ADMIN__LISTEN", "")
+            // The tests read the human log lines; the admin test checks the JSON ones.
+            .env("CHURNWATCH_LOG_FORMAT", "human")
             .env("CHURNWATCH__DELIVERY__FILE_DIR", dir.join("mail"))
             .env("CHURNWATCH__STATE__DIR", dir.join("state"))
             .env("RUST_LOG", "info,librdkafka=warn")
@@ -960,6 +964,151 @@ fn run_over_smtp_delivers_each_email_replay_decides_once_through_transient_failu
             "{mid}"
         );
     }
+}
+
+/// An HTTP GET on loopback: (status, body). HTTP/1.0 with `Connection: close`, so the
+/// body is what comes before the server closes.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// SPEC §7: `/healthz` answers, `/readyz` says ready once the task runs, and `/metrics`
+/// — parsed by the Python Prometheus client's OpenMetrics parser — counts exactly the
+/// records, events, rejects, alerts by rule and decision, and emails of the input (as
+/// replay decides them).
+#[test]
+fn admin_endpoint_serves_health_readiness_and_metrics_matching_the_input() {
+    let bootstrap = broker();
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
+    let records: Vec<Outgoing> = example_split(&purchases, &support)
+        .into_iter()
+        .filter(|r| r.1.as_deref().is_some_and(|k| k.ends_with('5')))
+        .collect();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let files = write_split(scratch.path(), &records, &[&purchases, &support]);
+    let (want_alerts, _, want_rejects, want_emls) = replay(&files, scratch.path());
+    let mut want_by: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for l in &want_alerts {
+        let v: Value = serde_json::from_str(l).expect("alert json");
+        let key = (
+            v["rule"].as_str().unwrap_or("").to_string(),
+            v["delivery"]["decision"].as_str().unwrap_or("").to_string(),
+        );
+        *want_by.entry(key).or_default() += 1;
+    }
+
+    let port = smtp_server::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let group = unique("group");
+    let mut w = Worker::start_with(
+        &bootstrap,
+        &group,
+        &[&purchases, &support],
+        &dlq,
+        &alerts,
+        &[
+            ("CHURNWATCH__ADMIN__LISTEN", &listen),
+            ("CHURNWATCH_LOG_FORMAT", "json"),
+        ],
+    );
+    let started = Instant::now();
+    while http_get(port, "/healthz").map(|r| r.0) != Some(200) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no /healthz: {}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ends = produce(&bootstrap, &records);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    let (status, ready) = http_get(port, "/readyz").expect("/readyz");
+    assert_eq!((status, ready.trim()), (200, "ready"), "{}", w.log());
+    assert_eq!(http_get(port, "/nope").map(|r| r.0), Some(404));
+    let (status, text) = http_get(port, "/metrics").expect("/metrics");
+    assert_eq!(status, 200);
+    let done = w.stop();
+    // Service logs are JSON lines, and carry no email address or name at info level.
+    for line in done.log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["fields"]["message"].is_string(), "{line}");
+        assert!(!line.contains("@example."), "an address in the log: {line}");
+    }
+
+    // Parsed by the reference parser, not by string matching.
+    let parser = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        out.append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+    let mut py = Command::new(smtp_server::python())
+        .args(["-c", parser])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    std::io::Write::write_all(py.stdin.as_mut().expect("stdin"), text.as_bytes()).expect("write");
+    let out = py.wait_with_output().expect("parser");
+    assert!(out.status.success(), "not valid OpenMetrics:\n{text}");
+    let samples: Vec<(String, BTreeMap<String, String>, f64)> =
+        serde_json::from_slice(&out.stdout).expect("samples");
+    let sum = |name: &str, label: Option<(&str, &str)>| -> u64 {
+        samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name && label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v))
+            })
+            .map(|(_, _, v)| *v as u64)
+            .sum()
+    };
+    assert_eq!(sum("churnwatch_records_total", None), records.len() as u64);
+    assert_eq!(
+        sum("churnwatch_rejects_total", None),
+        want_rejects.len() as u64
+    );
+    assert_eq!(
+        sum("churnwatch_events_total", None) + sum("churnwatch_rejects_total", None),
+        records.len() as u64
+    );
+    let purchases_in = records
+        .iter()
+        .filter(|r| churnwatch::event::parse(&r.2).is_ok_and(|e| e.kind.type_name() == "purchase"))
+        .count() as u64;
+    assert_eq!(
+        sum("churnwatch_events_total", Some(("type", "purchase"))),
+        purchases_in
+    );
+    let mut got_by: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (n, l, v) in &samples {
+        if n == "churnwatch_alerts_total" {
+            let key = (l["rule"].clone(), l["decision"].clone());
+            *got_by.entry(key).or_default() += *v as u64;
+        }
+    }
+    assert_eq!(got_by, want_by, "alerts by rule and decision");
+    assert_eq!(
+        sum("churnwatch_emails_total", Some(("outcome", "written"))),
+        want_emls.len() as u64
+    );
+    assert_eq!(sum("churnwatch_tasks", None), 1);
+    assert!(sum("churnwatch_customers", None) > 100);
+    assert!(sum("churnwatch_checkpoints_total", None) >= 1);
 }
 
 /// Customers with an event of one of `types` in the files.

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-fn python() -> String {
+/// The Python with the test packages (`scripts/test` sets `CHURNWATCH_TEST_PYTHON`).
+pub fn python() -> String {
     std::env::var("CHURNWATCH_TEST_PYTHON").unwrap_or_else(|_| {
         panic!("CHURNWATCH_TEST_PYTHON is not set: run the suite with scripts/test, which installs aiosmtpd")
     })
