@@ -1365,7 +1365,12 @@ fn a_broker_restart_is_survived() {
     let group = "restart";
     produce(&bootstrap, &records[..half]);
     // The second half is produced while the worker reads: see the two-worker test.
-    let live = [("CHURNWATCH__KAFKA__MAX_TASK_IDLE", "10s")];
+    let admin = smtp_server::free_port();
+    let listen = format!("127.0.0.1:{admin}");
+    let live = [
+        ("CHURNWATCH__KAFKA__MAX_TASK_IDLE", "10s"),
+        ("CHURNWATCH__ADMIN__LISTEN", listen.as_str()),
+    ];
     let mut w = Worker::start_with(&bootstrap, group, &[purchases, support], dlq, alerts, &live);
     let first_ends = {
         let mut e = BTreeMap::new();
@@ -1375,6 +1380,8 @@ fn a_broker_restart_is_survived() {
         e
     };
     wait_committed(&bootstrap, group, &first_ends, &mut [&mut w]);
+    let readyz = || http_get(admin, "/readyz").map(|(s, b)| (s, b.trim().to_string()));
+    assert_eq!(readyz(), Some((200, "ready".to_string())));
 
     tansu.kill().expect("kill broker");
     tansu.wait().expect("broker gone");
@@ -1390,6 +1397,10 @@ fn a_broker_restart_is_survived() {
     }
     std::thread::sleep(Duration::from_secs(2));
     w.assert_running();
+    // /readyz flips while the broker is down, and says why.
+    let (status, why) = readyz().expect("/readyz answers during the outage");
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("not connected to Kafka"), "{why}");
     let mut tansu = start_broker();
     let ends = {
         let mut e = produce(&bootstrap, &records[half..]);
@@ -1399,6 +1410,12 @@ fn a_broker_restart_is_survived() {
         e
     };
     wait_committed(&bootstrap, group, &ends, &mut [&mut w]);
+    // Ready again once reconnected (connection state comes with client statistics).
+    let back = Instant::now();
+    while readyz().map(|r| r.0) != Some(200) {
+        assert!(back.elapsed() < Duration::from_secs(30), "{:?}", readyz());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let done = w.stop();
     let log = &done.log;
     let reconnected = log
