@@ -793,12 +793,8 @@ fn run_over_smtp_delivers_each_email_replay_decides_once_through_transient_failu
     let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
     // A tenth of the example's customers: lettre 0.11.23 sends at about 21 emails/s per
     // connection (README, "Performance"), and every email is tried twice here.
-    let records: Vec<Outgoing> = example_split(&purchases, &support)
-        .into_iter()
-        .filter(|r| r.1.as_deref().is_some_and(|k| k.ends_with('0')))
-        .collect();
     let scratch = tempfile::tempdir().expect("tempdir");
-    let files = write_split(scratch.path(), &records, &[&purchases, &support]);
+    let (records, files) = example_tenth(scratch.path(), &purchases, &support, '0');
     let (want_alerts, _, _, want_emls) = replay(&files, scratch.path());
     let customer_of: BTreeMap<String, String> = want_alerts
         .iter()
@@ -992,12 +988,8 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 fn admin_endpoint_serves_health_readiness_and_metrics_matching_the_input() {
     let bootstrap = broker();
     let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
-    let records: Vec<Outgoing> = example_split(&purchases, &support)
-        .into_iter()
-        .filter(|r| r.1.as_deref().is_some_and(|k| k.ends_with('5')))
-        .collect();
     let scratch = tempfile::tempdir().expect("tempdir");
-    let files = write_split(scratch.path(), &records, &[&purchases, &support]);
+    let (records, files) = example_tenth(scratch.path(), &purchases, &support, '5');
     let (want_alerts, _, want_rejects, want_emls) = replay(&files, scratch.path());
     let mut want_by: BTreeMap<(String, String), u64> = BTreeMap::new();
     for l in &want_alerts {
@@ -1109,6 +1101,22 @@ print(json.dumps(out))
     assert_eq!(sum("churnwatch_tasks", None), 1);
     assert!(sum("churnwatch_customers", None) > 100);
     assert!(sum("churnwatch_checkpoints_total", None) >= 1);
+}
+
+/// The example's records of the customers whose id ends in `digit` (a tenth of them),
+/// and the same records as replay input files in `dir`.
+fn example_tenth(
+    dir: &Path,
+    purchases: &str,
+    support: &str,
+    digit: char,
+) -> (Vec<Outgoing>, Vec<PathBuf>) {
+    let records: Vec<Outgoing> = example_split(purchases, support)
+        .into_iter()
+        .filter(|r| r.1.as_deref().is_some_and(|k| k.ends_with(digit)))
+        .collect();
+    let files = write_split(dir, &records, &[purchases, support]);
+    (records, files)
 }
 
 /// Customers with an event of one of `types` in the files.
