@@ -655,10 +655,10 @@ fn smtp_settings(raw: &RawSmtp, smtp_used: bool, p: &mut Vec<String>) -> SmtpSet
         password,
         ca_file: (!raw.ca_file.as_os_str().is_empty()).then(|| raw.ca_file.clone()),
         timeout: secs(raw.timeout.0),
-        pool_size: raw.pool_size.max(1),
+        pool_size: raw.pool_size,
         retry_initial: secs(raw.retry_initial.0),
         retry_max: secs(raw.retry_max.0),
-        queue_limit: raw.queue_limit.max(1),
+        queue_limit: raw.queue_limit,
     }
 }
 

@@ -1,11 +1,18 @@
 //! The worker's Prometheus metrics (SPEC §7), kept with `prometheus-client` and served
 //! by the admin endpoint at `/metrics` in the OpenMetrics text format.
 
+use std::sync::{Mutex, PoisonError};
+
+use hashbrown::HashMap;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::alert::Decision;
+use crate::engine::rule::Rule;
+use crate::event::EVENT_TYPES;
 
 /// Label pairs of one series.
 pub type Labels = Vec<(&'static str, String)>;
@@ -32,6 +39,11 @@ pub struct Metrics {
     pub tasks: Gauge,
     /// Checkpoints committed.
     pub checkpoints: Counter,
+    /// The `events` series of each type, in [`EVENT_TYPES`] order: counting an event is
+    /// one atomic add, with no label built on the per-event path.
+    by_type: Vec<Counter>,
+    /// The `alerts` series met so far, by rule and decision, for the same reason.
+    by_alert: Mutex<HashMap<(Rule, Decision), Counter>>,
 }
 
 impl Default for Metrics {
@@ -61,6 +73,8 @@ impl Metrics {
             tasks: Gauge::default(),
             checkpoints: Counter::default(),
             registry: Registry::default(),
+            by_type: Vec::new(),
+            by_alert: Mutex::new(HashMap::new()),
         };
         registry.register(
             "records",
@@ -95,7 +109,46 @@ impl Metrics {
             "Checkpoints committed to the state store",
             m.checkpoints.clone(),
         );
-        Metrics { registry, ..m }
+        let by_type = EVENT_TYPES
+            .iter()
+            .map(|t| {
+                m.events
+                    .get_or_create(&vec![("type", (*t).to_string())])
+                    .clone()
+            })
+            .collect();
+        Metrics {
+            registry,
+            by_type,
+            ..m
+        }
+    }
+
+    /// Counts one valid event of type `type_name` (one of [`EVENT_TYPES`]).
+    pub fn event(&self, type_name: &str) {
+        if let Some(c) = EVENT_TYPES
+            .iter()
+            .position(|t| *t == type_name)
+            .and_then(|i| self.by_type.get(i))
+        {
+            c.inc();
+        }
+    }
+
+    /// Counts one alert of `rule` with guard `decision`.
+    pub fn alert(&self, rule: Rule, decision: Decision) {
+        let mut cache = self.by_alert.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .entry((rule, decision))
+            .or_insert_with(|| {
+                self.alerts
+                    .get_or_create(&vec![
+                        ("rule", rule.name().to_string()),
+                        ("decision", decision.label()),
+                    ])
+                    .clone()
+            })
+            .inc();
     }
 
     /// Counts one in the series of `family` with these labels.
@@ -121,9 +174,10 @@ mod tests {
     fn renders_counters_with_labels_and_gauges() {
         let m = Metrics::new();
         m.records.inc_by(3);
-        Metrics::inc(&m.events, &[("type", "purchase")]);
-        Metrics::inc(&m.events, &[("type", "purchase")]);
-        Metrics::inc(&m.alerts, &[("rule", "winback"), ("decision", "email")]);
+        m.event("purchase");
+        m.event("purchase");
+        m.event("no_such_type");
+        m.alert(Rule::Winback, Decision::Email);
         m.lag.set(7);
         let text = m.render();
         assert!(text.contains("churnwatch_records_total 3"), "{text}");
@@ -136,6 +190,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("churnwatch_consumer_lag 7"), "{text}");
+        // Every event type has its series from the start, at zero until counted.
+        assert!(
+            text.contains(r#"churnwatch_events_total{type="refund"} 0"#),
+            "{text}"
+        );
+        assert!(!text.contains("no_such_type"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));
     }
 }

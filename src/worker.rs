@@ -286,21 +286,30 @@ impl<'a> Worker<'a> {
                     task.merge.set_low_watermark(lane, low);
                     task.merge.set_high_watermark(lane, high);
                 }
+                let sender = match &self.delivery {
+                    Delivery::Smtp { sender, .. } => Some(sender),
+                    Delivery::File(_) => None,
+                };
                 while let Some((_, rec)) = task.merge.next(now, self.cfg.kafka.max_task_idle) {
-                    // Events that can make a customer unreachable: an email of theirs
-                    // waiting in the sender (quiet hours, retries) must not go (SPEC §5).
-                    let reach = matches!(
-                        rec.event.kind,
-                        EventKind::Unsubscribed
-                            | EventKind::Bounced { hard: true }
-                            | EventKind::Erased
-                            | EventKind::Profile(_)
-                    )
-                    .then(|| rec.event.customer_id.clone());
+                    // An event that makes a customer unreachable: their emails waiting in
+                    // the sender (quiet hours, retries) must not go (SPEC §5). Only a
+                    // change from reachable is told, so the sender scans its queue rarely.
+                    let reach = sender.filter(|_| {
+                        matches!(
+                            rec.event.kind,
+                            EventKind::Unsubscribed
+                                | EventKind::Bounced { hard: true }
+                                | EventKind::Erased
+                                | EventKind::Profile(_)
+                        )
+                    });
+                    let watch = reach
+                        .filter(|_| task.engine.suppression(&rec.event.customer_id).is_none())
+                        .map(|s| (s, rec.event.customer_id.clone()));
                     task.engine.apply(rec.event, &mut alerts);
-                    if let (Some(id), Delivery::Smtp { sender, .. }) = (reach, &self.delivery) {
+                    if let Some((s, id)) = watch {
                         if let Some(why) = task.engine.suppression(&id) {
-                            sender.suppress(&id, why.name());
+                            s.suppress(&id, why.name());
                         }
                     }
                 }
@@ -314,13 +323,7 @@ impl<'a> Worker<'a> {
                     behind += 1;
                 }
                 for mut alert in alerts.drain(..) {
-                    Metrics::inc(
-                        &self.metrics.alerts,
-                        &[
-                            ("rule", alert.rule.name()),
-                            ("decision", &alert.decision.label()),
-                        ],
-                    );
+                    self.metrics.alert(alert.rule, alert.decision);
                     if alert.decision == Decision::Email {
                         let email = mailer::render(&self.cfg.mail, self.templates, &mut alert);
                         task.pending.push(Entry::Email(email));
@@ -430,7 +433,7 @@ impl<'a> Worker<'a> {
             .positions
             .insert(p, lanes.clone());
         let numbered: Vec<(u64, Entry)> = (first..).zip(entries).collect();
-        let blocked = blocked(&task.engine, &numbered);
+        let blocked = blocked(&self.delivery, &task.engine, &numbered);
         self.hand_over(p, numbered, &blocked, lane_offsets(&lanes))
     }
 
@@ -484,15 +487,7 @@ impl<'a> Worker<'a> {
                 }
                 Entry::Email(email) => match &mut self.delivery {
                     Delivery::File(m) => {
-                        let (written, again) = (m.written, m.already_written);
-                        m.write(&email)?;
-                        let outcome = if m.written > written {
-                            "written"
-                        } else if m.already_written > again {
-                            "already_written"
-                        } else {
-                            "failed"
-                        };
+                        let outcome = m.write(&email)?;
                         Metrics::inc(&self.metrics.emails, &[("outcome", outcome)]);
                         done_now.push(n);
                     }
@@ -667,7 +662,7 @@ impl<'a> Worker<'a> {
                             .into_iter()
                             .filter(|(_, e)| matches!(e, Entry::Email(_)))
                             .collect();
-                        let blocked = blocked(&t.engine, &emails);
+                        let blocked = blocked(&self.delivery, &t.engine, &emails);
                         self.hand_over(p, emails, &blocked, Vec::new())?;
                     }
                 }
@@ -697,7 +692,7 @@ impl<'a> Worker<'a> {
                 // Once that settles, the group commit catches up with the store even if
                 // no new record arrives.
                 let offsets = lane_offsets(&t.checkpointed);
-                let blocked = blocked(&t.engine, &loaded.pending);
+                let blocked = blocked(&self.delivery, &t.engine, &loaded.pending);
                 self.hand_over(p, loaded.pending, &blocked, offsets)?;
                 t
             }
@@ -883,7 +878,15 @@ fn open_store<'s>(
 
 /// The emails among `entries` that must not go out now, and why: their customer has
 /// unsubscribed, bounced, withdrawn consent or been erased since the decision (SPEC §5).
-fn blocked(engine: &Engine, entries: &[(u64, Entry)]) -> BTreeMap<u64, Suppression> {
+/// Only the SMTP sender checks again; the file transport writes what was decided.
+fn blocked(
+    delivery: &Delivery<'_>,
+    engine: &Engine,
+    entries: &[(u64, Entry)],
+) -> BTreeMap<u64, Suppression> {
+    if matches!(delivery, Delivery::File(_)) {
+        return BTreeMap::new();
+    }
     entries
         .iter()
         .filter_map(|(n, e)| match e {
@@ -1050,7 +1053,7 @@ impl Intake<'_> {
         }
         match event::parse(payload) {
             Ok(ev) => {
-                Metrics::inc(&self.metrics.events, &[("type", ev.kind.type_name())]);
+                self.metrics.event(ev.kind.type_name());
                 task.merge.push(lane, offset, ev)
             }
             Err(rej) => {

@@ -412,24 +412,79 @@ fn customer_data_cannot_inject_a_header_and_is_escaped_in_html() {
     assert!(html.contains("&lt;b&gt;bold&lt;"), "{html}");
 }
 
-#[test]
-fn quiet_hours_defer_and_an_unsubscribe_meanwhile_wins() {
-    let server = Server::start(&[]);
-    // A window around now in Riyadh time, whatever the hour of the test run.
+/// Quiet hours from an hour ago to an hour ahead in Riyadh time, whatever the hour of the
+/// test run.
+fn quiet_now_in_riyadh() -> String {
     let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::get("Asia/Riyadh").unwrap());
-    let from = now
-        .checked_sub(jiff::SignedDuration::from_mins(60))
-        .unwrap();
-    let to = now
-        .checked_add(jiff::SignedDuration::from_mins(60))
-        .unwrap();
-    let window = format!(
+    let hour = jiff::SignedDuration::from_mins(60);
+    let (from, to) = (
+        now.checked_sub(hour).unwrap(),
+        now.checked_add(hour).unwrap(),
+    );
+    format!(
         "{:02}:{:02}-{:02}:{:02}",
         from.hour(),
         from.minute(),
         to.hour(),
         to.minute()
+    )
+}
+
+/// Rebalance: withdrawing a task drops its waiting emails without a final report (they
+/// stay in its outbox for the next owner), keeps other tasks' emails, and sends nothing.
+#[test]
+fn withdrawing_a_task_gives_up_its_waiting_emails_and_keeps_the_others() {
+    let server = Server::start(&[]);
+    let window = quiet_now_in_riyadh();
+    let cfg = config(
+        server.port,
+        &[("CHURNWATCH__DELIVERY__QUIET_HOURS", &window)],
     );
+    let t = templates(&cfg);
+    let sender = start(&cfg);
+    for (task, n) in [(0, 1), (0, 2), (1, 3)] {
+        let mut e = email(&cfg, &t, n, &format!("c{n}@example.com"));
+        e.timezone = "Asia/Riyadh".into();
+        sender.send(Job {
+            task,
+            entry: n as u64,
+            email: e,
+        });
+    }
+    let started = Instant::now();
+    let mut reports = Vec::new();
+    while reports.len() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(30), "{reports:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+        reports.extend(sender.reports());
+    }
+    assert!(
+        reports
+            .iter()
+            .all(|r| matches!(r.status, Status::Deferred(_))),
+        "{reports:#?}"
+    );
+    assert_eq!(sender.held(), 3);
+    sender.withdraw(0);
+    assert_eq!(sender.held(), 1, "task 1's email is still held");
+    assert!(sender.reports().iter().all(|r| !r.status.is_final()));
+    // The remaining one is task 1's: a suppression of task 0's customers finds nothing.
+    sender.suppress("c000001", "unsubscribed");
+    sender.suppress("c000003", "unsubscribed");
+    let reports = finals(&sender, 1, Duration::from_secs(10));
+    let finished: Vec<u64> = reports
+        .iter()
+        .filter(|r| r.status.is_final())
+        .map(|r| r.entry)
+        .collect();
+    assert_eq!(finished, vec![3]);
+    assert!(server.received().is_empty());
+}
+
+#[test]
+fn quiet_hours_defer_and_an_unsubscribe_meanwhile_wins() {
+    let server = Server::start(&[]);
+    let window = quiet_now_in_riyadh();
     let cfg = config(
         server.port,
         &[("CHURNWATCH__DELIVERY__QUIET_HOURS", &window)],

@@ -158,8 +158,9 @@ impl<'a> FileMailer<'a> {
 
     /// Hands a rendered email to the file transport and records the result. Idempotent
     /// by Message-ID: a file already there (written before a crash) is not written again
-    /// and is recorded as `already_written`. Only an I/O error is returned.
-    pub fn write(&mut self, email: &Email) -> anyhow::Result<()> {
+    /// and is recorded as `already_written`. Returns the status recorded (`written`,
+    /// `already_written`, `failed`); only an I/O error is an error.
+    pub fn write(&mut self, email: &Email) -> anyhow::Result<&'static str> {
         let (status, file, reason) = match &email.message {
             Ok(bytes) => {
                 let (path, fresh) = self.transport.write_once(&email.message_id, bytes)?;
@@ -188,13 +189,13 @@ impl<'a> FileMailer<'a> {
             locale: &email.locale,
             ..SendLine::default()
         })?;
-        Ok(())
+        Ok(status)
     }
 
     /// Renders and writes the alert's email at once (replay: no outbox in between).
     pub fn deliver(&mut self, alert: &mut Alert) -> anyhow::Result<()> {
         let email = self.render(alert);
-        self.write(&email)
+        self.write(&email).map(|_| ())
     }
 
     /// Flushes the send records.
