@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::engine::clock::{parse_duration, Secs, DAY};
+use crate::engine::retention::MAX_PERIOD_DAYS;
 use crate::engine::rule::Rule;
 use crate::engine::settings::{
     DeliverySettings, FrequencyDropSettings, LoyalSettings, RiskSettings, Settings, Step,
@@ -29,7 +30,7 @@ pub enum ConfigError {
     #[error("{0}")]
     Load(String),
     /// A key is unknown or has the wrong type.
-    #[error("config key `{key}`: {message}")]
+    #[error("{key}: {message}")]
     Key {
         /// Dotted path of the key.
         key: String,
@@ -113,6 +114,16 @@ pub struct RawConfig {
     pub loyal: RawLoyal,
     /// `[rules.*]`
     pub rules: RawRules,
+    /// `[metrics]`
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// See the defaults file.
+    pub crr_period: Duration,
 }
 
 /// `[kafka]`
@@ -718,6 +729,8 @@ pub struct Config {
     pub send: SendSettings,
     /// Address of the HTTP admin endpoint (None: off).
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Period of the customer retention rate, whole days.
+    pub crr_days: u16,
 }
 
 /// Loads defaults, then `path` (when given or present at the default location), then
@@ -755,22 +768,178 @@ pub fn load_with_env(
                 .required(true),
         );
     }
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("CHURNWATCH__"))
+        .collect();
+    let from_env = !env.is_empty();
     builder = apply_env(builder, env)?;
-    let where_ = file
+    let mut where_ = file
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "embedded defaults".into());
+    if from_env {
+        // The value at fault may come from either; both are named.
+        where_.push_str(" + CHURNWATCH__ environment");
+    }
     let merged = builder
         .build()
         .map_err(|e| ConfigError::Load(format!("{where_}: {e}")))?;
-    let raw: RawConfig = serde_path_to_error::deserialize(merged).map_err(|e| {
-        let key = e.path().to_string();
-        ConfigError::Key {
-            key: format!("{key} (in {where_})"),
-            message: e.into_inner().to_string(),
+    let raw: RawConfig = match serde_path_to_error::deserialize(merged.clone()) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let mut problems = key_problems(&merged);
+            if problems.is_empty() {
+                problems.push((e.path().to_string(), e.into_inner().to_string()));
+            }
+            let mut errors: Vec<ConfigError> = problems
+                .into_iter()
+                .map(|(key, message)| ConfigError::Key {
+                    key: format!("{where_}: {key}"),
+                    message,
+                })
+                .collect();
+            return Err(match errors.len() {
+                1 => errors.remove(0),
+                _ => ConfigError::Invalid(errors.iter().map(ToString::to_string).collect()),
+            });
         }
-    })?;
+    };
     validate(raw, file)
+}
+
+/// Every unknown key and every value of the wrong type, so that `check` lists them all
+/// at once: each section is read on its own, and after each problem the key at fault is
+/// dropped (unknown) or set back to its default (bad value) before reading again.
+fn key_problems(merged: &config::Config) -> Vec<(String, String)> {
+    fn section<T: serde::de::DeserializeOwned>(
+        merged: &config::Config,
+        defaults: &config::Config,
+        name: &str,
+        out: &mut Vec<(String, String)>,
+    ) {
+        let Ok(mut value) = merged.get::<config::Value>(name) else {
+            return;
+        };
+        let mut seen = Vec::new();
+        loop {
+            let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+                Ok(_) => return,
+                Err(e) => e,
+            };
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // The config crate appends the key the path already names.
+            let message = message
+                .split(" for key `")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let unknown = message.starts_with("unknown field");
+            let field = match (unknown, message.split('`').nth(1)) {
+                (true, Some(f)) => f.to_string(),
+                _ => path
+                    .split(['.', '['])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            let top = match path.split(['.', '[']).next() {
+                Some(t) if !t.is_empty() && t != "." => t.to_string(),
+                _ => field.clone(),
+            };
+            let named = unknown && (path.is_empty() || path == ".");
+            let key = [name, &path, if named { &field } else { "" }]
+                .iter()
+                .filter(|p| !p.is_empty() && **p != ".")
+                .copied()
+                .collect::<Vec<_>>()
+                .join(".");
+            if seen.contains(&key) {
+                return;
+            }
+            seen.push(key.clone());
+            out.push((
+                key,
+                if unknown {
+                    "unknown key".into()
+                } else {
+                    message
+                },
+            ));
+            let (Ok(mut table), false) = (value.clone().into_table(), top.is_empty()) else {
+                return;
+            };
+            match defaults.get::<config::Value>(&format!("{name}.{top}")) {
+                Ok(d) if !(unknown && top == field) => table.insert(top, d),
+                _ => table.remove(&top),
+            };
+            value = config::Value::new(None, table);
+        }
+    }
+    let defaults = config::Config::builder()
+        .add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ))
+        .build()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let known = [
+        "clock",
+        "shutdown_grace",
+        "kafka",
+        "state",
+        "engine",
+        "risk",
+        "templates",
+        "smtp",
+        "admin",
+        "delivery",
+        "loyal",
+        "rules",
+        "metrics",
+    ];
+    if let Ok(top) = merged
+        .clone()
+        .try_deserialize::<std::collections::BTreeMap<String, config::Value>>()
+    {
+        for key in top.keys().filter(|k| !known.contains(&k.as_str())) {
+            out.push((key.clone(), "unknown key".to_string()));
+        }
+    }
+    section::<String>(merged, &defaults, "clock", &mut out);
+    section::<Wait>(merged, &defaults, "shutdown_grace", &mut out);
+    section::<RawKafka>(merged, &defaults, "kafka", &mut out);
+    section::<RawState>(merged, &defaults, "state", &mut out);
+    section::<RawEngine>(merged, &defaults, "engine", &mut out);
+    section::<RawRisk>(merged, &defaults, "risk", &mut out);
+    section::<RawTemplates>(merged, &defaults, "templates", &mut out);
+    section::<RawSmtp>(merged, &defaults, "smtp", &mut out);
+    section::<RawAdmin>(merged, &defaults, "admin", &mut out);
+    section::<RawDelivery>(merged, &defaults, "delivery", &mut out);
+    section::<RawLoyal>(merged, &defaults, "loyal", &mut out);
+    section::<RawWinback>(merged, &defaults, "rules.winback", &mut out);
+    section::<RawFrequencyDrop>(merged, &defaults, "rules.frequency_drop", &mut out);
+    section::<RawSupport>(merged, &defaults, "rules.support_recovery", &mut out);
+    section::<RawThankYou>(merged, &defaults, "rules.thank_you", &mut out);
+    section::<RawWelcomeBack>(merged, &defaults, "rules.welcome_back", &mut out);
+    if let Ok(rules) = merged.get::<std::collections::BTreeMap<String, config::Value>>("rules") {
+        for key in rules.keys().filter(|k| {
+            ![
+                "winback",
+                "frequency_drop",
+                "support_recovery",
+                "thank_you",
+                "welcome_back",
+            ]
+            .contains(&k.as_str())
+        }) {
+            out.push((format!("rules.{key}"), "unknown key".to_string()));
+        }
+    }
+    section::<RawMetrics>(merged, &defaults, "metrics", &mut out);
+    out
 }
 
 /// Keys whose environment value is a comma-separated list.
@@ -813,7 +982,7 @@ fn apply_env(
             builder.set_override(key.as_str(), value)
         };
         builder = result.map_err(|e| ConfigError::Key {
-            key: format!("{key} (from CHURNWATCH__ environment)"),
+            key: format!("CHURNWATCH__ environment: {key}"),
             message: e.to_string(),
         })?;
     }
@@ -1164,6 +1333,14 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         }
     };
     let send = send_settings(&raw.delivery, &mut p);
+    let crr = raw.metrics.crr_period.0;
+    let crr_days = crr / DAY;
+    if crr == 0 || !crr.is_multiple_of(DAY) || crr_days > u32::from(MAX_PERIOD_DAYS) {
+        p.push(format!(
+            "metrics.crr_period: must be whole days from 1d to {MAX_PERIOD_DAYS}d, got {}",
+            crate::engine::clock::format_duration(crr)
+        ));
+    }
     if raw.templates.default_locale.is_empty() {
         p.push("templates.default_locale: must not be empty".to_string());
     }
@@ -1294,5 +1471,6 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         smtp,
         send,
         admin_listen,
+        crr_days: u16::try_from(crr_days).unwrap_or(MAX_PERIOD_DAYS),
     })
 }

@@ -232,8 +232,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check => match load_templates(&cfg) {
-            Ok(t) => {
+        Command::Check => {
+            let (t, mut problems) = Templates::scan(&cfg.mail);
+            problems.extend(t.check(&cfg.engine.template_names()));
+            if problems.is_empty() {
                 println!(
                     "config OK ({}); {} templates OK in {}",
                     cfg.path
@@ -244,14 +246,14 @@ fn main() -> ExitCode {
                     cfg.mail.templates_dir.display()
                 );
                 ExitCode::SUCCESS
-            }
-            Err(problems) => {
+            } else {
+                eprintln!("error: templates are not valid");
                 for p in problems {
                     eprintln!("{p}");
                 }
                 ExitCode::from(1)
             }
-        },
+        }
         Command::Inspect {
             customer_id,
             state,

@@ -939,3 +939,134 @@ fn bad_smtp_and_send_settings_are_refused_by_key_and_never_show_the_password() {
         "{e}"
     );
 }
+
+/// `check`'s stderr lines after the first (`error: …`), and whether it failed.
+fn check_problems(config: &std::path::Path, envs: &[(&str, &str)]) -> Vec<String> {
+    let out = churnwatch()
+        .args(["check", "--config"])
+        .arg(config)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "check accepted it:\n{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    stderr.lines().skip(1).map(String::from).collect()
+}
+
+#[test]
+fn check_lists_every_config_problem_on_its_own_line_with_file_and_key() {
+    // Keys and types: everything wrong at once, not the first problem only.
+    let f = toml(
+        "colour = \"blue\"\n\
+         [kafka]\nmax_batch = \"lots\"\nbogus = 1\n\
+         [engine]\nallowed_lateness = \"1 fortnight\"\n\
+         [rules.winback]\ncooldown = \"-3d\"\n\
+         [rules.nonsense]\nx = 1\n",
+    );
+    let file = f.path().display().to_string();
+    let lines = check_problems(f.path(), &[]);
+    let expected = [
+        ("colour", "unknown key"),
+        ("kafka.max_batch", "expected an integer"),
+        ("kafka.bogus", "unknown key"),
+        ("engine.allowed_lateness", "not a duration"),
+        ("rules.winback.cooldown", "not a duration"),
+        ("rules.nonsense", "unknown key"),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+    for (key, what) in expected {
+        let prefix = format!("{file}: {key}: ");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&prefix) && l.contains(what)),
+            "no line `{prefix}…{what}…` in {lines:#?}"
+        );
+    }
+
+    // Thresholds that cannot work, each named by key.
+    let f = toml(
+        "[delivery]\nmax_emails = 0\nquiet_hours = \"08:00-08:00\"\nholdout_percent = 150\n\
+         [rules.winback]\nsteps = [ { after = \"0d\", template = \"winback_gentle\" }, { after = \"0d\", template = \"winback_offer\" } ]\n\
+         [rules.frequency_drop]\nrecent_window = \"45d\"\n\
+         [metrics]\ncrr_period = \"1000d\"\n",
+    );
+    let file = f.path().display().to_string();
+    let lines = check_problems(f.path(), &[]);
+    let keys = [
+        "delivery.max_emails",
+        "delivery.quiet_hours",
+        "delivery.holdout_percent",
+        "rules.winback.steps[1].after",
+        "rules.frequency_drop.recent_window",
+        "metrics.crr_period",
+    ];
+    assert_eq!(lines.len(), keys.len(), "{lines:#?}");
+    for key in keys {
+        let prefix = format!("{file}: {key}: ");
+        assert!(
+            lines.iter().any(|l| l.starts_with(&prefix)),
+            "no line for {key} in {lines:#?}"
+        );
+    }
+
+    // A bad value from the environment says so.
+    let f = toml("");
+    let lines = check_problems(f.path(), &[("CHURNWATCH__KAFKA__MAX_BATCH", "x")]);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("CHURNWATCH__ environment: kafka.max_batch: "),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn check_renders_every_template_and_lists_each_broken_one_by_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("templates");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    for folder in std::fs::read_dir(&src).unwrap() {
+        let folder = folder.unwrap().path();
+        let name = folder.file_name().unwrap();
+        std::fs::create_dir_all(t.join(name)).unwrap();
+        for f in std::fs::read_dir(&folder).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, t.join(name).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let write = |rel: &str, text: &str| std::fs::write(t.join(rel), text).unwrap();
+    write("winback_gentle/en.text.txt", "Hello {{ name ");
+    write("winback_offer/ar.subject.txt", "{{ no_such_value }}");
+    write("thank_you_loyal/en.html", "{% for x in %}");
+    std::fs::remove_file(t.join("welcome_back/en.html")).unwrap();
+    std::fs::remove_dir_all(t.join("support_apology")).unwrap();
+    for part in ["subject.txt", "text.txt", "html"] {
+        std::fs::remove_file(t.join(format!("frequency_drop/ar.{part}"))).unwrap();
+    }
+    write("winback_last/en.txt", "stray");
+    let f = toml(&format!(
+        "[templates]\ndir = {:?}\n",
+        t.display().to_string()
+    ));
+    let lines = check_problems(f.path(), &[]);
+    let t = t.display().to_string();
+    let expected = [
+        format!("{t}/winback_gentle/en.text.txt: syntax error"),
+        format!("{t}/winback_offer/ar.subject.txt: undefined value"),
+        format!("{t}/thank_you_loyal/en.html: syntax error"),
+        format!("{t}/welcome_back/: missing en.html"),
+        format!(
+            "{t}/support_apology: template `support_apology` used by the config does not exist"
+        ),
+        format!("{t}/frequency_drop: template `frequency_drop` lacks locale `ar`"),
+        format!("{t}/winback_last/en.txt: not a template part"),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+    for e in &expected {
+        assert!(
+            lines.iter().any(|l| l.starts_with(e.as_str())),
+            "no line `{e}…` in {lines:#?}"
+        );
+    }
+}

@@ -13,13 +13,15 @@ use super::category::TopCategories;
 use super::clock::Stamp;
 use super::customer::Customer;
 use super::profile::Profile;
+use super::retention::Retention;
 use super::risk::{self, Population};
 use super::settings::Settings;
 use super::{id_hash, mark, timers, Engine, Slot, Stats};
 
 /// Version of the encoding below; a store written by another version is refused.
 /// 2: outbox emails carry their envelope recipient and time zone (SMTP sender).
-pub const FORMAT: u32 = 2;
+/// 3: the header holds retention counts (read from format 2 too, see [`Header::decode`]).
+pub const FORMAT: u32 = 3;
 
 /// Everything of an engine that is not per customer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,6 +43,9 @@ pub struct Header {
     /// [`Settings::fingerprint`] of the writer: when it matches, stored due times and
     /// derived values are used as they are (a fast restart).
     pub settings: u64,
+    /// Retention counts and daily marks (format 3). Kept last: a format-2 header is
+    /// this encoding without it, which is how [`Header::decode`] upgrades one.
+    pub retention: Retention,
 }
 
 #[derive(Serialize)]
@@ -93,15 +98,27 @@ impl Header {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
-    /// Decodes and checks the format version.
+    /// Decodes and checks the format version. A format-2 header (no retention counts)
+    /// is upgraded: postcard encodes fields in order with no framing, so appending an
+    /// empty [`Retention`] makes it a format-3 encoding; the restore recounts it.
     pub fn decode(bytes: &[u8]) -> Result<Header, RestoreError> {
-        let h: Header = postcard::from_bytes(bytes).map_err(|e| RestoreError::Decode {
+        let bad = |e: postcard::Error| RestoreError::Decode {
             what: "the state header".into(),
             error: e.to_string(),
-        })?;
-        if h.format != FORMAT {
-            return Err(RestoreError::Format { found: h.format });
-        }
+        };
+        let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(bad)?;
+        let h: Header = match format {
+            FORMAT => postcard::from_bytes(bytes).map_err(bad)?,
+            2 => {
+                let mut upgraded = bytes.to_vec();
+                upgraded.extend(postcard::to_allocvec(&Retention::default()).map_err(bad)?);
+                Header {
+                    format: FORMAT,
+                    ..postcard::from_bytes(&upgraded).map_err(bad)?
+                }
+            }
+            found => return Err(RestoreError::Format { found }),
+        };
         Ok(h)
     }
 }
@@ -128,6 +145,7 @@ impl Engine {
             slots: self.slots.len() as u32,
             free: self.free.clone(),
             settings: self.settings.fingerprint(),
+            retention: self.retention.clone(),
         }
     }
 
@@ -283,6 +301,43 @@ impl Engine {
             }
         }
         e.timers = timers::TimerIndex::from_entries(due_entries);
+        e.retention = header.retention;
+        let retained = e
+            .slots
+            .iter()
+            .filter(|s| !s.id.is_empty() && super::retention::counts(s.c.stage))
+            .count();
+        e.retention.recount(retained as u64);
         Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_format_2_header_is_upgraded_and_others_are_refused() {
+        let cfg = crate::config::load_with_env(None, Vec::new()).expect("the defaults are valid");
+        let mut e = Engine::new(Arc::new(cfg.engine));
+        let mut out = Vec::new();
+        e.advance(
+            Stamp::parse_rfc3339("2026-03-01T00:00:00Z").expect("a stamp"),
+            &mut out,
+        );
+        let mut h = e.header();
+        h.retention = Retention::default();
+        let mut v2 = h.encode();
+        // What format 2 wrote: the same fields without the trailing retention counts.
+        let tail = postcard::to_allocvec(&Retention::default()).expect("encodes");
+        v2.truncate(v2.len() - tail.len());
+        assert_eq!(v2[0], FORMAT as u8);
+        v2[0] = 2;
+        assert_eq!(Header::decode(&v2).expect("format 2 is read"), h);
+        v2[0] = 1;
+        assert!(matches!(
+            Header::decode(&v2),
+            Err(RestoreError::Format { found: 1 })
+        ));
     }
 }

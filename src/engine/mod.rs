@@ -10,6 +10,7 @@ pub mod clock;
 pub mod customer;
 pub mod guards;
 pub mod profile;
+pub mod retention;
 pub mod risk;
 pub mod rule;
 pub mod rules;
@@ -135,6 +136,8 @@ pub struct Engine {
     clock: Option<Stamp>,
     population: Population,
     stats: Stats,
+    /// Retained customers and their daily marks, for the CRR.
+    retention: retention::Retention,
     /// Slots changed since the last checkpoint (one bit each).
     dirty: Vec<u64>,
     /// Ids dropped since the last checkpoint.
@@ -171,6 +174,7 @@ impl Engine {
             clock: None,
             population: Population::default(),
             stats: Stats::default(),
+            retention: retention::Retention::default(),
             dirty: Vec::new(),
             removed: Vec::new(),
             checkpointed_clock: None,
@@ -203,6 +207,12 @@ impl Engine {
     /// Counters so far.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The CRR numbers over the `period_days` before the clock's day (SPEC §1); `None`
+    /// until the engine has seen that much time.
+    pub fn retention(&self, period_days: u16) -> Option<retention::Crr> {
+        self.retention.over(self.clock?.day(), period_days)
     }
 
     /// Population statistics learned so far.
@@ -269,6 +279,7 @@ impl Engine {
             entry.remove();
         }
         let due = self.slots[slot as usize].c.due;
+        self.retention.removed(self.slots[slot as usize].c.stage);
         self.timers.reschedule(slot, due, None);
         self.profiles.remove(&slot);
         self.categories.remove(&slot);
@@ -317,7 +328,10 @@ impl Engine {
             out,
             stats: &mut self.stats,
         };
-        f(&mut ctx)
+        let before = ctx.c.stage;
+        let r = f(&mut ctx);
+        self.retention.change(before, s.c.stage);
+        r
     }
 
     /// Fires one customer's timers due at or before `limit`, in due order.
@@ -363,6 +377,7 @@ impl Engine {
     pub fn advance(&mut self, to: Stamp, out: &mut Vec<Alert>) {
         let clock = self.clock.map_or(to, |c| c.max(to));
         self.clock = Some(clock);
+        self.retention.tick(clock.day());
         let limit = clock.minus(self.settings.allowed_lateness);
         self.fire_until(limit, out);
     }
@@ -372,6 +387,7 @@ impl Engine {
     pub fn finish(&mut self, until: Stamp, out: &mut Vec<Alert>) {
         let clock = self.clock.map_or(until, |c| c.max(until));
         self.clock = Some(clock);
+        self.retention.tick(clock.day());
         self.fire_until(until, out);
     }
 
@@ -490,6 +506,9 @@ impl Engine {
         let s = &self.settings;
         let c = &mut self.slots[slot as usize].c;
         let prev_last = c.last_purchase;
+        if c.first_purchase.is_none() {
+            self.retention.first_purchase();
+        }
         match c.first_purchase {
             None => self.population.observe_first(t, None),
             Some(f) if t < f => self.population.observe_first(t, Some(f)),

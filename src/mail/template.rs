@@ -33,6 +33,9 @@ pub struct Templates {
     env: Environment<'static>,
     dir: PathBuf,
     locales: BTreeMap<String, BTreeSet<String>>,
+    /// `name/locale` pairs with a part missing or broken: reported once by `scan`, not
+    /// rendered again by `check`.
+    unusable: BTreeSet<String>,
     settings: MailSettings,
 }
 
@@ -49,19 +52,38 @@ pub fn one_line(s: &str) -> String {
 impl Templates {
     /// Loads every template under the configured folder. Problems name the file.
     pub fn load(settings: &MailSettings) -> Result<Templates, Vec<String>> {
+        let (t, problems) = Templates::scan(settings);
+        if problems.is_empty() {
+            Ok(t)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Reads every template it can and lists the problems of the others, so that
+    /// `check` can go on to render what did load and report everything in one run.
+    pub fn scan(settings: &MailSettings) -> (Templates, Vec<String>) {
         let dir = settings.templates_dir.clone();
         let mut problems = Vec::new();
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(false);
         let mut locales: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut unusable = BTreeSet::new();
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) => {
-                return Err(vec![format!(
-                    "{}: cannot read the templates folder: {e}",
-                    dir.display()
-                )])
+                let problem = format!("{}: cannot read the templates folder: {e}", dir.display());
+                return (
+                    Templates {
+                        env,
+                        dir,
+                        locales,
+                        unusable: BTreeSet::new(),
+                        settings: settings.clone(),
+                    },
+                    vec![problem],
+                );
             }
         };
         let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -99,8 +121,12 @@ impl Templates {
                 };
                 match std::fs::read_to_string(&file) {
                     Ok(src) => {
-                        if let Err(e) = env.add_template_owned(format!("{name}/{fname}"), src) {
-                            problems.push(format!("{}: {}", file.display(), describe(&e)));
+                        match env.add_template_owned(format!("{name}/{fname}"), src) {
+                            Ok(()) => {}
+                            Err(e) => {
+                                problems.push(format!("{}: {}", file.display(), describe(&e)));
+                                unusable.insert(format!("{name}/{locale}"));
+                            }
                         }
                         parts.entry(locale.to_string()).or_default().insert(part);
                     }
@@ -108,6 +134,9 @@ impl Templates {
                 }
             }
             for (locale, have) in &parts {
+                if have.len() < PARTS.len() {
+                    unusable.insert(format!("{name}/{locale}"));
+                }
                 for part in PARTS.iter().filter(|p| !have.contains(*p)) {
                     problems.push(format!(
                         "{}: missing {locale}.{part}",
@@ -117,15 +146,16 @@ impl Templates {
             }
             locales.insert(name, parts.into_keys().collect());
         }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        Ok(Templates {
-            env,
-            dir,
-            locales,
-            settings: settings.clone(),
-        })
+        (
+            Templates {
+                env,
+                dir,
+                locales,
+                unusable,
+                settings: settings.clone(),
+            },
+            problems,
+        )
     }
 
     /// Template names found.
@@ -233,6 +263,9 @@ impl Templates {
         }
         for (name, locales) in &self.locales {
             for locale in locales {
+                if self.unusable.contains(&format!("{name}/{locale}")) {
+                    continue;
+                }
                 for sample in samples(locale) {
                     if let Err(e) = self.render(name, &sample, "0123456789abcdef0123456789abcdef") {
                         problems.push(e);
