@@ -53,8 +53,45 @@ enum Command {
         #[arg(long)]
         export_customers: Option<PathBuf>,
     },
+    /// Dry run over JSONL files with this config: what every rule would fire, for whom
+    /// and why, and what the guards would hold back. Sends and writes nothing.
+    Simulate {
+        /// Event files (JSONL), merged by occurred_at.
+        #[arg(long, required = true, num_args = 1..)]
+        events: Vec<PathBuf>,
+        /// After the last event, advance the clock to this RFC 3339 instant.
+        #[arg(long, value_parser = parse_stamp)]
+        until: Option<Stamp>,
+        /// `table` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Also simulate under this config and show both side by side.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        /// Customers shown per rule.
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+    },
     /// Validate the config and render every template in every locale.
     Check,
+    /// Render one email as a customer would get it (text to stdout).
+    Preview {
+        /// Template name (a folder of templates.dir).
+        #[arg(long)]
+        template: String,
+        /// Locale (default: the customer's, or templates.default_locale).
+        #[arg(long)]
+        locale: Option<String>,
+        /// Render for this customer, read from the store, instead of the sample.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Store folder for --customer (default: state.dir).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Also write the HTML part to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
     /// Show one customer's state from the store, explained (JSON).
     Inspect {
         /// The customer id.
@@ -66,6 +103,13 @@ enum Command {
         #[arg(long)]
         personal: bool,
     },
+}
+
+/// Output format of `simulate`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
 }
 
 /// Runs the worker on its own thread; signals ask it to stop within the grace period.
@@ -174,6 +218,11 @@ fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options)
     }
 }
 
+fn json_text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(v)
+        .map_or_else(|e| format!("{{\"error\": \"{e}\"}}\n"), |s| s + "\n")
+}
+
 fn parse_stamp(s: &str) -> Result<Stamp, String> {
     Stamp::parse_rfc3339(s)
 }
@@ -252,6 +301,110 @@ fn main() -> ExitCode {
                     eprintln!("{p}");
                 }
                 ExitCode::from(1)
+            }
+        }
+        Command::Simulate {
+            events,
+            until,
+            format,
+            compare,
+            samples,
+        } => {
+            let opts = churnwatch::simulate::Options {
+                events,
+                until,
+                samples,
+            };
+            let one = |cfg: &config::Config| -> Result<churnwatch::simulate::Report, ExitCode> {
+                let templates = templates_for_sending(cfg)?;
+                churnwatch::simulate::run(cfg, &templates, &opts).map_err(|e| {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                })
+            };
+            let a = match one(&cfg) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            let b = match compare {
+                None => None,
+                Some(path) => {
+                    let other = match config::load(Some(&path)) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            eprintln!("error: invalid configuration to compare with\n{e}");
+                            return ExitCode::from(2);
+                        }
+                    };
+                    match one(&other) {
+                        Ok(r) => Some(r),
+                        Err(code) => return code,
+                    }
+                }
+            };
+            let text = match (format, &b) {
+                (Format::Table, None) => a.table(),
+                (Format::Table, Some(b)) => churnwatch::simulate::compare_table(&a, b),
+                (Format::Json, None) => json_text(&a),
+                (Format::Json, Some(b)) => json_text(&churnwatch::simulate::compare_json(&a, b)),
+            };
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Command::Preview {
+            template,
+            locale,
+            customer,
+            state,
+            html,
+        } => {
+            let templates = match templates_for_sending(&cfg) {
+                Ok(t) => t,
+                Err(code) => return code,
+            };
+            let found = match &customer {
+                None => None,
+                Some(id) => {
+                    let dir = state.unwrap_or_else(|| cfg.state.dir.clone());
+                    match churnwatch::preview::customer_context(&cfg, &dir, id) {
+                        Ok(Some(ctx)) => Some((id.as_str(), ctx)),
+                        Ok(None) => {
+                            eprintln!(
+                                "error: no customer {id:?} in the store at {}",
+                                dir.display()
+                            );
+                            return ExitCode::from(3);
+                        }
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                }
+            };
+            let to = found.as_ref().map_or_else(
+                || "sample@example.com".to_string(),
+                |(_, c)| c.email.clone(),
+            );
+            match churnwatch::preview::render(&cfg, &templates, &template, locale.as_deref(), found)
+            {
+                Ok(r) => {
+                    println!(
+                        "From: {}\nTo: {to}\nSubject: {}\nLocale: {}\n\n{}",
+                        cfg.mail.from, r.subject, r.locale, r.text
+                    );
+                    if let Some(path) = html {
+                        if let Err(e) = std::fs::write(&path, &r.html) {
+                            eprintln!("error: cannot write {}: {e}", path.display());
+                            return ExitCode::from(1);
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
             }
         }
         Command::Inspect {

@@ -7,10 +7,13 @@ use hashbrown::HashMap;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::alert::Decision;
+use crate::engine::retention::Crr;
 use crate::engine::rule::Rule;
 use crate::event::EVENT_TYPES;
 
@@ -39,6 +42,20 @@ pub struct Metrics {
     pub tasks: Gauge,
     /// Checkpoints committed.
     pub checkpoints: Counter,
+    /// Emails not sent because the customer cannot be reached, by `reason` and `at`
+    /// (`decision`: the guard at event time; `send`: checked again before sending).
+    pub emails_suppressed: Family<Labels, Counter>,
+    /// Customer retention rate over `metrics.crr_period`, percent (NaN until the worker
+    /// has seen a whole period with customers at its start).
+    pub retention_rate: Gauge<f64, AtomicU64>,
+    /// Customers a win-back sequence reached, by `group` (`emailed`, `holdout`).
+    pub winback_customers: Family<Labels, Gauge>,
+    /// Of those, customers who bought again within the attribution window, by `group`.
+    pub winback_converted: Family<Labels, Gauge>,
+    /// converted / customers, by `group`: the emails' effect is emailed − holdout.
+    pub winback_conversion: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Config reloads, by `result` (`applied`, `refused`).
+    pub reloads: Family<Labels, Counter>,
     /// The `events` series of each type, in [`EVENT_TYPES`] order: counting an event is
     /// one atomic add, with no label built on the per-event path.
     by_type: Vec<Counter>,
@@ -72,6 +89,12 @@ impl Metrics {
             customers: Gauge::default(),
             tasks: Gauge::default(),
             checkpoints: Counter::default(),
+            emails_suppressed: Family::default(),
+            retention_rate: Gauge::default(),
+            winback_customers: Family::default(),
+            winback_converted: Family::default(),
+            winback_conversion: Family::default(),
+            reloads: Family::default(),
             registry: Registry::default(),
             by_type: Vec::new(),
             by_alert: Mutex::new(HashMap::new()),
@@ -108,6 +131,42 @@ impl Metrics {
             "checkpoints",
             "Checkpoints committed to the state store",
             m.checkpoints.clone(),
+        );
+        registry.register(
+            "emails_suppressed",
+            "Emails not sent because the customer cannot be reached, by reason and where (decision, send)",
+            m.emails_suppressed.clone(),
+        );
+        m.retention_rate.set(f64::NAN);
+        registry.register(
+            "retention_rate_percent",
+            "Customer retention rate over metrics.crr_period (SPEC 1), percent",
+            m.retention_rate.clone(),
+        );
+        registry.register(
+            "winback_customers",
+            "Customers a win-back sequence reached, by group (emailed, holdout)",
+            m.winback_customers.clone(),
+        );
+        registry.register(
+            "winback_converted",
+            "Of those, customers who bought again within the attribution window, by group",
+            m.winback_converted.clone(),
+        );
+        registry.register(
+            "winback_conversion_ratio",
+            "Win-back conversion (converted / customers), by group",
+            m.winback_conversion.clone(),
+        );
+        for result in ["applied", "refused"] {
+            let _ = m
+                .reloads
+                .get_or_create(&vec![("result", result.to_string())]);
+        }
+        registry.register(
+            "config_reloads",
+            "Config reloads (SIGHUP or a changed file), by result (applied, refused)",
+            m.reloads.clone(),
         );
         let by_type = EVENT_TYPES
             .iter()
@@ -155,6 +214,27 @@ impl Metrics {
     pub fn inc(family: &Family<Labels, Counter>, labels: &[(&'static str, &str)]) {
         let key: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect();
         family.get_or_create(&key).inc();
+    }
+
+    /// Sets the retention and win-back gauges from the sums over this worker's tasks.
+    pub fn set_outcomes(&self, crr: Option<Crr>, touched: [u64; 2], converted: [u64; 2]) {
+        self.retention_rate
+            .set(crr.and_then(|c| c.percent()).unwrap_or(f64::NAN));
+        for (i, group) in ["emailed", "holdout"].into_iter().enumerate() {
+            let key = vec![("group", group.to_string())];
+            self.winback_customers
+                .get_or_create(&key)
+                .set(touched[i] as i64);
+            self.winback_converted
+                .get_or_create(&key)
+                .set(converted[i] as i64);
+            let ratio = if touched[i] == 0 {
+                f64::NAN
+            } else {
+                converted[i] as f64 / touched[i] as f64
+            };
+            self.winback_conversion.get_or_create(&key).set(ratio);
+        }
     }
 
     /// The OpenMetrics text of every metric.

@@ -20,10 +20,12 @@ use crate::engine::clock::Stamp;
 use crate::engine::rule::Rule;
 use crate::engine::stage::Stage;
 use crate::engine::{Applied, Engine, Stats};
+use crate::event::Reject;
 use crate::event::EVENT_TYPES;
 use crate::mail::mailer::FileMailer;
 use crate::mail::template::Templates;
-use crate::source::file::FileSource;
+use crate::progress::Progress;
+use crate::source::file::{FileSource, Record};
 use crate::store::TaskStore;
 
 /// What to replay and where to.
@@ -251,46 +253,33 @@ pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyho
         mailer,
         alerts: create("alerts.jsonl")?,
     };
-    let mut engine = Engine::new(Arc::new(cfg.engine.clone()));
     let mut summary = Summary {
         outbox: opts.outbox.clone(),
         ..Summary::default()
     };
-    let mut alerts = Vec::new();
-    let batch = opts.batch_size.max(1);
-    let mut done = false;
-    while !done {
-        for _ in 0..batch {
-            let Some(rec) = source.next_record()? else {
-                done = true;
-                break;
+    let run = drive(
+        cfg,
+        &mut source,
+        opts.until,
+        opts.batch_size,
+        |alerts| sink.flush_alerts(alerts),
+        |source, rec, rej| {
+            let line = RejectLine {
+                file: source.path(rec.file).display().to_string(),
+                line: rec.line,
+                raw: &rec.raw,
+                raw_hex: rec.raw_bytes.as_deref().map(hex::encode),
+                class: rej.class,
+                reason: &rej.reason,
             };
-            summary.records += 1;
-            match rec.parsed {
-                Ok(ev) => {
-                    let _: Applied = engine.apply(ev, &mut alerts);
-                }
-                Err(rej) => {
-                    *summary.rejects.entry(rej.class).or_default() += 1;
-                    let line = RejectLine {
-                        file: source.path(rec.file).display().to_string(),
-                        line: rec.line,
-                        raw: &rec.raw,
-                        raw_hex: rec.raw_bytes.as_deref().map(hex::encode),
-                        class: rej.class,
-                        reason: &rej.reason,
-                    };
-                    serde_json::to_writer(&mut rejects_out, &line)?;
-                    rejects_out.write_all(b"\n")?;
-                }
-            }
-        }
-        sink.flush_alerts(&mut alerts)?;
-    }
-    if let Some(until) = opts.until {
-        engine.finish(until, &mut alerts);
-        sink.flush_alerts(&mut alerts)?;
-    }
+            serde_json::to_writer(&mut rejects_out, &line)?;
+            rejects_out.write_all(b"\n")?;
+            Ok(())
+        },
+    )?;
+    let mut engine = run.engine;
+    summary.records = run.records;
+    summary.rejects = run.rejects;
     sink.alerts.flush()?;
     if let Some(m) = &mut sink.mailer {
         m.flush()?;
@@ -310,6 +299,62 @@ pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyho
     summary.clock = engine.clock();
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// What [`drive`] leaves: the engine at the end and what was read.
+pub(crate) struct Driven {
+    pub engine: Engine,
+    pub records: u64,
+    pub rejects: BTreeMap<&'static str, u64>,
+}
+
+/// The engine over the input files, shared by `replay` and `simulate` so that the two
+/// decide alike: every record in merged order, then the clock to `until`. Alerts go to
+/// `on_alerts` after each batch, rejected lines to `on_reject` as they come.
+pub(crate) fn drive(
+    cfg: &Config,
+    source: &mut FileSource,
+    until: Option<Stamp>,
+    batch_size: usize,
+    mut on_alerts: impl FnMut(&mut Vec<Alert>) -> anyhow::Result<()>,
+    mut on_reject: impl FnMut(&FileSource, &Record, &Reject) -> anyhow::Result<()>,
+) -> anyhow::Result<Driven> {
+    let mut engine = Engine::new(Arc::new(cfg.engine.clone()));
+    let (mut records, mut rejects) = (0u64, BTreeMap::new());
+    let mut alerts = Vec::new();
+    let batch = batch_size.max(1);
+    let mut progress = Progress::new();
+    let mut done = false;
+    while !done {
+        for _ in 0..batch {
+            let Some(rec) = source.next_record()? else {
+                done = true;
+                break;
+            };
+            records += 1;
+            match rec.parsed {
+                Ok(ev) => {
+                    let _: Applied = engine.apply(ev, &mut alerts);
+                }
+                Err(ref rej) => {
+                    *rejects.entry(rej.class).or_default() += 1;
+                    on_reject(source, &rec, rej)?;
+                }
+            }
+        }
+        on_alerts(&mut alerts)?;
+        progress.tick(records, source.fraction_read());
+    }
+    if let Some(until) = until {
+        engine.finish(until, &mut alerts);
+        on_alerts(&mut alerts)?;
+    }
+    progress.finish();
+    Ok(Driven {
+        engine,
+        records,
+        rejects,
+    })
 }
 
 /// Writes every customer's snapshot as JSONL, sorted by customer id.

@@ -324,6 +324,12 @@ impl<'a> Worker<'a> {
                 }
                 for mut alert in alerts.drain(..) {
                     self.metrics.alert(alert.rule, alert.decision);
+                    if let Decision::Suppressed(why) = alert.decision {
+                        Metrics::inc(
+                            &self.metrics.emails_suppressed,
+                            &[("reason", why.name()), ("at", "decision")],
+                        );
+                    }
                     if alert.decision == Decision::Email {
                         let email = mailer::render(&self.cfg.mail, self.templates, &mut alert);
                         task.pending.push(Entry::Email(email));
@@ -392,11 +398,30 @@ impl<'a> Worker<'a> {
     }
 
     /// Commits a checkpoint of every task that moved, then hands its effects over.
+    /// CRR and win-back conversion over this worker's tasks (sums of each task's
+    /// numbers, so the rate is the whole population's, not an average of tasks).
+    fn set_outcome_metrics(&self) {
+        let mut crr: Option<crate::engine::retention::Crr> = None;
+        let (mut touched, mut converted) = ([0u64; 2], [0u64; 2]);
+        for t in self.tasks.values() {
+            if let Some(c) = t.engine.retention(self.cfg.crr_days) {
+                crr.get_or_insert_default().add(c);
+            }
+            let st = t.engine.stats();
+            for i in 0..2 {
+                touched[i] += st.winback_touched[i];
+                converted[i] += st.winback_converted[i];
+            }
+        }
+        self.metrics.set_outcomes(crr, touched, converted);
+    }
+
     fn checkpoint_all(&mut self) -> anyhow::Result<()> {
         let ps: Vec<i32> = self.tasks.keys().copied().collect();
         for p in ps {
             self.checkpoint(p)?;
         }
+        self.set_outcome_metrics();
         self.last_checkpoint = Instant::now();
         Ok(())
     }
@@ -912,6 +937,10 @@ fn record_refusal(
         tracing::warn!(alert_id = %email.alert_id, %reason, "email not built");
     } else {
         out.emails_suppressed += 1;
+        Metrics::inc(
+            &metrics.emails_suppressed,
+            &[("reason", &reason), ("at", "send")],
+        );
     }
     log.record(&SendLine {
         at: Some(jiff::Timestamp::now().to_string()),
@@ -942,6 +971,10 @@ fn record_report(
         }
         Status::Suppressed(why) => {
             out.emails_suppressed += 1;
+            Metrics::inc(
+                &metrics.emails_suppressed,
+                &[("reason", why), ("at", "send")],
+            );
             ("suppressed", Some((*why).to_string()), None, None)
         }
         Status::Deferred(t) => {

@@ -4,6 +4,7 @@
 use sha2::{Digest, Sha256};
 
 use super::clock::Stamp;
+use super::customer::Customer;
 use super::rule::Rule;
 use super::settings::{DeliverySettings, Settings};
 use super::stage::Stage;
@@ -90,6 +91,27 @@ fn decide(s: &Settings, ctx: &Ctx<'_>, cand: &Candidate<'_>) -> Decision {
     Decision::Email
 }
 
+/// What every email says about its customer at `at` (the rule's own values empty):
+/// shared by decided emails and `preview --customer`.
+pub(crate) fn contact(
+    p: Option<&Profile>,
+    c: &Customer,
+    favourite: Option<&str>,
+    at: Stamp,
+) -> MailContext {
+    let text = |v: Option<&str>| v.unwrap_or("").to_string();
+    MailContext {
+        email: text(p.and_then(|p| p.email.as_deref())),
+        name: text(p.and_then(|p| p.name.as_deref())),
+        locale: text(p.and_then(|p| p.locale.as_deref())),
+        days_since_last_purchase: c.days_since_purchase(at),
+        purchase_count: c.purchases,
+        favourite_category: text(favourite),
+        timezone: text(p.and_then(|p| p.timezone.as_deref())),
+        ..MailContext::default()
+    }
+}
+
 /// Applies the guards to a candidate, records the alert, and returns its decision
 /// (`None` when the event was too late to trigger alerts).
 pub(crate) fn emit(ctx: &mut Ctx<'_>, cand: Candidate<'_>) -> Option<Decision> {
@@ -106,25 +128,12 @@ pub(crate) fn emit(ctx: &mut Ctx<'_>, cand: Candidate<'_>) -> Option<Decision> {
     }
     let mail = if decision == Decision::Email {
         c.record_email(cand.at.day());
-        let p = profile;
         Some(Box::new(MailContext {
-            email: p.and_then(|p| p.email.as_deref()).unwrap_or("").to_string(),
-            name: p.and_then(|p| p.name.as_deref()).unwrap_or("").to_string(),
-            locale: p
-                .and_then(|p| p.locale.as_deref())
-                .unwrap_or("")
-                .to_string(),
-            days_since_last_purchase: c.days_since_purchase(cand.at),
-            purchase_count: c.purchases,
-            favourite_category: favourite.unwrap_or("").to_string(),
             offer_code: crate::alert::offer_code(&s.offer_key, cand.offer_code, ctx.id, cand.rule),
             milestone: cand.milestone,
             years: cand.years,
             ticket_id: cand.ticket_id.unwrap_or("").to_string(),
-            timezone: p
-                .and_then(|p| p.timezone.as_deref())
-                .unwrap_or("")
-                .to_string(),
+            ..contact(profile, c, favourite, cand.at)
         }))
     } else {
         None

@@ -209,6 +209,22 @@ impl Engine {
         &self.stats
     }
 
+    /// What an email to `customer_id` would say about them now (`preview --customer`).
+    pub fn mail_context(&self, customer_id: &str) -> Option<crate::alert::MailContext> {
+        let slot = self.find(customer_id)?;
+        let favourite = self
+            .categories
+            .get(&slot)
+            .and_then(|c| c.favourite())
+            .and_then(|id| self.category_names.name(id));
+        Some(guards::contact(
+            self.profiles.get(&slot),
+            &self.slots[slot as usize].c,
+            favourite,
+            self.clock.unwrap_or(Stamp::MIN),
+        ))
+    }
+
     /// The CRR numbers over the `period_days` before the clock's day (SPEC §1); `None`
     /// until the engine has seen that much time.
     pub fn retention(&self, period_days: u16) -> Option<retention::Crr> {

@@ -238,7 +238,39 @@ impl Settings {
         }
     }
 
-    /// Every template name the rules refer to.
+    /// The rule and offer code of the rule (or win-back step) that sends `template`.
+    pub fn offer_code_for(&self, template: &str) -> Option<(Rule, &str)> {
+        let w = self
+            .winback
+            .steps
+            .iter()
+            .find(|s| s.template == template)
+            .map(|s| (Rule::Winback, s.offer_code.as_str()));
+        w.or_else(|| {
+            [
+                (
+                    Rule::FrequencyDrop,
+                    &self.frequency_drop.template,
+                    &self.frequency_drop.offer_code,
+                ),
+                (
+                    Rule::SupportRecovery,
+                    &self.support_recovery.template,
+                    &self.support_recovery.offer_code,
+                ),
+                (
+                    Rule::WelcomeBack,
+                    &self.welcome_back.template,
+                    &self.welcome_back.offer_code,
+                ),
+            ]
+            .into_iter()
+            .find(|(_, t, _)| t.as_str() == template)
+            .map(|(r, _, o)| (r, o.as_str()))
+        })
+    }
+
+    /// Every template name the rules use, sorted, without repeats.
     pub fn template_names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self
             .winback

@@ -280,6 +280,12 @@ impl Templates {
     }
 }
 
+/// The sample customer of `preview` (every value filled) in `locale`.
+pub fn sample_context(locale: &str) -> MailContext {
+    let [_, full] = samples(locale);
+    full
+}
+
 /// Sample customers for validation: every optional value empty, and every one filled.
 fn samples(locale: &str) -> [MailContext; 2] {
     [

@@ -29,15 +29,19 @@ struct Reader {
     lines: Box<dyn BufRead>,
     line: u64,
     buf: Vec<u8>,
+    /// Bytes read so far (for the progress line).
+    bytes: u64,
 }
 
 impl Reader {
     fn next(&mut self, file: usize) -> io::Result<Option<Record>> {
         loop {
             self.buf.clear();
-            if self.lines.read_until(b'\n', &mut self.buf)? == 0 {
+            let n = self.lines.read_until(b'\n', &mut self.buf)?;
+            if n == 0 {
                 return Ok(None);
             }
+            self.bytes += n as u64;
             self.line += 1;
             while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
                 self.buf.pop();
@@ -63,36 +67,51 @@ pub struct FileSource {
     paths: Vec<PathBuf>,
     readers: Vec<Reader>,
     heads: Vec<Option<Record>>,
+    /// Total size of the inputs, when every one is a file.
+    size: Option<u64>,
 }
 
 impl FileSource {
     /// Opens every file (`-` reads standard input).
     pub fn open(paths: &[PathBuf]) -> io::Result<FileSource> {
         let mut readers = Vec::with_capacity(paths.len());
+        let mut size = Some(0u64);
         for p in paths {
             let lines: Box<dyn BufRead> = if p == Path::new("-") {
+                size = None;
                 Box::new(BufReader::new(io::stdin()))
             } else {
                 let f = File::open(p).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot open {}: {e}", p.display()))
                 })?;
+                let len = f.metadata().map(|m| m.len()).ok();
+                size = size.zip(len).map(|(a, b)| a + b);
                 Box::new(BufReader::with_capacity(1 << 16, f))
             };
             readers.push(Reader {
                 lines,
                 line: 0,
                 buf: Vec::with_capacity(512),
+                bytes: 0,
             });
         }
         let mut src = FileSource {
             paths: paths.to_vec(),
             heads: (0..readers.len()).map(|_| None).collect(),
             readers,
+            size,
         };
         for i in 0..src.readers.len() {
             src.heads[i] = src.readers[i].next(i)?;
         }
         Ok(src)
+    }
+
+    /// Share of the input read so far (0–1), when the inputs are files.
+    pub fn fraction_read(&self) -> Option<f64> {
+        let size = self.size.filter(|s| *s > 0)?;
+        let read: u64 = self.readers.iter().map(|r| r.bytes).sum();
+        Some((read as f64 / size as f64).min(1.0))
     }
 
     /// The path of file `i`.
