@@ -891,3 +891,280 @@ fn messy_input_lines_are_rejected_one_by_one_and_never_stop_the_replay() {
     assert_eq!(s(&export[0], "stage"), "new");
     assert_eq!(export[0]["purchases"], 1);
 }
+
+// ---------------------------------------------------------------------------------------
+// simulate: the same decisions as replay, nothing written
+
+/// `simulate` over the example with extra arguments, run from an empty folder (paths
+/// made absolute) so that anything it wrote would show; returns stdout.
+fn simulate(extra: &[&str], config: Option<&Path>) -> String {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut cmd = churnwatch();
+    cmd.current_dir(cwd.path())
+        .arg("simulate")
+        .arg("--events")
+        .arg(manifest_dir().join(EXAMPLE))
+        .args(["--until", UNTIL])
+        .arg("--config")
+        .arg(config.map_or_else(
+            || manifest_dir().join("config/churnwatch.toml"),
+            Path::to_path_buf,
+        ))
+        .args(extra)
+        .env(
+            "CHURNWATCH__TEMPLATES__DIR",
+            manifest_dir().join("templates"),
+        );
+    let o = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "simulate failed:\n{stdout}\n{stderr}");
+    // Not a terminal: no progress line, no noise.
+    assert!(stderr.trim().is_empty(), "{stderr}");
+    let left: Vec<_> = fs::read_dir(cwd.path()).unwrap().collect();
+    assert!(left.is_empty(), "simulate wrote {left:?}");
+    stdout
+}
+
+/// Per rule: (alerts, decisions by label, emails written) of a replay.
+fn replay_by_rule(o: &Output) -> BTreeMap<String, (u64, BTreeMap<String, u64>, u64)> {
+    let mut by: BTreeMap<String, (u64, BTreeMap<String, u64>, u64)> = BTreeMap::new();
+    for a in jsonl(&o.alerts) {
+        let e = by.entry(s(&a, "rule").to_string()).or_default();
+        e.0 += 1;
+        *e.1.entry(a["delivery"]["decision"].as_str().unwrap().to_string())
+            .or_default() += 1;
+        if let Some(id) = a["delivery"]["message_id"].as_str() {
+            let name = format!("{}.eml", id.trim_matches(['<', '>']));
+            if o.emls.contains_key(&name) {
+                e.2 += 1;
+            }
+        }
+    }
+    by
+}
+
+fn simulated_by_rule(report: &Value) -> BTreeMap<String, (u64, BTreeMap<String, u64>, u64)> {
+    report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["alerts"].as_u64() > Some(0))
+        .map(|r| {
+            let decisions = r["decisions"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                .collect();
+            (
+                s(r, "rule").to_string(),
+                (
+                    r["alerts"].as_u64().unwrap(),
+                    decisions,
+                    r["emails"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn simulate_reports_exactly_what_replay_sends_and_writes_nothing() {
+    let o = full();
+    let report: Value = serde_json::from_str(&simulate(&["--format", "json"], None)).unwrap();
+    let want = replay_by_rule(o);
+    assert_eq!(want.len(), RULES.len(), "every rule fires in the example");
+    assert!(
+        want.values().all(|(_, _, emails)| *emails > 0),
+        "file names did not match: {want:?}"
+    );
+    assert_eq!(simulated_by_rule(&report), want);
+    assert_eq!(report["emails"].as_u64(), Some(o.emls.len() as u64));
+    assert_eq!(report["records"].as_u64(), Some(45_815));
+    let rejects: u64 = report["rejects"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(rejects, jsonl(&o.rejects).len() as u64);
+    // The conversion line of replay's summary, from simulate's numbers.
+    let w = &report["winback"];
+    let line = format!(
+        "win-back conversion: emailed {}/{}",
+        w["emailed_converted"], w["emailed"]
+    );
+    assert!(o.stdout.contains(&line), "{line} not in\n{}", o.stdout);
+    for (stage, n) in report["stages"].as_object().unwrap() {
+        let row = o
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(stage.as_str()))
+            .unwrap_or_else(|| panic!("no {stage} in the summary"));
+        assert!(row.ends_with(&format!(" {n}")), "{row} vs {n}");
+    }
+    let crr = report["crr_percent"].as_f64().expect("a CRR over 90 days");
+    assert!((0.0..=100.0).contains(&crr), "{crr}");
+    // Samples carry the numbers that fired them.
+    let winback = &report["rules"][0];
+    assert_eq!(s(winback, "rule"), "winback");
+    let sample = &winback["samples"][0];
+    assert!(sample["inputs"]["threshold_days"].is_number(), "{sample}");
+    assert!(
+        sample["inputs"]["days_since_last_purchase"].is_number(),
+        "{sample}"
+    );
+}
+
+#[test]
+fn simulate_compare_shows_what_a_threshold_change_would_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("b.toml");
+    fs::write(&b, "[rules.winback]\nmultiplier = 2.0\n").unwrap();
+    let replay_b = {
+        let mut c = churnwatch();
+        let out = dir.path().join("outbox-b");
+        c.arg("--config")
+            .arg(&b)
+            .arg("replay")
+            .arg("--events")
+            .arg(EXAMPLE)
+            .args(["--until", UNTIL])
+            .arg("--outbox")
+            .arg(&out);
+        let st = c.output().unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let (alerts, sends, rejects, emls, others) = read_outbox(&out);
+        Output {
+            status: st.status,
+            stdout: String::from_utf8_lossy(&st.stdout).into_owned(),
+            stderr: String::new(),
+            alerts,
+            sends,
+            rejects,
+            export: None,
+            emls,
+            others,
+        }
+    };
+    let (a, bb) = (replay_by_rule(full()), replay_by_rule(&replay_b));
+    let json: Value = serde_json::from_str(&simulate(
+        &["--format", "json", "--compare", b.to_str().unwrap()],
+        None,
+    ))
+    .unwrap();
+    assert_eq!(simulated_by_rule(&json["a"]), a);
+    assert_eq!(simulated_by_rule(&json["b"]), bb);
+    let changes = json["changes"].as_object().unwrap();
+    let alerts_change = bb["winback"].0 as f64 - a["winback"].0 as f64;
+    let emails_change = bb["winback"].2 as f64 - a["winback"].2 as f64;
+    assert!(
+        alerts_change > 0.0,
+        "a lower multiplier fires more win-backs"
+    );
+    assert_eq!(changes["winback alerts"].as_f64(), Some(alerts_change));
+    assert_eq!(changes["winback emails"].as_f64(), Some(emails_change));
+    let total = replay_b.emls.len() as f64 - full().emls.len() as f64;
+    assert_eq!(changes["emails in all"].as_f64(), Some(total));
+    // Unchanged figures are not listed as changes.
+    assert!(!changes.contains_key("customers prospect"), "{changes:?}");
+
+    let table = simulate(&["--compare", b.to_str().unwrap()], None);
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("winback alerts"))
+        .unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cols[2..],
+        [
+            a["winback"].0.to_string(),
+            bb["winback"].0.to_string(),
+            format!("+{alerts_change}")
+        ],
+        "{table}"
+    );
+    assert!(table.contains(&b.display().to_string()), "{table}");
+}
+
+#[test]
+fn preview_renders_a_template_for_the_sample_or_a_stored_customer() {
+    let o = churnwatch()
+        .args(["preview", "--template", "winback_offer", "--locale", "ar"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("Locale: ar"), "{text}");
+    assert!(text.contains("COMEBACK10"), "the step's offer code: {text}");
+    assert!(text.contains("Sample <Customer> & Co"), "{text}");
+
+    // A real customer from a replay's store: their name, address and numbers.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("outbox");
+    replay_into(&out, &[Path::new(EXAMPLE)], &["--until", UNTIL], None);
+    let export = full().export.as_deref().unwrap();
+    let id = jsonl(export)
+        .iter()
+        .find(|c| c["purchases"].as_u64() > Some(3) && s(c, "stage") == "loyal")
+        .map(|c| s(c, "customer_id").to_string())
+        .unwrap();
+    let html = dir.path().join("preview.html");
+    let o = churnwatch()
+        .args([
+            "preview",
+            "--template",
+            "thank_you_milestone",
+            "--customer",
+            &id,
+        ])
+        .arg("--state")
+        .arg(out.join("state"))
+        .arg("--html")
+        .arg(&html)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let profile = example_text()
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["customer_id"].as_str() == Some(id.as_str())
+                && v["type"].as_str() == Some("customer_profile")
+                && v["email"].is_string()
+        })
+        .next()
+        .expect("a profile with an address");
+    let email = profile["email"].as_str().unwrap();
+    assert!(text.contains(&format!("To: {email}")), "{text}");
+    assert!(!text.contains("Sample"), "{text}");
+    let html = fs::read_to_string(&html).unwrap();
+    assert!(html.contains("<html") || html.contains("<p"), "{html}");
+
+    let o = churnwatch()
+        .args([
+            "preview",
+            "--template",
+            "winback_gentle",
+            "--customer",
+            "nobody",
+        ])
+        .arg("--state")
+        .arg(out.join("state"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    let o = churnwatch()
+        .args(["preview", "--template", "no_such_template"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no template `no_such_template`"));
+}
