@@ -1135,12 +1135,11 @@ fn preview_renders_a_template_for_the_sample_or_a_stored_customer() {
         .lines()
         .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| {
+        .find(|v| {
             v["customer_id"].as_str() == Some(id.as_str())
                 && v["type"].as_str() == Some("customer_profile")
                 && v["email"].is_string()
         })
-        .next()
         .expect("a profile with an address");
     let email = profile["email"].as_str().unwrap();
     assert!(text.contains(&format!("To: {email}")), "{text}");
