@@ -1474,3 +1474,40 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         crr_days: u16::try_from(crr_days).unwrap_or(MAX_PERIOD_DAYS),
     })
 }
+
+impl Config {
+    /// The tables of `self` that differ from `running` but take effect only at a
+    /// restart (SPEC §7: thresholds, guards, templates and mail settings reload live;
+    /// Kafka, the store, the transport, the relay, the sender's pacing and the admin
+    /// address do not).
+    pub fn restart_only_changes(&self, running: &Config) -> Vec<&'static str> {
+        let differ =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let mut keys = Vec::new();
+        let pairs: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 9] = [
+            ("clock", &self.clock, &running.clock),
+            (
+                "shutdown_grace",
+                &self.shutdown_grace,
+                &running.shutdown_grace,
+            ),
+            ("kafka", &self.kafka, &running.kafka),
+            ("state", &self.state, &running.state),
+            ("delivery.transport", &self.transport, &running.transport),
+            ("delivery.file_dir", &self.file_dir, &running.file_dir),
+            ("smtp", &self.smtp, &running.smtp),
+            (
+                "delivery.quiet_hours/default_timezone/rate_limit",
+                &self.send,
+                &running.send,
+            ),
+            ("admin.listen", &self.admin_listen, &running.admin_listen),
+        ];
+        for (key, a, b) in pairs {
+            if differ(a, b) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+}

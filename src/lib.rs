@@ -20,6 +20,7 @@ pub mod outbox;
 pub mod preview;
 pub mod progress;
 pub mod publisher;
+pub mod reload;
 pub mod replay;
 pub mod shutdown;
 pub mod simulate;

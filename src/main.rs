@@ -143,6 +143,33 @@ fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options)
             }
         }
     }
+    // Hot reload: SIGHUP, and any change to the config file's folder or the templates.
+    let reload = opts.reload.clone();
+    runtime.spawn({
+        let reload = reload.clone();
+        async move {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(mut hup) => {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the config");
+                        reload.request();
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
+            }
+        }
+    });
+    let _watcher = match churnwatch::reload::watch(
+        cfg.path.as_deref(),
+        &cfg.mail.templates_dir,
+        reload,
+    ) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config and templates for changes; reload with SIGHUP");
+            None
+        }
+    };
     let grace = cfg.shutdown_grace;
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     {

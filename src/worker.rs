@@ -29,6 +29,7 @@ use rdkafka::Message;
 use crate::alert::{Decision, Suppression};
 use crate::config::{ClockMode, Config};
 use crate::engine::clock::Stamp;
+use crate::engine::settings::Settings;
 use crate::engine::{Engine, Snapshot};
 use crate::event;
 use crate::event::EventKind;
@@ -51,6 +52,18 @@ pub struct Options {
     pub export_customers: Option<PathBuf>,
     /// Where the worker counts what it does (served at `/metrics`).
     pub metrics: Arc<Metrics>,
+    /// Set by SIGHUP and the file watcher: read the config again (SPEC §7).
+    pub reload: Arc<crate::reload::Reload>,
+}
+
+/// What a config reload changes while running: thresholds and guards (the engines'
+/// settings), templates and mail settings, the CRR period.
+struct Live {
+    engine: Arc<Settings>,
+    mail: crate::config::MailSettings,
+    /// None until a reload: the templates the worker started with are used.
+    templates: Option<Templates>,
+    crr_days: u16,
 }
 
 /// What a run did.
@@ -139,6 +152,8 @@ enum Delivery<'a> {
 
 struct Worker<'a> {
     cfg: &'a Config,
+    live: Live,
+    reload: Arc<crate::reload::Reload>,
     metrics: Arc<Metrics>,
     templates: &'a Templates,
     shutdown: &'a Shutdown,
@@ -236,6 +251,13 @@ pub fn run(
     };
     let mut w = Worker {
         cfg,
+        live: Live {
+            engine: Arc::new(cfg.engine.clone()),
+            mail: cfg.mail.clone(),
+            templates: None,
+            crr_days: cfg.crr_days,
+        },
+        reload: opts.reload.clone(),
         metrics: opts.metrics.clone(),
         templates,
         shutdown,
@@ -274,12 +296,16 @@ impl<'a> Worker<'a> {
         let mut last_report = Instant::now();
         let mut reported_records = 0;
         while !self.shutdown.requested() {
+            if self.reload.take_due() {
+                self.reload_config();
+            }
             self.poll_batch()?;
             self.take_rebalances()?;
             let now = Instant::now();
             let wall = wall_stamp();
             let mut behind = 0;
-            let domain = self.cfg.mail.message_id_domain.as_str();
+            let domain = self.live.mail.message_id_domain.as_str();
+            let templates = self.live.templates.as_ref().unwrap_or(self.templates);
             for (&p, task) in self.tasks.iter_mut() {
                 for (lane, t) in self.topics_c.iter().enumerate() {
                     let (low, high) = kafka::cached_watermarks(&self.consumer, t, p);
@@ -331,7 +357,7 @@ impl<'a> Worker<'a> {
                         );
                     }
                     if alert.decision == Decision::Email {
-                        let email = mailer::render(&self.cfg.mail, self.templates, &mut alert);
+                        let email = mailer::render(&self.live.mail, templates, &mut alert);
                         task.pending.push(Entry::Email(email));
                     }
                     task.pending.push(Entry::Alert {
@@ -398,13 +424,52 @@ impl<'a> Worker<'a> {
     }
 
     /// Commits a checkpoint of every task that moved, then hands its effects over.
+    /// Reads the config file and templates again and swaps in what may change live; a
+    /// config or template that does not validate is refused and the running one stays.
+    fn reload_config(&mut self) {
+        let refuse = |metrics: &Metrics, why: String| {
+            Metrics::inc(&metrics.reloads, &[("result", "refused")]);
+            tracing::error!(problems = %why, "config reload refused; the running config stays in force");
+        };
+        let new = match crate::config::load(self.cfg.path.as_deref()) {
+            Ok(c) => c,
+            Err(e) => return refuse(&self.metrics, e.to_string()),
+        };
+        let templates = match Templates::load(&new.mail) {
+            Ok(t) => t,
+            Err(problems) => return refuse(&self.metrics, problems.join("; ")),
+        };
+        let problems = templates.check(&new.engine.template_names());
+        if !problems.is_empty() {
+            return refuse(&self.metrics, problems.join("; "));
+        }
+        let fixed = new.restart_only_changes(self.cfg);
+        if !fixed.is_empty() {
+            tracing::warn!(keys = ?fixed, "config reload: these settings change only at a restart; the running values stay until then");
+        }
+        let engine = Arc::new(new.engine.clone());
+        for t in self.tasks.values_mut().chain(self.parked.values_mut()) {
+            t.engine.set_settings(engine.clone());
+        }
+        self.live = Live {
+            engine,
+            mail: new.mail.clone(),
+            templates: Some(templates),
+            crr_days: new.crr_days,
+        };
+        Metrics::inc(&self.metrics.reloads, &[("result", "applied")]);
+        tracing::info!(
+            "config reloaded: thresholds, guards and templates in force from the next decision"
+        );
+    }
+
     /// CRR and win-back conversion over this worker's tasks (sums of each task's
     /// numbers, so the rate is the whole population's, not an average of tasks).
     fn set_outcome_metrics(&self) {
         let mut crr: Option<crate::engine::retention::Crr> = None;
         let (mut touched, mut converted) = ([0u64; 2], [0u64; 2]);
         for t in self.tasks.values() {
-            if let Some(c) = t.engine.retention(self.cfg.crr_days) {
+            if let Some(c) = t.engine.retention(self.live.crr_days) {
                 crr.get_or_insert_default().add(c);
             }
             let st = t.engine.stats();
@@ -664,7 +729,7 @@ impl<'a> Worker<'a> {
             Start::Local(pos) => pos,
             Start::Fresh => {
                 self.parked.remove(&p);
-                let mut task = fresh(Engine::new(Arc::new(self.cfg.engine.clone())));
+                let mut task = fresh(Engine::new(self.live.engine.clone()));
                 // Where each partition starts: what the claim stores and commits.
                 for (lane, topic) in self.topics.iter().enumerate() {
                     let (low, _) = self
@@ -697,7 +762,7 @@ impl<'a> Worker<'a> {
                 let st = open_store(&mut self.stores, &self.cfg.state.dir, p)?;
                 let started = Instant::now();
                 let loaded = st
-                    .load(Arc::new(self.cfg.engine.clone()))?
+                    .load(self.live.engine.clone())?
                     .with_context(|| format!("task {p}: its store has no checkpoint"))?;
                 tracing::info!(
                     task = p,

@@ -1101,6 +1101,55 @@ print(json.dumps(out))
     assert_eq!(sum("churnwatch_tasks", None), 1);
     assert!(sum("churnwatch_customers", None) > 100);
     assert!(sum("churnwatch_checkpoints_total", None) >= 1);
+
+    // Outcomes equal what `simulate` computes over the same input.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_churnwatch"));
+    c.current_dir(manifest_dir());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CHURNWATCH") {
+            c.env_remove(k);
+        }
+    }
+    let sim = c
+        .args(["simulate", "--format", "json", "--events"])
+        .args(&files)
+        .output()
+        .expect("simulate");
+    assert!(sim.status.success());
+    let sim: Value = serde_json::from_slice(&sim.stdout).expect("json");
+    let gauge = |name: &str, group: Option<&str>| -> f64 {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name && group.is_none_or(|g| l.get("group").map(String::as_str) == Some(g))
+            })
+            .map_or(f64::NAN, |s| s.2)
+    };
+    let w = &sim["winback"];
+    for (group, customers, converted) in [
+        ("emailed", "emailed", "emailed_converted"),
+        ("holdout", "holdout", "holdout_converted"),
+    ] {
+        let (n, k) = (
+            w[customers].as_f64().expect("n"),
+            w[converted].as_f64().expect("k"),
+        );
+        assert!(n > 0.0, "{sim}");
+        assert_eq!(gauge("churnwatch_winback_customers", Some(group)), n);
+        assert_eq!(gauge("churnwatch_winback_converted", Some(group)), k);
+        let ratio = gauge("churnwatch_winback_conversion_ratio", Some(group));
+        assert!((ratio - k / n).abs() < 1e-12, "{group}: {ratio}");
+    }
+    let crr = sim["crr_percent"]
+        .as_f64()
+        .expect("a CRR over the example's two years");
+    let got = gauge("churnwatch_retention_rate_percent", None);
+    assert!((got - crr).abs() < 1e-9, "CRR {got} vs simulate's {crr}");
+    let reloads = sum(
+        "churnwatch_config_reloads_total",
+        Some(("result", "applied")),
+    );
+    assert_eq!(reloads, 0);
 }
 
 /// The example's records of the customers whose id ends in `digit` (a tenth of them),
@@ -1745,4 +1794,132 @@ fn a_claimed_empty_task_moves_freely_and_the_claim_is_committed_before_reading()
         done.stdout
     );
     assert_eq!(read_all(&bootstrap, &alerts, 1).len(), 1);
+}
+
+/// The value of one series in `/metrics` text (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls `/metrics` until `series` reaches `want` (30 s at most).
+fn wait_metric(port: u16, series: &str, want: f64, w: &Worker) -> String {
+    let started = Instant::now();
+    loop {
+        let text = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        if metric(&text, series) >= want {
+            return text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{series} never reached {want}:\n{text}\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_threshold_reloads_without_restart_and_a_broken_config_leaves_the_old_one() {
+    let bootstrap = broker();
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    // The config in a folder of its own: the worker watches it.
+    let etc = scratch.path().join("etc");
+    fs::create_dir_all(&etc).expect("etc");
+    let config = etc.join("churnwatch.toml");
+    let write = |text: &str| fs::write(&config, text).expect("config");
+    write("[rules.support_recovery]\nmax_score = 2\n");
+    let port = smtp_server::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let templates = manifest_dir().join("templates");
+    let w = Worker::start_with(
+        &bootstrap,
+        &unique("group"),
+        &[&purchases, &support],
+        &dlq,
+        &alerts,
+        &[
+            ("CHURNWATCH_CONFIG", config.to_str().expect("path")),
+            (
+                "CHURNWATCH__TEMPLATES__DIR",
+                templates.to_str().expect("path"),
+            ),
+            ("CHURNWATCH__ADMIN__LISTEN", &listen),
+        ],
+    );
+    let score = |n: u32, customer: &str, day: u32| -> Outgoing {
+        let line = format!(
+            r#"{{"event_id":"s{n}","type":"satisfaction","customer_id":"{customer}","occurred_at":"2026-03-{day:02}T10:00:00Z","score":3,"ticket_id":"t{n}"}}"#
+        );
+        (
+            support.clone(),
+            Some(customer.to_string()),
+            line.into_bytes(),
+            None,
+        )
+    };
+    // Whatever the guards decide (these customers have no address), the rule fired.
+    let support_alerts = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(r#"churnwatch_alerts_total{rule="support_recovery","#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let applied = r#"churnwatch_config_reloads_total{result="applied"}"#;
+    let refused = r#"churnwatch_config_reloads_total{result="refused"}"#;
+
+    // Each event makes a new customer: their count says the event was applied (records
+    // are counted as they arrive, before the task orders them).
+    // A score of 3 is not bad enough under max_score = 2.
+    produce(&bootstrap, &[score(1, "r1", 1)]);
+    let text = wait_metric(port, "churnwatch_customers", 1.0, &w);
+    assert_eq!(support_alerts(&text), 0.0, "{text}");
+
+    // Raise the threshold in the file: applied without a restart, the next score fires.
+    write("[rules.support_recovery]\nmax_score = 3\n");
+    wait_metric(port, applied, 1.0, &w);
+    produce(&bootstrap, &[score(2, "r2", 2)]);
+    let text = wait_metric(port, "churnwatch_customers", 2.0, &w);
+    assert_eq!(support_alerts(&text), 1.0, "{text}\n{}", w.log());
+
+    // A broken file is refused, counted and logged by key; max_score = 3 stays.
+    write("[rules.support_recovery]\nmax_score = \"three\"\n");
+    wait_metric(port, refused, 1.0, &w);
+    assert!(
+        w.log().contains("config reload refused") && w.log().contains("max_score"),
+        "{}",
+        w.log()
+    );
+    produce(&bootstrap, &[score(3, "r3", 3)]);
+    let text = wait_metric(port, "churnwatch_customers", 3.0, &w);
+    assert_eq!(support_alerts(&text), 2.0, "{text}");
+    assert_eq!(metric(&text, applied), 1.0, "{text}");
+
+    // A setting that cannot change live is named; SIGHUP reloads an unchanged file too.
+    write("[rules.support_recovery]\nmax_score = 2\n[state]\ncheckpoint_interval = \"2s\"\n");
+    wait_metric(port, applied, 2.0, &w);
+    assert!(
+        w.log().contains("change only at a restart") && w.log().contains("state"),
+        "{}",
+        w.log()
+    );
+    let pid = w.child.as_ref().expect("running").id().to_string();
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    wait_metric(port, applied, 3.0, &w);
+    produce(&bootstrap, &[score(4, "r4", 4)]);
+    let text = wait_metric(port, "churnwatch_customers", 4.0, &w);
+    assert_eq!(support_alerts(&text), 2.0, "max_score = 2 again: {text}");
+    let done = w.stop();
+    assert!(
+        !done.log.contains("ERROR") || done.log.contains("refused"),
+        "{}",
+        done.log
+    );
 }
