@@ -88,7 +88,14 @@ impl Templates {
         };
         let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         names.sort();
-        for folder in names.into_iter().filter(|p| p.is_dir()) {
+        // Dot entries are not templates: a Kubernetes ConfigMap mount holds `..data` and
+        // `..<timestamp>` folders next to the projected ones.
+        let visible = |p: &PathBuf| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        };
+        for folder in names.into_iter().filter(|p| p.is_dir() && visible(p)) {
             let Some(name) = folder
                 .file_name()
                 .and_then(|n| n.to_str())
