@@ -53,8 +53,28 @@ pub fn inspect(
             }
             Err(e) => return Err(e),
         };
-        let Some(found) = st.inspect(Arc::new(settings.clone()), id)? else {
-            continue;
+        if let Some(v) = in_store(&st, task, Arc::new(settings.clone()), id, personal)? {
+            return Ok(Some(v));
+        }
+    }
+    match in_use {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
+}
+
+/// Explains `id` from one task's store (the worker answers `GET /customers/{id}` with
+/// its own open stores, as of its last checkpoint).
+pub fn in_store(
+    st: &TaskStore,
+    task: i32,
+    settings: Arc<Settings>,
+    id: &str,
+    personal: bool,
+) -> Result<Option<Value>, StoreError> {
+    {
+        let Some(found) = st.inspect(settings, id)? else {
+            return Ok(None);
         };
         let c = &found.record.customer;
         let profile = found.record.profile.as_ref().map(|p| {
@@ -105,7 +125,7 @@ pub fn inspect(
                 },
             })
             .collect();
-        return Ok(Some(json!({
+        Ok(Some(json!({
             "task": task,
             "store": st.path().display().to_string(),
             "customer": found.engine.snapshot(id),
@@ -114,11 +134,7 @@ pub fn inspect(
             "last_email_days": last_emails,
             "last_alert_by_rule": last_alerts,
             "pending_in_outbox": pending,
-        })));
-    }
-    match in_use {
-        Some(e) => Err(e),
-        None => Ok(None),
+        })))
     }
 }
 

@@ -130,9 +130,13 @@ fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options)
     if let Some(listen) = cfg.admin_listen {
         match runtime.block_on(churnwatch::admin::bind(listen)) {
             Ok(listener) => {
-                let (h, m) = (health.clone(), opts.metrics.clone());
+                let shared = churnwatch::admin::Shared {
+                    health: health.clone(),
+                    metrics: opts.metrics.clone(),
+                    queries: opts.queries.clone(),
+                };
                 runtime.spawn(async move {
-                    if let Err(e) = churnwatch::admin::serve(listener, h, m).await {
+                    if let Err(e) = churnwatch::admin::serve(listener, shared).await {
                         tracing::error!(error = %e, "admin endpoint stopped");
                     }
                 });
@@ -242,6 +246,41 @@ fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options)
             eprintln!("error: the worker stopped unexpectedly (see the log above)");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `GET /customers/{id}` of the worker at `admin.listen`, on loopback; `None` for 404.
+fn ask_worker(
+    listen: Option<std::net::SocketAddr>,
+    id: &str,
+    personal: bool,
+) -> Result<Option<String>, String> {
+    let Some(mut addr) = listen else {
+        return Err("admin.listen is off".into());
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let id = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+    let url = format!(
+        "http://{addr}/customers/{id}{}",
+        if personal { "?personal=true" } else { "" }
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(15)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent.get(&url).call().map_err(|e| format!("{url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("{url}: {e}"))?;
+    match status {
+        200 => Ok(Some(body)),
+        404 => Ok(None),
+        _ => Err(format!("{url}: {status} {}", body.trim())),
     }
 }
 
@@ -457,6 +496,25 @@ fn main() -> ExitCode {
                         dir.display()
                     );
                     ExitCode::from(3)
+                }
+                // A running worker holds the store: ask it instead (SPEC §7).
+                Err(e @ churnwatch::store::StoreError::InUse { .. }) => {
+                    match ask_worker(cfg.admin_listen, &customer_id, personal) {
+                        Ok(Some(text)) => {
+                            print!("{text}");
+                            ExitCode::SUCCESS
+                        }
+                        Ok(None) => {
+                            eprintln!("error: no customer {customer_id:?} in the running worker");
+                            ExitCode::from(3)
+                        }
+                        Err(why) => {
+                            eprintln!(
+                                "error: {e}, and the running worker could not be asked: {why}"
+                            );
+                            ExitCode::from(1)
+                        }
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -54,6 +54,8 @@ pub struct Options {
     pub metrics: Arc<Metrics>,
     /// Set by SIGHUP and the file watcher: read the config again (SPEC §7).
     pub reload: Arc<crate::reload::Reload>,
+    /// `GET /customers/{id}` questions, answered from this worker's stores.
+    pub queries: Arc<crate::admin::Queries>,
 }
 
 /// What a config reload changes while running: thresholds and guards (the engines'
@@ -154,6 +156,7 @@ struct Worker<'a> {
     cfg: &'a Config,
     live: Live,
     reload: Arc<crate::reload::Reload>,
+    queries: Arc<crate::admin::Queries>,
     metrics: Arc<Metrics>,
     templates: &'a Templates,
     shutdown: &'a Shutdown,
@@ -258,6 +261,7 @@ pub fn run(
             crr_days: cfg.crr_days,
         },
         reload: opts.reload.clone(),
+        queries: opts.queries.clone(),
         metrics: opts.metrics.clone(),
         templates,
         shutdown,
@@ -299,6 +303,7 @@ impl<'a> Worker<'a> {
             if self.reload.take_due() {
                 self.reload_config();
             }
+            self.answer_queries();
             self.poll_batch()?;
             self.take_rebalances()?;
             let now = Instant::now();
@@ -424,6 +429,28 @@ impl<'a> Worker<'a> {
     }
 
     /// Commits a checkpoint of every task that moved, then hands its effects over.
+    /// Answers `GET /customers/{id}` from the stores of the tasks this worker holds (as
+    /// of their last checkpoint, the same view `inspect` has of a stopped worker).
+    fn answer_queries(&mut self) {
+        for q in self.queries.take() {
+            let mut answer = Ok(None);
+            for p in self.tasks.keys() {
+                let Some(st) = self.stores.get(p) else {
+                    continue;
+                };
+                match crate::inspect::in_store(st, *p, self.live.engine.clone(), &q.id, q.personal)
+                {
+                    Ok(None) => continue,
+                    Ok(Some(v)) => answer = Ok(Some(v)),
+                    Err(e) => answer = Err(e.to_string()),
+                }
+                break;
+            }
+            // The asker may have given up; nothing to do then.
+            let _ = q.reply.send(answer);
+        }
+    }
+
     /// Reads the config file and templates again and swaps in what may change live; a
     /// config or template that does not validate is refused and the running one stays.
     fn reload_config(&mut self) {

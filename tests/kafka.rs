@@ -1031,6 +1031,46 @@ fn admin_endpoint_serves_health_readiness_and_metrics_matching_the_input() {
     assert_eq!(http_get(port, "/nope").map(|r| r.0), Some(404));
     let (status, text) = http_get(port, "/metrics").expect("/metrics");
     assert_eq!(status, 200);
+
+    // One customer explained by the running worker, redacted unless asked; `inspect`
+    // finds the store held and asks the worker instead.
+    let who: Value = serde_json::from_str(&want_alerts[0]).expect("alert");
+    let id = who["customer_id"].as_str().expect("id").to_string();
+    let (status, body) = http_get(port, &format!("/customers/{id}")).expect("customer");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        v["customer"]["customer_id"].as_str(),
+        Some(id.as_str()),
+        "{body}"
+    );
+    assert!(v["customer"]["stage"].is_string(), "{body}");
+    let email = v["profile"]["email"].as_str().expect("an address");
+    assert!(email.contains('•') && !email.contains(&id), "{email}");
+    let (_, body) = http_get(port, &format!("/customers/{id}?personal=true")).expect("customer");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let email = v["profile"]["email"].as_str().expect("an address");
+    assert!(email.starts_with(&id) && email.contains('@'), "{email}");
+    assert_eq!(http_get(port, "/customers/nobody").map(|r| r.0), Some(404));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_churnwatch"));
+    c.current_dir(manifest_dir());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CHURNWATCH") {
+            c.env_remove(k);
+        }
+    }
+    let o = c
+        .env("CHURNWATCH__ADMIN__LISTEN", &listen)
+        .args(["inspect", &id, "--state"])
+        .arg(w.dir.join("state"))
+        .output()
+        .expect("inspect");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["customer"]["customer_id"].as_str(), Some(id.as_str()));
+    assert!(v["profile"]["email"]
+        .as_str()
+        .is_some_and(|e| e.contains('•')));
     let done = w.stop();
     // Service logs are JSON lines, and carry no email address or name at info level.
     for line in done.log.lines().filter(|l| !l.trim().is_empty()) {
