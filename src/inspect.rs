@@ -41,10 +41,20 @@ pub fn inspect(
     id: &str,
     personal: bool,
 ) -> Result<Option<Value>, StoreError> {
-    let tasks = store::tasks_in(dir)?;
-    // A store a worker holds cannot be read; say so only if no other store knows `id`.
+    first_store(dir, |task, st| {
+        in_store(st, task, Arc::new(settings.clone()), id, personal)
+    })
+}
+
+/// The first answer `f` gives over the task stores under `dir`, each opened read-only.
+/// A store a running worker holds cannot be read: that is the error only if no other
+/// store answers.
+pub fn first_store<T>(
+    dir: &Path,
+    mut f: impl FnMut(i32, &TaskStore) -> Result<Option<T>, StoreError>,
+) -> Result<Option<T>, StoreError> {
     let mut in_use = None;
-    for task in tasks {
+    for task in store::tasks_in(dir)? {
         let st = match TaskStore::open_read_only(dir, task) {
             Ok(st) => st,
             Err(e @ StoreError::InUse { .. }) => {
@@ -53,7 +63,7 @@ pub fn inspect(
             }
             Err(e) => return Err(e),
         };
-        if let Some(v) = in_store(&st, task, Arc::new(settings.clone()), id, personal)? {
+        if let Some(v) = f(task, &st)? {
             return Ok(Some(v));
         }
     }

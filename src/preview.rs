@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::alert::MailContext;
 use crate::config::Config;
 use crate::mail::template::{sample_context, Rendered, Templates};
-use crate::store::{self, StoreError, TaskStore};
+use crate::store::StoreError;
 
 /// The customer id the sample stands for (its offer code is computed for this id).
 pub const SAMPLE_ID: &str = "sample-customer";
@@ -20,24 +20,11 @@ pub fn customer_context(
     dir: &Path,
     id: &str,
 ) -> Result<Option<MailContext>, StoreError> {
-    let mut in_use = None;
-    for task in store::tasks_in(dir)? {
-        let st = match TaskStore::open_read_only(dir, task) {
-            Ok(st) => st,
-            Err(e @ StoreError::InUse { .. }) => {
-                in_use.get_or_insert(e);
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some(found) = st.inspect(Arc::new(cfg.engine.clone()), id)? {
-            return Ok(found.engine.mail_context(id));
-        }
-    }
-    match in_use {
-        Some(e) => Err(e),
-        None => Ok(None),
-    }
+    crate::inspect::first_store(dir, |_, st| {
+        Ok(st
+            .inspect(Arc::new(cfg.engine.clone()), id)?
+            .and_then(|found| found.engine.mail_context(id)))
+    })
 }
 
 /// Renders `template` for `customer` (the sample when `None`), in `locale` if given,
