@@ -166,6 +166,7 @@ pub fn run(cfg: &Config, templates: &Templates, opts: &Options) -> anyhow::Resul
     )?;
     let e = &run.engine;
     let st = e.stats();
+    let crr = e.retention(cfg.crr_days);
     Ok(Report {
         config: cfg
             .path
@@ -190,8 +191,8 @@ pub fn run(cfg: &Config, templates: &Templates, opts: &Options) -> anyhow::Resul
             holdout: st.winback_touched[1],
             holdout_converted: st.winback_converted[1],
         },
-        crr: e.retention(cfg.crr_days),
-        crr_percent: e.retention(cfg.crr_days).and_then(|c| c.percent()),
+        crr,
+        crr_percent: crr.and_then(|c| c.percent()),
     })
 }
 
@@ -247,24 +248,14 @@ impl Report {
             Some(self.emails_failed as f64),
         );
         let w = &self.winback;
-        push("win-back emailed".into(), Some(w.emailed as f64));
-        push(
-            "win-back emailed, converted".into(),
-            Some(w.emailed_converted as f64),
-        );
-        push(
-            "win-back emailed, conversion %".into(),
-            rate(w.emailed_converted, w.emailed),
-        );
-        push("win-back holdout".into(), Some(w.holdout as f64));
-        push(
-            "win-back holdout, converted".into(),
-            Some(w.holdout_converted as f64),
-        );
-        push(
-            "win-back holdout, conversion %".into(),
-            rate(w.holdout_converted, w.holdout),
-        );
+        for (group, n, k) in [
+            ("emailed", w.emailed, w.emailed_converted),
+            ("holdout", w.holdout, w.holdout_converted),
+        ] {
+            push(format!("win-back {group}"), Some(n as f64));
+            push(format!("win-back {group}, converted"), Some(k as f64));
+            push(format!("win-back {group}, conversion %"), rate(k, n));
+        }
         push("retention rate (CRR) %".into(), self.crr_percent);
         for s in Stage::ALL {
             let n = self.stages.get(s.name()).copied().unwrap_or(0);

@@ -432,13 +432,7 @@ impl Worker {
     ) -> Worker {
         let log = fs::File::create(dir.join("log")).expect("log");
         let out = fs::File::create(dir.join("stdout")).expect("stdout");
-        let mut c = Command::new(env!("CARGO_BIN_EXE_churnwatch"));
-        c.current_dir(manifest_dir());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CHURNWATCH") || k == "RUST_LOG" {
-                c.env_remove(k);
-            }
-        }
+        let mut c = churnwatch();
         c.env("CHURNWATCH__KAFKA__BOOTSTRAP_SERVERS", bootstrap)
             .env("CHURNWATCH__KAFKA__GROUP_ID", group)
             .env("CHURNWATCH__KAFKA__TOPICS", topics.join(","))
@@ -567,13 +561,7 @@ fn replay(
     out: &Path,
 ) -> (Vec<String>, String, Vec<Value>, BTreeMap<String, Vec<u8>>) {
     let export = out.join("export.jsonl");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_churnwatch"));
-    c.current_dir(manifest_dir());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CHURNWATCH") {
-            c.env_remove(k);
-        }
-    }
+    let mut c = churnwatch();
     let status = c
         .arg("replay")
         .arg("--events")
@@ -1052,13 +1040,7 @@ fn admin_endpoint_serves_health_readiness_and_metrics_matching_the_input() {
     let email = v["profile"]["email"].as_str().expect("an address");
     assert!(email.starts_with(&id) && email.contains('@'), "{email}");
     assert_eq!(http_get(port, "/customers/nobody").map(|r| r.0), Some(404));
-    let mut c = Command::new(env!("CARGO_BIN_EXE_churnwatch"));
-    c.current_dir(manifest_dir());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CHURNWATCH") {
-            c.env_remove(k);
-        }
-    }
+    let mut c = churnwatch();
     let o = c
         .env("CHURNWATCH__ADMIN__LISTEN", &listen)
         .args(["inspect", &id, "--state"])
@@ -1143,13 +1125,7 @@ print(json.dumps(out))
     assert!(sum("churnwatch_checkpoints_total", None) >= 1);
 
     // Outcomes equal what `simulate` computes over the same input.
-    let mut c = Command::new(env!("CARGO_BIN_EXE_churnwatch"));
-    c.current_dir(manifest_dir());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CHURNWATCH") {
-            c.env_remove(k);
-        }
-    }
+    let mut c = churnwatch();
     let sim = c
         .args(["simulate", "--format", "json", "--events"])
         .args(&files)
@@ -1834,6 +1810,18 @@ fn a_claimed_empty_task_moves_freely_and_the_claim_is_committed_before_reading()
         done.stdout
     );
     assert_eq!(read_all(&bootstrap, &alerts, 1).len(), 1);
+}
+
+/// The binary, in the crate's folder, with no `CHURNWATCH*` or `RUST_LOG` from the caller.
+fn churnwatch() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_churnwatch"));
+    c.current_dir(manifest_dir());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CHURNWATCH") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
 }
 
 /// The value of one series in `/metrics` text (0 when absent).
