@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = config::load(args.config.as_deref())?;
     let mut engine = Engine::new(Arc::new(cfg.engine.clone()));
-    let mut source = FileSource::open(&args.events)?;
+    let mut source = FileSource::open(&args.events, cfg.limits)?;
     let end = args.cutoff.plus(args.horizon);
     let mut alerts = Vec::new();
     let mut bought_after: HashSet<Box<str>> = HashSet::new();

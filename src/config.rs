@@ -178,6 +178,12 @@ pub struct RawEngine {
     /// See the defaults file.
     pub dedup_window: Duration,
     /// See the defaults file.
+    pub dedup_max_per_customer: usize,
+    /// See the defaults file.
+    pub max_future_skew: Duration,
+    /// See the defaults file.
+    pub max_event_bytes: usize,
+    /// See the defaults file.
     pub id_secret: String,
 }
 
@@ -731,6 +737,8 @@ pub struct Config {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Period of the customer retention rate, whole days.
     pub crr_days: u16,
+    /// Size and time limits every input record is checked against.
+    pub limits: crate::event::Limits,
 }
 
 /// Loads defaults, then `path` (when given or present at the default location), then
@@ -1156,6 +1164,21 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     if raw.engine.dedup_window.0 < DAY {
         p.push("engine.dedup_window: must be at least 1d".to_string());
     }
+    if !(2..=65_536).contains(&raw.engine.dedup_max_per_customer) {
+        p.push(format!(
+            "engine.dedup_max_per_customer: must be 2–65536, got {}",
+            raw.engine.dedup_max_per_customer
+        ));
+    }
+    if raw.engine.max_future_skew.0 > 30 * DAY {
+        p.push("engine.max_future_skew: must be at most 30d".to_string());
+    }
+    if !(1024..=16 << 20).contains(&raw.engine.max_event_bytes) {
+        p.push(format!(
+            "engine.max_event_bytes: must be 1024–16777216 bytes, got {}",
+            raw.engine.max_event_bytes
+        ));
+    }
     let w = &raw.rules.winback;
     let mode = match w.mode.as_str() {
         "fixed" => {
@@ -1356,6 +1379,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     let engine = Settings {
         allowed_lateness: raw.engine.allowed_lateness.0,
         dedup_window: raw.engine.dedup_window.0,
+        dedup_max_per_customer: raw.engine.dedup_max_per_customer,
         retention: raw.state.retention.0,
         id_key: crate::alert::IdKey::new(raw.engine.id_secret.as_bytes()),
         offer_key: crate::alert::IdKey::new(raw.delivery.offer_secret.as_bytes()),
@@ -1472,6 +1496,10 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         send,
         admin_listen,
         crr_days: u16::try_from(crr_days).unwrap_or(MAX_PERIOD_DAYS),
+        limits: crate::event::Limits {
+            max_event_bytes: raw.engine.max_event_bytes,
+            max_future_skew: raw.engine.max_future_skew.0,
+        },
     })
 }
 

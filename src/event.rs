@@ -11,6 +11,87 @@ use crate::engine::clock::Stamp;
 /// Longest accepted `customer_id`, in bytes.
 pub const MAX_CUSTOMER_ID: usize = 128;
 
+/// Longest accepted `event_id`, `order_id` or `ticket_id`, in bytes (ticket ids are kept
+/// in hot state while the ticket is open, so they must stay small).
+pub const MAX_ID: usize = 256;
+
+/// Most categories a purchase may name.
+pub const MAX_CATEGORIES: usize = 32;
+
+/// Longest accepted category name, in bytes.
+pub const MAX_CATEGORY: usize = 128;
+
+/// Longest accepted `name`, in bytes (it reaches the `To:` header).
+pub const MAX_NAME: usize = 256;
+
+/// Longest accepted `email`, in bytes (RFC 5321 allows 254 in a path).
+pub const MAX_EMAIL: usize = 254;
+
+/// Longest reject reason, in bytes: reasons go to logs and dead-letter headers.
+pub const MAX_REASON: usize = 300;
+
+/// Limits applied to every input record before and after parsing, the same in every
+/// mode (`run`, `replay`, `simulate`): see the README's "Input" section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest record (a Kafka value or a JSONL line without its newline), in bytes.
+    pub max_event_bytes: usize,
+    /// How far past the wall clock an event's `occurred_at` may be, in seconds.
+    pub max_future_skew: crate::engine::clock::Secs,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_event_bytes: 64 * 1024,
+            max_future_skew: 3600,
+        }
+    }
+}
+
+impl Limits {
+    /// The `too_large` reject of a record of `len` bytes, if it is longer than allowed.
+    pub fn check_size(&self, len: usize) -> Result<(), Reject> {
+        if len > self.max_event_bytes {
+            return Err(Reject::new(
+                "too_large",
+                format!(
+                    "record is {len} bytes, longer than engine.max_event_bytes ({})",
+                    self.max_event_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `future_timestamp` reject of an event later than `now` plus the allowed skew:
+    /// one such event must never move a task's clock (it would expire every other
+    /// customer and mark every pending email stale).
+    pub fn check_time(&self, ev: &Event, now: Stamp) -> Result<(), Reject> {
+        let ceiling = now.plus(self.max_future_skew);
+        if ev.at > ceiling {
+            return Err(Reject::new(
+                "future_timestamp",
+                format!(
+                    "field `occurred_at` ({}) is later than the wall clock plus \
+                     engine.max_future_skew ({})",
+                    ev.at.to_rfc3339(),
+                    ceiling.to_rfc3339()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parses one record under these limits, with `now` the wall clock.
+    pub fn parse(&self, bytes: &[u8], now: Stamp) -> Result<Event, Reject> {
+        self.check_size(bytes.len())?;
+        let ev = parse(bytes)?;
+        self.check_time(&ev, now)?;
+        Ok(ev)
+    }
+}
+
 /// One validated input event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
@@ -156,12 +237,115 @@ pub struct Reject {
 }
 
 impl Reject {
-    fn new(class: &'static str, reason: impl Into<String>) -> Reject {
-        Reject {
-            class,
-            reason: reason.into(),
+    /// A reject of `class`; the reason is cut to [`MAX_REASON`] bytes.
+    pub fn new(class: &'static str, reason: impl Into<String>) -> Reject {
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON {
+            let mut end = MAX_REASON - '…'.len_utf8();
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push('…');
+        }
+        Reject { class, reason }
+    }
+}
+
+/// Fields whose values are personal data: never quoted in a reason.
+const PERSONAL: [&str; 2] = ["email", "name"];
+
+/// A value as shown in a reason: at most 40 characters, control characters escaped, so
+/// a reason stays one short line whatever the input.
+fn shown(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == 40 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || is_bidi_control(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
         }
     }
+    out
+}
+
+/// Bidirectional formatting characters (embeddings, overrides, isolates and marks): in
+/// an id they make two different ids look alike, in a header they reorder what is shown.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Checks an identifier: no control characters or bidi controls, at most `max` bytes.
+fn clean_id(field: &str, s: &str, max: usize) -> Result<(), Reject> {
+    if s.len() > max {
+        return Err(Reject::new(
+            "invalid_value",
+            format!(
+                "field `{field}` is {} bytes, longer than the limit of {max}",
+                s.len()
+            ),
+        ));
+    }
+    if s.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+        return Err(Reject::new(
+            "invalid_value",
+            format!("field `{field}` contains a control character or a bidi override"),
+        ));
+    }
+    Ok(())
+}
+
+/// A display name as kept: line breaks, tabs and other controls become one space, bidi
+/// embeddings, overrides and isolates are dropped (marks such as U+200F stay: Arabic
+/// names use them), and it is cut to [`MAX_NAME`] bytes. A name is shown, not matched,
+/// so a producer's stray tab costs the customer nothing, and the profile's other fields
+/// still count.
+pub fn neutral_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(MAX_NAME));
+    for word in s
+        .chars()
+        .filter(|c| !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+    {
+        let sep = usize::from(!out.is_empty());
+        if out.len() + sep + word.len() > MAX_NAME {
+            break;
+        }
+        if sep == 1 {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}
+
+/// Checks an address: no control characters and no bidi embeddings, overrides or
+/// isolates, at most `max` bytes. The value is not quoted: addresses are personal data.
+fn clean_text(field: &str, s: &str, max: usize) -> Result<(), Reject> {
+    if s.len() > max {
+        return Err(Reject::new(
+            "invalid_value",
+            format!(
+                "field `{field}` is {} bytes, longer than the limit of {max}",
+                s.len()
+            ),
+        ));
+    }
+    let bad =
+        |c: char| c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if s.chars().any(bad) {
+        return Err(Reject::new(
+            "invalid_value",
+            format!("field `{field}` contains a control character or a bidi override"),
+        ));
+    }
+    Ok(())
 }
 
 /// The wire shape of the fast path: every known field typed, strings borrowed from the
@@ -302,6 +486,11 @@ impl Kind {
 }
 
 fn describe(raw: &RawValue) -> String {
+    describe_field("", raw)
+}
+
+/// The JSON kind of a value and, unless `field` is personal data, its first characters.
+fn describe_field(field: &str, raw: &RawValue) -> String {
     let s = raw.get();
     let kind = match s.as_bytes().first() {
         Some(b'"') => "a string",
@@ -311,11 +500,10 @@ fn describe(raw: &RawValue) -> String {
         Some(b'n') => "null",
         _ => "a number",
     };
-    let mut shown: String = s.chars().take(40).collect();
-    if shown.len() < s.len() {
-        shown.push('…');
+    if PERSONAL.contains(&field) {
+        return kind.to_string();
     }
-    format!("{kind} ({shown})")
+    format!("{kind} ({})", shown(s))
 }
 
 /// Explains why the typed parse failed: the slow path, taken only for bad input.
@@ -328,7 +516,7 @@ fn diagnose(text: &str, fallback: serde_json::Error) -> Reject {
             } else {
                 "invalid_json"
             };
-            return Reject::new(class, format!("invalid JSON: {e}"));
+            return Reject::new(class, json_error(&e));
         }
     };
     for (name, kind) in FIELD_KINDS {
@@ -339,13 +527,25 @@ fn diagnose(text: &str, fallback: serde_json::Error) -> Reject {
                     format!(
                         "field `{name}` must be {}, got {}",
                         kind.expected(),
-                        describe(raw)
+                        describe_field(name, raw)
                     ),
                 );
             }
         }
     }
-    Reject::new("wrong_type", format!("invalid event: {fallback}"))
+    Reject::new("wrong_type", json_error(&fallback))
+}
+
+/// A JSON error without the value serde quotes for data errors (it may be personal).
+fn json_error(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Data => format!(
+            "invalid event: a field has the wrong type or value (line {} column {})",
+            e.line(),
+            e.column()
+        ),
+        _ => format!("invalid JSON: {e}"),
+    }
 }
 
 fn required<'a>(field: &str, value: Option<Cow<'a, str>>) -> Result<Cow<'a, str>, Reject> {
@@ -399,7 +599,10 @@ fn amount(raw: Option<&RawValue>, currency: Option<Cow<'_, str>>) -> Result<Amou
     let currency = iso_currency::Currency::from_code(&code).ok_or_else(|| {
         Reject::new(
             "invalid_value",
-            format!("field `currency`: `{code}` is not an ISO 4217 currency code"),
+            format!(
+                "field `currency`: `{}` is not an ISO 4217 currency code",
+                shown(&code)
+            ),
         )
     })?;
     let exp = u32::from(currency.exponent().unwrap_or(0));
@@ -430,7 +633,11 @@ fn amount(raw: Option<&RawValue>, currency: Option<Cow<'_, str>>) -> Result<Amou
     let minor = parse_minor(text.trim(), exp).map_err(|why| {
         Reject::new(
             "invalid_value",
-            format!("field `amount` ({text}) {why} for {}", currency.code()),
+            format!(
+                "field `amount` ({}) {why} for {}",
+                shown(&text),
+                currency.code()
+            ),
         )
     })?;
     Ok(Amount {
@@ -460,7 +667,7 @@ pub fn parse(bytes: &[u8]) -> Result<Event, Reject> {
         if e.is_data() {
             diagnose(text, e)
         } else {
-            Reject::new("invalid_json", format!("invalid JSON: {e}"))
+            Reject::new("invalid_json", json_error(&e))
         }
     })?;
     build(wire)
@@ -470,33 +677,39 @@ fn build(w: Wire<'_>) -> Result<Event, Reject> {
     let event_id = required("event_id", w.event_id)?;
     let type_name = required("type", w.kind)?;
     let customer_id = required("customer_id", w.customer_id)?;
-    if customer_id.len() > MAX_CUSTOMER_ID {
-        return Err(Reject::new(
-            "invalid_value",
-            format!(
-                "field `customer_id` is {} bytes, longer than the limit of {MAX_CUSTOMER_ID}",
-                customer_id.len()
-            ),
-        ));
+    clean_id("event_id", &event_id, MAX_ID)?;
+    clean_id("customer_id", &customer_id, MAX_CUSTOMER_ID)?;
+    for (field, id) in [("order_id", &w.order_id), ("ticket_id", &w.ticket_id)] {
+        if let Some(id) = id {
+            clean_id(field, id, MAX_ID)?;
+        }
     }
     let occurred_at = required("occurred_at", w.occurred_at)?;
     let at = Stamp::parse_rfc3339(&occurred_at).map_err(|why| {
         Reject::new(
             "invalid_timestamp",
-            format!("field `occurred_at` (`{occurred_at}`): {why}"),
+            format!("field `occurred_at` (`{}`): {why}", shown(&occurred_at)),
         )
     })?;
     let kind = match &*type_name {
         "purchase" => {
             required("order_id", w.order_id)?;
+            let categories = w.categories.unwrap_or_default();
+            if categories.len() > MAX_CATEGORIES {
+                return Err(Reject::new(
+                    "invalid_value",
+                    format!(
+                        "field `categories` has {} entries, more than the limit of {MAX_CATEGORIES}",
+                        categories.len()
+                    ),
+                ));
+            }
+            for c in &categories {
+                clean_id("categories", c, MAX_CATEGORY)?;
+            }
             EventKind::Purchase {
                 amount: amount(w.amount, w.currency)?,
-                categories: w
-                    .categories
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(Into::into)
-                    .collect(),
+                categories: categories.into_iter().map(Into::into).collect(),
             }
         }
         "refund" => {
@@ -513,7 +726,10 @@ fn build(w: Wire<'_>) -> Result<Event, Reject> {
                 Some(other) => {
                     return Err(Reject::new(
                         "invalid_value",
-                        format!("field `severity` must be low, normal or high, got `{other}`"),
+                        format!(
+                            "field `severity` must be low, normal or high, got `{}`",
+                            shown(other)
+                        ),
                     ))
                 }
             };
@@ -554,11 +770,14 @@ fn build(w: Wire<'_>) -> Result<Event, Reject> {
             }
         }
         "customer_profile" => {
+            if let Some(email) = &w.email {
+                clean_text("email", email, MAX_EMAIL)?;
+            }
             if let Some(tz) = &w.timezone {
-                if jiff::tz::TimeZone::get(tz).is_err() {
+                if tz.len() > 64 || jiff::tz::TimeZone::get(tz).is_err() {
                     return Err(Reject::new(
                         "invalid_value",
-                        format!("field `timezone`: `{tz}` is not an IANA time zone"),
+                        format!("field `timezone`: `{}` is not an IANA time zone", shown(tz)),
                     ));
                 }
             }
@@ -573,13 +792,16 @@ fn build(w: Wire<'_>) -> Result<Event, Reject> {
                 if !ok {
                     return Err(Reject::new(
                         "invalid_value",
-                        format!("field `locale`: `{l}` is not a BCP 47 tag like `en-GB`"),
+                        format!(
+                            "field `locale`: `{}` is not a BCP 47 tag like `en-GB`",
+                            shown(l)
+                        ),
                     ));
                 }
             }
             EventKind::Profile(ProfileUpdate {
                 email: w.email.map(Cow::into_owned),
-                name: w.name.map(Cow::into_owned),
+                name: w.name.map(|n| neutral_name(&n)),
                 locale: w.locale.map(Cow::into_owned),
                 timezone: w.timezone.map(Cow::into_owned),
                 marketing_consent: w.marketing_consent,
@@ -594,7 +816,7 @@ fn build(w: Wire<'_>) -> Result<Event, Reject> {
                 other => {
                     return Err(Reject::new(
                         "invalid_value",
-                        format!("field `kind` must be hard or soft, got `{other}`"),
+                        format!("field `kind` must be hard or soft, got `{}`", shown(other)),
                     ))
                 }
             };
@@ -602,13 +824,9 @@ fn build(w: Wire<'_>) -> Result<Event, Reject> {
         }
         "customer_erased" => EventKind::Erased,
         other => {
-            let mut shown: String = other.chars().take(60).collect();
-            if shown.len() < other.len() {
-                shown.push('…');
-            }
             return Err(Reject::new(
                 "unknown_type",
-                format!("unknown event type `{shown}`"),
+                format!("unknown event type `{}`", shown(other)),
             ));
         }
     };

@@ -98,8 +98,8 @@ pub fn in_store(
                 "locale": p.locale.as_deref(),
                 "timezone": p.timezone.as_deref(),
                 "marketing_consent": p.consent,
-                "unsubscribed": p.unsubscribed,
-                "hard_bounced": p.hard_bounced,
+                "unsubscribed": p.unsubscribed(),
+                "hard_bounced": p.hard_bounced(),
             })
         });
         let mut days: Vec<u16> = c.email_days.iter().copied().filter(|d| *d != 0).collect();

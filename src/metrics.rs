@@ -38,6 +38,8 @@ pub struct Metrics {
     pub lag: Gauge,
     /// Customers held in state.
     pub customers: Gauge,
+    /// Event ids forgotten early to stay within `engine.dedup_max_per_customer`.
+    pub dedup_evicted: Gauge,
     /// Tasks running.
     pub tasks: Gauge,
     /// Checkpoints committed.
@@ -87,6 +89,7 @@ impl Metrics {
             emails: Family::default(),
             lag: Gauge::default(),
             customers: Gauge::default(),
+            dedup_evicted: Gauge::default(),
             tasks: Gauge::default(),
             checkpoints: Counter::default(),
             emails_suppressed: Family::default(),
@@ -126,6 +129,11 @@ impl Metrics {
             m.lag.clone(),
         );
         registry.register("customers", "Customers held in state", m.customers.clone());
+        registry.register(
+            "dedup_evicted",
+            "Event ids forgotten early to stay within engine.dedup_max_per_customer, over this worker's tasks since they started here",
+            m.dedup_evicted.clone(),
+        );
         registry.register("tasks", "Tasks running in this worker", m.tasks.clone());
         registry.register(
             "checkpoints",

@@ -232,7 +232,7 @@ impl Sink<'_> {
 pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyhow::Result<Summary> {
     let started = Instant::now();
     // Open the inputs first: a mistyped path must not destroy the previous results.
-    let mut source = FileSource::open(&opts.events)?;
+    let mut source = FileSource::open(&opts.events, cfg.limits)?;
     clear_outbox(&opts.outbox)?;
     let create = |name: &str| -> anyhow::Result<BufWriter<File>> {
         let p = opts.outbox.join(name);

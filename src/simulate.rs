@@ -118,7 +118,7 @@ pub struct Report {
 
 /// Runs the pipeline over `opts.events` under `cfg` and reports; nothing is written.
 pub fn run(cfg: &Config, templates: &Templates, opts: &Options) -> anyhow::Result<Report> {
-    let mut source = FileSource::open(&opts.events)?;
+    let mut source = FileSource::open(&opts.events, cfg.limits)?;
     let mut rules: Vec<RuleReport> = Rule::ALL
         .iter()
         .map(|r| RuleReport {

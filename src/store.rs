@@ -305,13 +305,15 @@ impl TaskStore {
         let engine = match tx.open_table(CUSTOMERS) {
             Ok(t) => {
                 let iter = t.iter().map_err(|e| self.err(e))?;
+                let format = header.format;
                 Engine::restore(
                     settings,
                     header,
                     iter.map(|item| -> Result<(Box<str>, Record), StoreError> {
                         let (k, v) = item.map_err(|e| self.err(e))?;
                         let id = k.value();
-                        let r = Record::decode(id, v.value()).map_err(|e| self.damaged(e))?;
+                        let r =
+                            Record::decode(id, v.value(), format).map_err(|e| self.damaged(e))?;
                         Ok((Box::from(id), r))
                     }),
                 )
@@ -348,7 +350,7 @@ impl TaskStore {
         let Some(v) = t.get(id).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
-        let record = Record::decode(id, v.value()).map_err(|e| self.damaged(e))?;
+        let record = Record::decode(id, v.value(), header.format).map_err(|e| self.damaged(e))?;
         // Only this customer's slot is filled: the rest count as free.
         let mut h = header;
         h.free = (0..h.slots).filter(|s| *s != record.slot).collect();

@@ -495,6 +495,10 @@ impl<'a> Worker<'a> {
     fn set_outcome_metrics(&self) {
         let mut crr: Option<crate::engine::retention::Crr> = None;
         let (mut touched, mut converted) = ([0u64; 2], [0u64; 2]);
+        let evicted: u64 = self.tasks.values().map(|t| t.engine.dedup_evicted()).sum();
+        self.metrics
+            .dedup_evicted
+            .set(i64::try_from(evicted).unwrap_or(i64::MAX));
         for t in self.tasks.values() {
             if let Some(c) = t.engine.retention(self.live.crr_days) {
                 crr.get_or_insert_default().add(c);

@@ -21,7 +21,10 @@ use super::{id_hash, mark, timers, Engine, Slot, Stats};
 /// Version of the encoding below; a store written by another version is refused.
 /// 2: outbox emails carry their envelope recipient and time zone (SMTP sender).
 /// 3: the header holds retention counts (read from format 2 too, see [`Header::decode`]).
-pub const FORMAT: u32 = 3;
+/// 4: profiles keep the event time of consent, unsubscribe, address and bounce; records
+/// hold the event ids beyond the inline two (format 3 records are read too, see
+/// [`Record::decode`]).
+pub const FORMAT: u32 = 4;
 
 /// Everything of an engine that is not per customer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -54,9 +57,10 @@ struct RecordRef<'a> {
     customer: &'a Customer,
     profile: Option<&'a Profile>,
     categories: Option<&'a TopCategories>,
+    event_ids: Option<&'a Vec<u64>>,
 }
 
-/// One customer as stored: hot state, profile and favourite categories.
+/// One customer as stored: hot state, profile, favourite categories and event ids.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct Record {
     /// Slot in the engine's table.
@@ -67,6 +71,64 @@ pub struct Record {
     pub profile: Option<Profile>,
     /// Category counts, if any.
     pub categories: Option<TopCategories>,
+    /// Event ids remembered beyond the inline two, if any (format 4).
+    pub event_ids: Option<Vec<u64>>,
+}
+
+/// A format-3 profile: suppression flags without the event times that set them.
+#[derive(Deserialize)]
+struct ProfileV3 {
+    email: Option<Box<str>>,
+    name: Option<Box<str>>,
+    locale: Option<Box<str>>,
+    timezone: Option<Box<str>>,
+    consent: Option<bool>,
+    unsubscribed: bool,
+    hard_bounced: bool,
+}
+
+/// A format-3 record.
+#[derive(Deserialize)]
+struct RecordV3 {
+    slot: u32,
+    customer: Customer,
+    profile: Option<ProfileV3>,
+    categories: Option<TopCategories>,
+}
+
+impl RecordV3 {
+    /// What format 3 knew, dated at the customer's latest event: every flag was set at or
+    /// before it, so a later event can change it and an older one cannot.
+    fn upgrade(self) -> Record {
+        let at = self.customer.last_seen;
+        let profile = self.profile.map(|p| Profile {
+            consent_at: p.consent.and(at),
+            email_at: p.email.as_ref().and(at),
+            mailbox_since: None,
+            unsubscribed_at: if p.unsubscribed {
+                at.or(Some(Stamp::MIN))
+            } else {
+                None
+            },
+            bounced_at: if p.hard_bounced {
+                at.or(Some(Stamp::MIN))
+            } else {
+                None
+            },
+            email: p.email,
+            name: p.name,
+            locale: p.locale,
+            timezone: p.timezone,
+            consent: p.consent,
+        });
+        Record {
+            slot: self.slot,
+            customer: self.customer,
+            profile,
+            categories: self.categories,
+            event_ids: None,
+        }
+    }
 }
 
 /// Why stored state cannot be turned back into an engine.
@@ -98,9 +160,11 @@ impl Header {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
-    /// Decodes and checks the format version. A format-2 header (no retention counts)
-    /// is upgraded: postcard encodes fields in order with no framing, so appending an
-    /// empty [`Retention`] makes it a format-3 encoding; the restore recounts it.
+    /// Decodes and checks the format version; `format` keeps the version found, which
+    /// [`Record::decode`] needs. A format-2 header (no retention counts) is upgraded:
+    /// postcard encodes fields in order with no framing, so appending an empty
+    /// [`Retention`] makes it a format-3 encoding; the restore recounts it. Format 3 and
+    /// 4 headers are alike.
     pub fn decode(bytes: &[u8]) -> Result<Header, RestoreError> {
         let bad = |e: postcard::Error| RestoreError::Decode {
             what: "the state header".into(),
@@ -108,14 +172,11 @@ impl Header {
         };
         let (format, _) = postcard::take_from_bytes::<u32>(bytes).map_err(bad)?;
         let h: Header = match format {
-            FORMAT => postcard::from_bytes(bytes).map_err(bad)?,
+            3 | FORMAT => postcard::from_bytes(bytes).map_err(bad)?,
             2 => {
                 let mut upgraded = bytes.to_vec();
                 upgraded.extend(postcard::to_allocvec(&Retention::default()).map_err(bad)?);
-                Header {
-                    format: FORMAT,
-                    ..postcard::from_bytes(&upgraded).map_err(bad)?
-                }
+                postcard::from_bytes(&upgraded).map_err(bad)?
             }
             found => return Err(RestoreError::Format { found }),
         };
@@ -124,12 +185,18 @@ impl Header {
 }
 
 impl Record {
-    /// Decodes the record of customer `id`.
-    pub fn decode(id: &str, bytes: &[u8]) -> Result<Record, RestoreError> {
-        postcard::from_bytes(bytes).map_err(|e| RestoreError::Decode {
+    /// Decodes the record of customer `id`, written in `format` (the header's).
+    pub fn decode(id: &str, bytes: &[u8], format: u32) -> Result<Record, RestoreError> {
+        let bad = |e: postcard::Error| RestoreError::Decode {
             what: format!("the state of customer {id:?}"),
             error: e.to_string(),
-        })
+        };
+        if format < FORMAT {
+            return postcard::from_bytes::<RecordV3>(bytes)
+                .map(RecordV3::upgrade)
+                .map_err(bad);
+        }
+        postcard::from_bytes(bytes).map_err(bad)
     }
 }
 
@@ -183,6 +250,7 @@ impl Engine {
             customer: &self.slots[slot as usize].c,
             profile: self.profiles.get(&slot),
             categories: self.categories.get(&slot),
+            event_ids: self.event_ids.get(&slot),
         };
         postcard::to_allocvec(&r).unwrap_or_default()
     }
@@ -210,9 +278,7 @@ impl Engine {
         e.checkpointed_clock = header.clock;
         e.population = header.population;
         e.stats = header.stats;
-        for name in &header.categories {
-            e.category_names.intern(name);
-        }
+        e.category_names = super::category::Interner::from_names(&header.categories);
         e.slots = (0..header.slots)
             .map(|_| Slot {
                 id: Box::from(""),
@@ -256,9 +322,16 @@ impl Engine {
                 e.profiles.insert(r.slot, p);
             }
             if let Some(c) = r.categories {
+                e.category_names.hold_all(&c);
                 e.categories.insert(r.slot, c);
             }
+            if let Some(ids) = r.event_ids.filter(|ids| !ids.is_empty()) {
+                e.event_ids.insert(r.slot, ids);
+            }
         }
+        // Records of an older format are rewritten by the next checkpoint, all of them:
+        // the header it writes says the current format.
+        let upgrade = header.format < FORMAT;
         let same_settings = header.settings == e.settings.fingerprint();
         let filled = e.slots.iter().filter(|s| !s.id.is_empty()).count();
         if filled + e.free.len() != e.slots.len() {
@@ -281,6 +354,9 @@ impl Engine {
                 .insert_unique(id_hash(&slots[slot as usize].id), slot, |&k| {
                     id_hash(&slots[k as usize].id)
                 });
+            if upgrade {
+                mark(&mut e.dirty, slot);
+            }
             let s = &mut e.slots[slot as usize];
             if !same_settings {
                 // Other thresholds: derive what depends on them again. Set at each
@@ -301,6 +377,7 @@ impl Engine {
             }
         }
         e.timers = timers::TimerIndex::from_entries(due_entries);
+        e.category_names.list_unheld();
         e.retention = header.retention;
         let retained = e
             .slots
@@ -333,7 +410,10 @@ mod tests {
         v2.truncate(v2.len() - tail.len());
         assert_eq!(v2[0], FORMAT as u8);
         v2[0] = 2;
-        assert_eq!(Header::decode(&v2).expect("format 2 is read"), h);
+        assert_eq!(
+            Header::decode(&v2).expect("format 2 is read"),
+            Header { format: 2, ..h }
+        );
         v2[0] = 1;
         assert!(matches!(
             Header::decode(&v2),

@@ -18,6 +18,8 @@ pub mod flag {
     pub const WINBACK_MUTED: u8 = 4;
     /// The last win-back touch was a holdout (no email).
     pub const TOUCH_HOLDOUT: u8 = 8;
+    /// More event ids than the inline two are remembered (see `engine::dedup`).
+    pub const DEDUP_SPILL: u8 = 16;
 }
 
 /// Purchase counts per 30-day bucket of absolute event time, as a ring.
@@ -85,41 +87,6 @@ impl Buckets {
     }
 }
 
-/// Recent event ids: 48 bits of hash + the event's day, so entries can expire.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Dedup([u64; 2]);
-
-impl Dedup {
-    fn entry(id_hash: u64, day: u16) -> u64 {
-        (id_hash & !0xFFFF) | u64::from(day)
-    }
-
-    /// Records `id_hash` seen at `day`; returns false when it was already there.
-    ///
-    /// Entries older than `window_days` before `today` no longer count, and the
-    /// older entry makes room when both are recent: upstream duplicates (producer
-    /// retries) arrive next to their original, and replays after a crash are handled by
-    /// the offsets stored with the state, not by this.
-    pub fn insert(&mut self, id_hash: u64, day: u16, today: u16, window_days: u16) -> bool {
-        let key = id_hash & !0xFFFF;
-        let fresh = |e: u64| e != 0 && (e as u16).saturating_add(window_days) >= today;
-        if self.0.iter().any(|&e| fresh(e) && e & !0xFFFF == key) {
-            return false;
-        }
-        let slot = (0..self.0.len())
-            .min_by_key(|&k| {
-                if fresh(self.0[k]) {
-                    self.0[k] as u16
-                } else {
-                    0
-                }
-            })
-            .unwrap_or(0);
-        self.0[slot] = Dedup::entry(id_hash, day.max(1));
-        true
-    }
-}
-
 /// A support ticket that is still open.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OpenTicket {
@@ -163,8 +130,8 @@ pub struct Customer {
     pub email_days: [u16; MAX_CAP as usize],
     /// Purchases per 30-day bucket.
     pub buckets: Buckets,
-    /// Recent event ids.
-    pub dedup: Dedup,
+    /// Recent event ids (the first two; more spill beside the hot state).
+    pub dedup: super::dedup::Dedup,
     /// Open tickets (boxed: most customers have none).
     pub tickets: Option<Box<Vec<OpenTicket>>>,
     /// Hours after the last purchase at which churn_risk reaches `risk.at_risk` (support
@@ -271,20 +238,6 @@ mod tests {
         // too old for the ring: ignored, not wrapped onto a newer bucket
         b.add(t0);
         assert_eq!(b.total(), 0);
-    }
-
-    #[test]
-    fn dedup_expires_and_bounds() {
-        let mut d = Dedup::default();
-        assert!(d.insert(0xABCD_0000_0000_0000, 100, 100, 7));
-        assert!(!d.insert(0xABCD_0000_0000_0000, 100, 101, 7));
-        // after the window the id may count again
-        assert!(d.insert(0xABCD_0000_0000_0000, 120, 120, 7));
-        // two others push it out (bounded per customer)
-        for k in 1..=2u64 {
-            assert!(d.insert(k << 20, 120, 120, 7));
-        }
-        assert!(d.insert(0xABCD_0000_0000_0000, 120, 120, 7));
     }
 
     #[test]

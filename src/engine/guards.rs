@@ -58,10 +58,10 @@ pub fn suppression(d: &DeliverySettings, p: Option<&Profile>) -> Option<Suppress
         None if d.require_consent => return Some(Suppression::NoConsent),
         _ => {}
     }
-    if p.unsubscribed {
+    if p.unsubscribed() {
         return Some(Suppression::Unsubscribed);
     }
-    if p.hard_bounced {
+    if p.hard_bounced() {
         return Some(Suppression::HardBounce);
     }
     None
@@ -91,6 +91,13 @@ fn decide(s: &Settings, ctx: &Ctx<'_>, cand: &Candidate<'_>) -> Decision {
     Decision::Email
 }
 
+/// Customer-supplied text without control characters or bidi controls.
+fn plain(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control() && !crate::event::is_bidi_control(*c))
+        .collect()
+}
+
 /// What every email says about its customer at `at` (the rule's own values empty):
 /// shared by decided emails and `preview --customer`.
 pub(crate) fn contact(
@@ -100,13 +107,16 @@ pub(crate) fn contact(
     at: Stamp,
 ) -> MailContext {
     let text = |v: Option<&str>| v.unwrap_or("").to_string();
+    // Customer-supplied text reaches both parts and the headers: whatever an older
+    // version let into the store, no control character or bidi control gets out.
+    let plain = |v: Option<&str>| plain(v.unwrap_or(""));
     MailContext {
         email: text(p.and_then(|p| p.email.as_deref())),
-        name: text(p.and_then(|p| p.name.as_deref())),
+        name: plain(p.and_then(|p| p.name.as_deref())),
         locale: text(p.and_then(|p| p.locale.as_deref())),
         days_since_last_purchase: c.days_since_purchase(at),
         purchase_count: c.purchases,
-        favourite_category: text(favourite),
+        favourite_category: plain(favourite),
         timezone: text(p.and_then(|p| p.timezone.as_deref())),
         ..MailContext::default()
     }
@@ -132,7 +142,7 @@ pub(crate) fn emit(ctx: &mut Ctx<'_>, cand: Candidate<'_>) -> Option<Decision> {
             offer_code: crate::alert::offer_code(&s.offer_key, cand.offer_code, ctx.id, cand.rule),
             milestone: cand.milestone,
             years: cand.years,
-            ticket_id: cand.ticket_id.unwrap_or("").to_string(),
+            ticket_id: plain(cand.ticket_id.unwrap_or("")),
             ..contact(profile, c, favourite, cand.at)
         }))
     } else {

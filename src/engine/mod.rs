@@ -8,6 +8,7 @@ pub mod category;
 pub mod checkpoint;
 pub mod clock;
 pub mod customer;
+pub mod dedup;
 pub mod guards;
 pub mod profile;
 pub mod retention;
@@ -132,6 +133,10 @@ pub struct Engine {
     profiles: HashMap<u32, Profile>,
     categories: HashMap<u32, category::TopCategories>,
     category_names: category::Interner,
+    /// Event ids beyond the two inline ones, per slot flagged `DEDUP_SPILL`.
+    event_ids: HashMap<u32, Vec<u64>>,
+    /// Ids forgotten early to stay within `dedup_max_per_customer` (since start).
+    dedup_evicted: u64,
     timers: TimerIndex,
     clock: Option<Stamp>,
     population: Population,
@@ -170,6 +175,8 @@ impl Engine {
             profiles: HashMap::new(),
             categories: HashMap::new(),
             category_names: category::Interner::default(),
+            event_ids: HashMap::new(),
+            dedup_evicted: 0,
             timers: TimerIndex::default(),
             clock: None,
             population: Population::default(),
@@ -298,7 +305,10 @@ impl Engine {
         self.retention.removed(self.slots[slot as usize].c.stage);
         self.timers.reschedule(slot, due, None);
         self.profiles.remove(&slot);
-        self.categories.remove(&slot);
+        if let Some(top) = self.categories.remove(&slot) {
+            self.category_names.release(&top);
+        }
+        self.event_ids.remove(&slot);
         self.slots[slot as usize].c = Customer::default();
         self.free.push(slot);
         if let Some(w) = self.dirty.get_mut((slot / 64) as usize) {
@@ -423,12 +433,7 @@ impl Engine {
             return Applied::Erased;
         }
         let slot = self.find_or_create(&ev.customer_id);
-        let window_days = (self.settings.dedup_window / DAY).max(1) as u16;
-        if !self.slots[slot as usize]
-            .c
-            .dedup
-            .insert(ev.id_hash, t.day(), clock.day(), window_days)
-        {
+        if self.seen_before(slot, ev.id_hash, clock) {
             self.stats.duplicates += 1;
             return Applied::Duplicate;
         }
@@ -454,7 +459,9 @@ impl Engine {
                 self.record_purchase(slot, t, amount);
                 for name in &categories {
                     if let Some(id) = self.category_names.intern(name) {
-                        self.categories.entry(slot).or_default().count(id);
+                        let top = self.categories.entry(slot).or_default();
+                        let (held, released) = top.count(id);
+                        self.category_names.track(held, released);
                     }
                 }
                 self.with_ctx(slot, quiet, out, |ctx| {
@@ -494,14 +501,14 @@ impl Engine {
                 });
             }
             EventKind::Profile(update) => {
-                self.profiles.entry(slot).or_default().update(update);
+                self.profiles.entry(slot).or_default().update(update, t);
             }
             EventKind::Unsubscribed => {
-                self.profiles.entry(slot).or_default().unsubscribed = true;
+                self.profiles.entry(slot).or_default().unsubscribe(t);
             }
             EventKind::Bounced { hard } => {
                 if hard {
-                    self.profiles.entry(slot).or_default().hard_bounced = true;
+                    self.profiles.entry(slot).or_default().bounce(t);
                 }
             }
             EventKind::Erased => {}
@@ -516,6 +523,49 @@ impl Engine {
         } else {
             Applied::Applied
         }
+    }
+
+    /// Whether the event id was already seen for this customer within the dedup window;
+    /// remembers it if not.
+    fn seen_before(&mut self, slot: u32, id_hash: u64, clock: Stamp) -> bool {
+        let window_days = u16::try_from(self.settings.dedup_window / DAY)
+            .unwrap_or(u16::MAX)
+            .max(1);
+        let c = &mut self.slots[slot as usize].c;
+        let mut spill = if c.has(flag::DEDUP_SPILL) {
+            self.event_ids.remove(&slot).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let seen = dedup::record(
+            &mut c.dedup,
+            &mut spill,
+            id_hash,
+            clock.day(),
+            window_days,
+            self.settings.dedup_max_per_customer,
+        );
+        c.set(flag::DEDUP_SPILL, !spill.is_empty());
+        if !spill.is_empty() {
+            self.event_ids.insert(slot, spill);
+        }
+        match seen {
+            dedup::Seen::Duplicate => true,
+            dedup::Seen::New { evicted } => {
+                self.dedup_evicted += u64::from(evicted);
+                false
+            }
+        }
+    }
+
+    /// Event ids forgotten early to stay within `engine.dedup_max_per_customer`.
+    pub fn dedup_evicted(&self) -> u64 {
+        self.dedup_evicted
+    }
+
+    /// Event ids remembered beyond the two inline ones of each customer (memory bench).
+    pub fn spilled_event_ids(&self) -> usize {
+        self.event_ids.values().map(Vec::len).sum()
     }
 
     fn record_purchase(&mut self, slot: u32, t: Stamp, amount: crate::event::Amount) {

@@ -19,6 +19,8 @@ pub struct Settings {
     pub allowed_lateness: Secs,
     /// Horizon within which a repeated `event_id` counts once.
     pub dedup_window: Secs,
+    /// Most event ids remembered per customer within the window.
+    pub dedup_max_per_customer: usize,
     /// A customer with no event for this long is dropped (bounded state).
     pub retention: Secs,
     /// Key of the keyed hash that makes alert ids.

@@ -39,9 +39,11 @@ pub struct Templates {
     settings: MailSettings,
 }
 
-/// Removes characters that could break a header line (CR, LF and other controls).
+/// Removes characters that could break a header line (CR, LF and other controls) or
+/// reorder what a mail client shows (bidi embeddings, overrides, isolates and marks).
 pub fn one_line(s: &str) -> String {
     s.chars()
+        .filter(|c| !crate::event::is_bidi_control(*c))
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect::<String>()
         .split_whitespace()
