@@ -15,7 +15,7 @@ use churnwatch::engine::rule::Rule;
 use churnwatch::engine::settings::{Settings, WinbackMode};
 use churnwatch::engine::stage::Stage;
 use churnwatch::engine::{Applied, Engine};
-use churnwatch::event::Event;
+use churnwatch::event::{Event, EventKind};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------
@@ -1405,4 +1405,106 @@ fn overdue_timer_from_late_event_is_batch_invariant() {
         sla
     };
     assert_eq!(run(false), run(true));
+}
+
+// ---------------------------------------------------------------------------------------
+// 12. properties: redeliveries and interleaving (README "Input: limits and reject classes")
+// ---------------------------------------------------------------------------------------
+
+/// `evs` with copies of some events delivered again later, each within four days of
+/// event time after its original (well inside the 7-day dedup window).
+fn with_redeliveries(evs: &[Event], copies: &[(u16, u32)]) -> Vec<Event> {
+    let mut out: Vec<Event> = evs.to_vec();
+    for &(which, delay) in copies {
+        let i = usize::from(which) % evs.len();
+        let latest = evs[i].at.plus(delay % (4 * DAY));
+        let original = out
+            .iter()
+            .position(|e| e == &evs[i])
+            .unwrap_or(out.len() - 1);
+        let at = (original + 1..out.len())
+            .take_while(|&j| out[j].at <= latest)
+            .last()
+            .map_or(original + 1, |j| j + 1);
+        out.insert(at, evs[i].clone());
+    }
+    out
+}
+
+/// Each customer's events in their own order, merged across customers by event time
+/// plus a per-event jitter below `allowed_lateness`: another interleaving a producer or
+/// a partition assignment could give. Purchases keep their order across customers: the
+/// population statistics the engine learns (README "churn_risk") are a running sum over
+/// purchases in arrival order, so only they may move when purchases are interleaved.
+fn interleaved(evs: &[Event], jitter: &[u32]) -> Vec<Event> {
+    let mut by_customer: std::collections::BTreeMap<&str, Vec<&Event>> = Default::default();
+    for e in evs {
+        by_customer.entry(&e.customer_id).or_default().push(e);
+    }
+    let mut lanes: Vec<std::collections::VecDeque<(u32, &Event)>> = Vec::new();
+    let mut k = 0;
+    for list in by_customer.values() {
+        let mut lane = std::collections::VecDeque::new();
+        for (i, e) in list.iter().enumerate() {
+            k += 1;
+            let at = e.at.raw();
+            let key = if matches!(e.kind, EventKind::Purchase { .. }) {
+                at
+            } else {
+                let j = jitter[k % jitter.len()] % (12 * HOUR);
+                let next = list.get(i + 1).map_or(u32::MAX, |n| n.at.raw());
+                (at + j).min(next)
+            };
+            lane.push_back((key, *e));
+        }
+        lanes.push(lane);
+    }
+    let mut out = Vec::with_capacity(evs.len());
+    while let Some(lane) = lanes
+        .iter_mut()
+        .filter(|l| !l.is_empty())
+        .min_by_key(|l| l.front().map(|(k, _)| *k))
+    {
+        if let Some((_, e)) = lane.pop_front() {
+            out.push(e.clone());
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any number of redeliveries, anywhere within the dedup window, give the same
+    /// alerts and the same final state as the stream without them.
+    #[test]
+    fn redeliveries_change_nothing(
+        spec in gen_strategy(),
+        copies in prop::collection::vec((any::<u16>(), any::<u32>()), 0..60),
+    ) {
+        let s = prop_settings();
+        let evs = build_events(&spec);
+        let once = run_all(&s, &evs, None);
+        let again = run_all(&s, &with_redeliveries(&evs, &copies), None);
+        prop_assert_eq!(once, again);
+    }
+
+    /// Interleaving different customers' events differently, within allowed_lateness,
+    /// changes no alert and no final state (alerts of different customers may come in
+    /// another order).
+    #[test]
+    fn interleaving_within_lateness_changes_nothing(
+        spec in gen_strategy(),
+        jitter in prop::collection::vec(any::<u32>(), 1..40),
+    ) {
+        let s = prop_settings();
+        let mut evs = build_events(&spec);
+        evs.sort_by_key(|e| e.at);
+        let (mut a, a_state) = run_all(&s, &evs, None);
+        let (mut b, b_state) = run_all(&s, &interleaved(&evs, &jitter), None);
+        a.sort();
+        b.sort();
+        prop_assert_eq!(a, b);
+        prop_assert_eq!(a_state, b_state);
+    }
 }
