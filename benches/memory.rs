@@ -71,9 +71,10 @@ fn main() {
     let chunk = 300_000;
     let mut done = 0;
     let mut seed = 11;
+    let parts = total.div_ceil(chunk) as u64;
     while done < total {
         let n = chunk.min(total - done);
-        for l in gen::lines(n, customers, seed) {
+        for l in gen::lines_part(n, customers, seed, seed - 11, parts) {
             if let Ok(ev) = event::parse(l.as_bytes()) {
                 engine.apply(ev, &mut out);
             }
@@ -103,5 +104,54 @@ fn main() {
     println!(
         "process RSS                       {:.1} MiB",
         rss_kib() as f64 / 1024.0
+    );
+    drop(engine);
+    dedup_memory(&settings_for_dedup());
+}
+
+fn settings_for_dedup() -> Arc<churnwatch::engine::settings::Settings> {
+    match config::load_with_env(None, Vec::new()) {
+        Ok(cfg) => Arc::new(cfg.engine),
+        Err(e) => panic!("default config must load: {e}"),
+    }
+}
+
+/// Heap per event id remembered beyond the two inline ones: the same customers with 2
+/// and with 2 + `extra` events each inside the dedup window, the difference divided by
+/// the extra ids.
+fn dedup_memory(settings: &Arc<churnwatch::engine::settings::Settings>) {
+    let customers = 20_000u32;
+    let extra = 30u32;
+    let heap_with = |per: u32| -> usize {
+        let before = LIVE.load(Ordering::Relaxed);
+        let mut engine = Engine::new(settings.clone());
+        let mut out = Vec::new();
+        for k in 0..per {
+            for c in 0..customers {
+                let line = format!(
+                    r#"{{"event_id":"e{c}-{k}","type":"complaint","customer_id":"c{c:08}","occurred_at":"2026-03-0{}T{:02}:{:02}:00Z"}}"#,
+                    1 + k / 24 % 7,
+                    k % 24,
+                    c % 60
+                );
+                if let Ok(ev) = event::parse(line.as_bytes()) {
+                    engine.apply(ev, &mut out);
+                }
+                out.clear();
+            }
+        }
+        assert_eq!(engine.stats().duplicates, 0);
+        let heap = LIVE.load(Ordering::Relaxed) - before;
+        drop(engine);
+        heap
+    };
+    let base = heap_with(2);
+    let more = heap_with(2 + extra);
+    let ids = f64::from(customers) * f64::from(extra);
+    println!(
+        "dedup: heap per event id in the window beyond two per customer  {:.1} bytes ({} customers × {} ids)",
+        (more as f64 - base as f64) / ids,
+        customers,
+        extra
     );
 }

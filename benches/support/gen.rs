@@ -26,9 +26,17 @@ impl Rng {
 /// `n` JSON event lines for `customers` customers over two years, in time order:
 /// 85% purchases, the rest profiles, tickets, complaints and scores.
 pub fn lines(n: usize, customers: u64, seed: u64) -> Vec<String> {
+    lines_part(n, customers, seed, 0, 1)
+}
+
+/// Part `part` of `parts` of one time-ordered history: the parts' times follow each other,
+/// so a history generated in chunks reads like one stream.
+#[allow(dead_code)]
+pub fn lines_part(n: usize, customers: u64, seed: u64, part: u64, parts: u64) -> Vec<String> {
     let mut rng = Rng::new(seed);
-    let start: i64 = 1_735_689_600; // 2025-01-01T00:00:00Z
-    let span: i64 = 2 * 365 * 86_400;
+    let whole: i64 = 2 * 365 * 86_400;
+    let span: i64 = whole / parts.max(1) as i64;
+    let start: i64 = 1_735_689_600 + span * part as i64; // from 2025-01-01T00:00:00Z
     let mut out = Vec::with_capacity(n);
     // Tickets get closed a little later, as they are in a shop that answers them.
     let mut open_tickets: std::collections::VecDeque<u64> = Default::default();

@@ -59,7 +59,9 @@ pub fn record(
     if evicted {
         spill.remove(0);
     }
-    if spill.capacity() > 2 * spill.len().max(4) {
+    // Most spills hold one or two ids for a few days: exact capacity keeps them at 8
+    // bytes each (a Vec would reserve four); long lists may keep slack for speed.
+    if spill.len() <= 8 || spill.capacity() > 2 * spill.len() {
         spill.shrink_to_fit();
     }
     Seen::New { evicted }
