@@ -144,6 +144,7 @@ fn job(n: usize, email: Email) -> Job {
         task: 0,
         entry: n as u64,
         email,
+        first_failure: None,
     }
 }
 
@@ -449,6 +450,7 @@ fn withdrawing_a_task_gives_up_its_waiting_emails_and_keeps_the_others() {
             task,
             entry: n as u64,
             email: e,
+            first_failure: None,
         });
     }
     let started = Instant::now();
