@@ -298,3 +298,61 @@ impl<'a> FileMailer<'a> {
         self.sends.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(n: usize) -> SendLine<'static> {
+        SendLine {
+            alert_id: "a",
+            message_id: format!("<{n:08}@x>"),
+            status: "sent",
+            locale: "en",
+            ..SendLine::default()
+        }
+    }
+
+    fn ids(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["message_id"].to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_send_log_rotates_before_passing_its_bound_and_keeps_the_old_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sends.jsonl");
+        let max = 4096;
+        let mut log = SendLog::open(&path, true, max).unwrap();
+        let n = 200; // about 15 KB of records: several rotations
+        for i in 0..n {
+            log.record(&line(i)).unwrap();
+            log.flush().unwrap();
+            let size = std::fs::metadata(&path).unwrap().len();
+            assert!(size <= max, "sends.jsonl is {size} bytes after record {i}");
+        }
+        let old = SendLog::rotated_path(&path);
+        assert!(std::fs::metadata(&old).unwrap().len() <= max);
+        // The newest records, in order, across the rotated and the current file.
+        let mut all = ids(&old);
+        all.extend(ids(&path));
+        let want: Vec<String> = (n - all.len()..n)
+            .map(|i| format!("\"<{i:08}@x>\""))
+            .collect();
+        assert_eq!(all, want);
+        assert!(all.len() > 40, "{}", all.len());
+        // Reopened (a restart), it counts what is there and keeps the bound.
+        drop(log);
+        let mut log = SendLog::open(&path, true, max).unwrap();
+        for i in n..n + 30 {
+            log.record(&line(i)).unwrap();
+        }
+        log.flush().unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() <= max);
+    }
+}
