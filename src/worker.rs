@@ -1061,6 +1061,13 @@ impl<'a> Worker<'a> {
             }
             let _ = log.flush();
         }
+        // Leave the group now: no loop is left to answer a revoke (which would otherwise
+        // block the consumer's close), and another replica may take the tasks.
+        self.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closing = true;
+        self.consumer.unsubscribe();
         stopped(self.cfg, &self.health, e, Some(left))
     }
 
