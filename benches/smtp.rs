@@ -85,6 +85,7 @@ fn main() {
                 task: 0,
                 entry: i as u64,
                 email,
+                first_failure: None,
             });
         }
         let mut sent = 0;

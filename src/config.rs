@@ -167,6 +167,8 @@ pub struct RawState {
     pub checkpoint_interval: Wait,
     /// See the defaults file.
     pub retention: Duration,
+    /// See the defaults file.
+    pub sends_log_max_bytes: u64,
 }
 
 /// `[engine]`
@@ -258,6 +260,8 @@ pub struct RawSmtp {
     pub retry_initial: Duration,
     /// See the defaults file.
     pub retry_max: Duration,
+    /// See the defaults file.
+    pub max_retry_age: Duration,
     /// See the defaults file.
     pub queue_limit: usize,
     /// See the defaults file.
@@ -579,6 +583,8 @@ pub struct SmtpSettings {
     pub retry_initial: std::time::Duration,
     /// … doubling up to this.
     pub retry_max: std::time::Duration,
+    /// Past this since its first transient failure, an email fails as `expired`.
+    pub max_retry_age: std::time::Duration,
     /// Emails the sender holds at once; more wait in the outbox on disk.
     pub queue_limit: usize,
 }
@@ -663,6 +669,9 @@ fn smtp_settings(raw: &RawSmtp, smtp_used: bool, p: &mut Vec<String>) -> SmtpSet
                 .into(),
         );
     }
+    if raw.max_retry_age.0 == 0 {
+        p.push("smtp.max_retry_age: must be positive (e.g. \"5d\")".into());
+    }
     let secs = |n: u32| std::time::Duration::from_secs(u64::from(n));
     SmtpSettings {
         host: raw.host.trim().to_string(),
@@ -675,6 +684,7 @@ fn smtp_settings(raw: &RawSmtp, smtp_used: bool, p: &mut Vec<String>) -> SmtpSet
         pool_size: raw.pool_size,
         retry_initial: secs(raw.retry_initial.0),
         retry_max: secs(raw.retry_max.0),
+        max_retry_age: secs(raw.max_retry_age.0),
         queue_limit: raw.queue_limit,
     }
 }
@@ -699,6 +709,9 @@ fn send_settings(d: &RawDelivery, p: &mut Vec<String>) -> SendSettings {
     }
 }
 
+/// The smallest bound of `sends.jsonl`: below a few records it would rotate at every line.
+const MIN_SENDS_LOG_BYTES: u64 = 4096;
+
 /// Where and how often `run` makes its state durable (SPEC §6).
 #[derive(Clone, Debug)]
 pub struct StateSettings {
@@ -706,6 +719,8 @@ pub struct StateSettings {
     pub dir: PathBuf,
     /// How often each task's changes, offsets and decided effects are committed.
     pub checkpoint_interval: std::time::Duration,
+    /// `sends.jsonl` is rotated to `sends.jsonl.1` before it would pass this.
+    pub sends_log_max_bytes: u64,
 }
 
 /// The validated configuration.
@@ -1230,6 +1245,12 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     if st.checkpoint_interval.0.is_zero() {
         p.push("state.checkpoint_interval: must be positive".to_string());
     }
+    if st.sends_log_max_bytes < MIN_SENDS_LOG_BYTES {
+        p.push(format!(
+            "state.sends_log_max_bytes: must be at least {MIN_SENDS_LOG_BYTES} (a few records), got {}",
+            st.sends_log_max_bytes
+        ));
+    }
     // A customer must outlive every rule's horizon, or a sequence would be cut short.
     let inactive = match &mode {
         WinbackMode::Fixed { inactive_after } => *inactive_after,
@@ -1478,6 +1499,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         state: StateSettings {
             dir: raw.state.dir.clone(),
             checkpoint_interval: raw.state.checkpoint_interval.0,
+            sends_log_max_bytes: raw.state.sends_log_max_bytes,
         },
         transport: raw.delivery.transport,
         file_dir: raw.delivery.file_dir,

@@ -2,6 +2,7 @@
 //! connected to Kafka, tasks assigned and none refused, caught up enough to decide.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// Shared readiness state; every change of connection is logged once.
 #[derive(Debug, Default)]
@@ -11,6 +12,8 @@ pub struct Health {
     tasks: AtomicUsize,
     refused: AtomicUsize,
     catching_up: AtomicUsize,
+    /// Why the worker stopped for good (a full or read-only state volume).
+    stopped: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -48,6 +51,20 @@ impl Health {
         self.catching_up.store(tasks, Ordering::Relaxed);
     }
 
+    /// The worker stopped and will not resume in this process (e.g. a full volume):
+    /// not ready from now on, saying why.
+    pub fn set_stopped(&self, why: &str) {
+        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.to_string());
+    }
+
+    /// Why the worker stopped, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Tasks running.
     pub fn tasks(&self) -> usize {
         self.tasks.load(Ordering::Relaxed)
@@ -56,6 +73,9 @@ impl Health {
     /// `Ok` when ready, else why not.
     pub fn readiness(&self) -> Result<(), String> {
         let mut why = Vec::new();
+        if let Some(s) = self.stopped() {
+            why.push(format!("worker stopped: {s}"));
+        }
         if !self.connected() {
             why.push("not connected to Kafka".to_string());
         }
@@ -100,5 +120,11 @@ mod tests {
         h.set_tasks(2, 0);
         h.set_connected(false);
         assert!(h.readiness().unwrap_err().contains("not connected"));
+        h.set_connected(true);
+        h.set_stopped("state volume full (…) at /st: stopping");
+        assert!(h
+            .readiness()
+            .unwrap_err()
+            .contains("worker stopped: state volume full"));
     }
 }

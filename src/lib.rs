@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod alert;
 pub mod config;
+pub mod disk;
 pub mod engine;
 pub mod event;
 pub mod health;

@@ -223,6 +223,14 @@ fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options)
             }
         }
     };
+    if matches!(&result, Some(Err(e)) if e.downcast_ref::<worker::Stopped>().is_some()) {
+        // A full or read-only volume: the admin endpoint stays up, not ready, until
+        // SIGTERM, so an orchestrator does not restart the worker into the same fault
+        // again and again (liveness stays 200).
+        while !shutdown.requested() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Some(Ok(outcome)) => {
@@ -234,6 +242,8 @@ fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options)
                 ExitCode::from(75)
             }
         }
+        // Logged once already, and said at `/readyz`.
+        Some(Err(e)) if e.downcast_ref::<worker::Stopped>().is_some() => ExitCode::from(1),
         Some(Err(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)

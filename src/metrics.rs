@@ -31,8 +31,8 @@ pub struct Metrics {
     pub rejects: Family<Labels, Counter>,
     /// Alerts decided, by `rule` and guard `decision`.
     pub alerts: Family<Labels, Counter>,
-    /// What became of emails, by `outcome` (`sent`, `written`, `failed`, `suppressed`,
-    /// `deferred`, `retried`).
+    /// What became of emails, by `outcome` (`sent`, `written`, `failed`, `expired`,
+    /// `suppressed`, `deferred`, `retried`).
     pub emails: Family<Labels, Counter>,
     /// Records on the broker not yet taken, over the worker's tasks.
     pub lag: Gauge,
@@ -120,7 +120,7 @@ impl Metrics {
         );
         registry.register(
             "emails",
-            "What became of emails, by outcome (sent, written, failed, suppressed, deferred, retried)",
+            "What became of emails, by outcome (sent, written, failed, expired, suppressed, deferred, retried)",
             m.emails.clone(),
         );
         registry.register(

@@ -242,7 +242,13 @@ pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyho
     };
     let mut rejects_out = create("rejects.jsonl")?;
     let mailer = match templates.filter(|_| opts.write_emails) {
-        Some(t) => Some(FileMailer::new(&cfg.mail, t, &opts.outbox, false)?),
+        Some(t) => Some(FileMailer::new(
+            &cfg.mail,
+            t,
+            &opts.outbox,
+            false,
+            u64::MAX,
+        )?),
         None => {
             create("sends.jsonl")?;
             None

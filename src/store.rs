@@ -27,6 +27,9 @@ use crate::outbox::Entry;
 const CUSTOMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("customers");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// Per email entry, when its first transient SMTP failure happened (Unix seconds): kept
+/// here so that `smtp.max_retry_age` counts across restarts.
+const FIRST_FAILURE: TableDefinition<u64, i64> = TableDefinition::new("first_failure");
 
 const HEADER: &str = "header";
 const OFFSETS: &str = "offsets";
@@ -418,11 +421,51 @@ impl TaskStore {
             .map_err(|e| self.err(e))?;
         {
             let mut o = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
+            let mut f = tx.open_table(FIRST_FAILURE).map_err(|e| self.err(e))?;
             for n in entries {
                 o.remove(n).map_err(|e| self.err(e))?;
+                f.remove(n).map_err(|e| self.err(e))?;
             }
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Stores when each email entry first failed transiently (Unix seconds), keeping a
+    /// time already stored: `smtp.max_retry_age` counts from the first failure ever.
+    pub fn note_first_failures(&self, entries: &[(u64, i64)]) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let mut tx = db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(e))?;
+        {
+            let o = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
+            let mut f = tx.open_table(FIRST_FAILURE).map_err(|e| self.err(e))?;
+            for &(n, at) in entries {
+                // An entry already finished (reports can cross) gets no orphan row.
+                let known = f.get(n).map_err(|e| self.err(e))?.is_some();
+                let pending = o.get(n).map_err(|e| self.err(e))?.is_some();
+                if !known && pending {
+                    f.insert(n, at).map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// When each unfinished email entry first failed transiently (Unix seconds).
+    pub fn first_failures(&self) -> Result<BTreeMap<u64, i64>, StoreError> {
+        let tx = self.read()?;
+        let t = match tx.open_table(FIRST_FAILURE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(self.err(e)),
+        };
+        let mut out = BTreeMap::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            out.insert(k.value(), v.value());
+        }
+        Ok(out)
     }
 }
 
@@ -449,6 +492,29 @@ impl From<RestoreError> for StoreError {
 }
 
 impl StoreError {
+    /// The file or folder it concerns.
+    pub fn path(&self) -> &Path {
+        match self {
+            StoreError::InUse { path }
+            | StoreError::Db { path, .. }
+            | StoreError::Damaged { path, .. }
+            | StoreError::ReadOnly { path }
+            | StoreError::Io { path, .. } => path,
+        }
+    }
+
+    /// The I/O error behind it, if any (redb's error does not expose it as a source).
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            StoreError::Db {
+                source: redb::Error::Io(e),
+                ..
+            }
+            | StoreError::Io { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+
     /// Names `path` where the error came without one.
     fn at(self, path: &Path) -> StoreError {
         match self {

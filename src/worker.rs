@@ -28,6 +28,7 @@ use rdkafka::Message;
 
 use crate::alert::{Decision, Suppression};
 use crate::config::{ClockMode, Config};
+use crate::disk;
 use crate::engine::clock::Stamp;
 use crate::engine::settings::Settings;
 use crate::engine::{Engine, Snapshot};
@@ -83,8 +84,10 @@ pub struct Outcome {
     pub emails: u64,
     /// Emails found already written when handed over again after a crash.
     pub emails_again: u64,
-    /// Emails failed for good (unbuildable, or a 5xx reply).
+    /// Emails failed for good (unbuildable, a 5xx reply, or expired).
     pub emails_failed: u64,
+    /// Of those, emails still failing transiently at `smtp.max_retry_age`.
+    pub emails_expired: u64,
     /// Emails suppressed at send time (an unsubscribe, bounce or erasure came first).
     pub emails_suppressed: u64,
     /// Times an email was deferred by quiet hours.
@@ -114,8 +117,8 @@ impl std::fmt::Display for Outcome {
         };
         write!(
             f,
-            "consumed {} records ({} rejected to the dead-letter topic, {} misrouted) in {:.3}s from the first to the last: {:.0} records/s; {} alerts published, {} emails delivered ({} found already written, {} failed, {} suppressed at send time, {} deferrals, {} retries, {} held back for room in the sender), {} records too large dropped; {} checkpoints",
-            self.records, self.rejected, self.misrouted, secs, rate, self.alerts, self.emails, self.emails_again, self.emails_failed, self.emails_suppressed, self.emails_deferred, self.emails_retried, self.emails_held_back, self.dropped, self.checkpoints
+            "consumed {} records ({} rejected to the dead-letter topic, {} misrouted) in {:.3}s from the first to the last: {:.0} records/s; {} alerts published, {} emails delivered ({} found already written, {} failed ({} expired), {} suppressed at send time, {} deferrals, {} retries, {} held back for room in the sender), {} records too large dropped; {} checkpoints",
+            self.records, self.rejected, self.misrouted, secs, rate, self.alerts, self.emails, self.emails_again, self.emails_failed, self.emails_expired, self.emails_suppressed, self.emails_deferred, self.emails_retried, self.emails_held_back, self.dropped, self.checkpoints
         )
     }
 }
@@ -182,6 +185,11 @@ struct Worker<'a> {
     first_record: Option<Instant>,
     last_done: Option<Instant>,
     misrouted_warned: bool,
+    /// Space on the state volume given back on a disk fault.
+    reserve: disk::Reserve,
+    /// Per task, finished email entries not yet removed from its outbox (a removal that
+    /// failed is retried once the reserve is freed, before the worker stops).
+    unmarked: BTreeMap<i32, Vec<u64>>,
 }
 
 /// Runs the service until `shutdown` is requested. Blocking: call it from a thread of
@@ -193,6 +201,10 @@ pub fn run(
     health: Arc<Health>,
     opts: &Options,
 ) -> anyhow::Result<Outcome> {
+    // Space for the last outbox removals should the volume fill up; a volume that is
+    // full or read-only already stops the worker here, before anything is handed over.
+    let reserve = disk::Reserve::take(&cfg.state.dir, disk::RESERVE_BYTES)
+        .map_err(|e| stopped(cfg, &health, anyhow::Error::new(e), None))?;
     let k = &cfg.kafka;
     let shared = Arc::new(Mutex::new(Shared::default()));
     let ctx = WorkerContext::new(k.topics.clone(), health.clone(), shared.clone());
@@ -247,10 +259,20 @@ pub fn run(
         tracing::info!(host = %cfg.smtp.host, port = cfg.smtp.port, tls = ?cfg.smtp.tls, pool = cfg.smtp.pool_size, "sending emails over SMTP");
         Delivery::Smtp {
             sender,
-            log: SendLog::open(&cfg.state.dir.join("sends.jsonl"), true)?,
+            log: SendLog::open(
+                &cfg.state.dir.join("sends.jsonl"),
+                true,
+                cfg.state.sends_log_max_bytes,
+            )?,
         }
     } else {
-        Delivery::File(FileMailer::new(&cfg.mail, templates, &cfg.file_dir, true)?)
+        Delivery::File(FileMailer::new(
+            &cfg.mail,
+            templates,
+            &cfg.file_dir,
+            true,
+            cfg.state.sends_log_max_bytes,
+        )?)
     };
     let mut w = Worker {
         cfg,
@@ -287,8 +309,13 @@ pub fn run(
         first_record: None,
         last_done: None,
         misrouted_warned: false,
+        reserve,
+        unmarked: BTreeMap::new(),
     };
-    let clean = w.main_loop()?;
+    let clean = match w.main_loop() {
+        Ok(clean) => clean,
+        Err(e) => return Err(w.fail(e)),
+    };
     w.out.clean = clean;
     w.finish(opts)?;
     Ok(w.out)
@@ -571,6 +598,15 @@ impl<'a> Worker<'a> {
         let mut numbers = Vec::with_capacity(entries.len());
         // Entries done at once: emails the transport has, records Kafka refuses outright.
         let mut done_now = Vec::new();
+        // Their send-log lines, written only once the entries are removed.
+        let mut written = Vec::new();
+        let mut refusals = Vec::new();
+        let smtp_emails = matches!(self.delivery, Delivery::Smtp { .. })
+            && entries.iter().any(|(_, e)| matches!(e, Entry::Email(_)));
+        let failures = match self.stores.get(&p).filter(|_| smtp_emails) {
+            Some(st) => st.first_failures()?,
+            None => BTreeMap::new(),
+        };
         for (n, entry) in entries {
             match entry {
                 Entry::Alert { key, payload } => {
@@ -608,11 +644,12 @@ impl<'a> Worker<'a> {
                 }
                 Entry::Email(email) => match &mut self.delivery {
                     Delivery::File(m) => {
-                        let outcome = m.write(&email)?;
-                        Metrics::inc(&self.metrics.emails, &[("outcome", outcome)]);
+                        let w = m.write(&email)?;
+                        Metrics::inc(&self.metrics.emails, &[("outcome", w.status)]);
+                        written.push((email, w));
                         done_now.push(n);
                     }
-                    Delivery::Smtp { sender, log } => {
+                    Delivery::Smtp { sender, .. } => {
                         let refusal = match (&email.message, blocked.get(&n)) {
                             (Err(reason), _) => Some(("failed", reason.clone())),
                             (Ok(_), Some(why)) => Some(("suppressed", why.name().to_string())),
@@ -629,32 +666,42 @@ impl<'a> Worker<'a> {
                                 sender.send(Job {
                                     task: p,
                                     entry: n,
+                                    first_failure: first_failure(&failures, n),
                                     email,
                                 });
                             }
                             continue;
                         };
-                        record_refusal(log, &mut self.out, &self.metrics, &email, status, reason)?;
+                        refusals.push((email, status, reason));
                         done_now.push(n);
                     }
                 },
             }
         }
+        // The .eml files are on disk for good (synced) before their entries go.
+        if let Delivery::File(m) = &mut self.delivery {
+            m.sync()?;
+        }
+        // An email is done once the transport has it: mark it now, not with the batch's
+        // broker acknowledgements, so that the window in which a crash could hand it
+        // over again is this one write (README, "Durability"). Before the send log: a
+        // log line that cannot be written must not keep a delivered email in the outbox.
+        mark_done(&self.stores, &mut self.unmarked, p, done_now)?;
         match &mut self.delivery {
             Delivery::File(m) => {
+                for (email, w) in &written {
+                    m.log(email, w)?;
+                }
                 m.flush()?;
                 self.out.emails = m.written;
                 self.out.emails_again = m.already_written;
                 self.out.emails_failed = m.failed;
             }
-            Delivery::Smtp { log, .. } => log.flush()?,
-        }
-        // An email is done once the transport has it: mark it now, not with the batch's
-        // broker acknowledgements, so that the window in which a crash could hand it
-        // over again is this one write (SPEC §6).
-        if !done_now.is_empty() {
-            if let Some(st) = self.stores.get(&p) {
-                st.mark_done(done_now)?;
+            Delivery::Smtp { log, .. } => {
+                for (email, status, reason) in refusals {
+                    record_refusal(log, &mut self.out, &self.metrics, &email, status, reason)?;
+                }
+                log.flush()?;
             }
         }
         self.publisher.close(Covered {
@@ -844,8 +891,10 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Records what the sender reports and removes the outbox entries of emails that
-    /// are finished (sent, failed for good, suppressed).
+    /// Removes the outbox entries of emails the sender reports finished (sent, failed
+    /// for good, expired, suppressed), stores first failures, then records every report.
+    /// Removal comes first and is synced: a send log that cannot be written must never
+    /// leave a sent email in the outbox, to be sent again after a restart.
     fn take_reports(&mut self) -> anyhow::Result<()> {
         let Delivery::Smtp { sender, log } = &mut self.delivery else {
             return Ok(());
@@ -855,18 +904,31 @@ impl<'a> Worker<'a> {
             return Ok(());
         }
         let mut done: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
+        let mut failing: BTreeMap<i32, Vec<(u64, i64)>> = BTreeMap::new();
+        for r in &reports {
+            match &r.status {
+                s if s.is_final() => done.entry(r.task).or_default().push(r.entry),
+                Status::Retrying {
+                    attempt: 1, since, ..
+                } => failing
+                    .entry(r.task)
+                    .or_default()
+                    .push((r.entry, since.as_second())),
+                _ => {}
+            }
+        }
+        for (p, entries) in done {
+            mark_done(&self.stores, &mut self.unmarked, p, entries)?;
+        }
+        for (p, entries) in failing {
+            if let Some(st) = self.stores.get(&p) {
+                st.note_first_failures(&entries)?;
+            }
+        }
         for r in &reports {
             record_report(log, r, &mut self.out, &self.metrics)?;
-            if r.status.is_final() {
-                done.entry(r.task).or_default().push(r.entry);
-            }
         }
         log.flush()?;
-        for (p, entries) in done {
-            if let Some(st) = self.stores.get(&p) {
-                st.mark_done(entries)?;
-            }
-        }
         Ok(())
     }
 
@@ -877,6 +939,8 @@ impl<'a> Worker<'a> {
             return Ok(());
         };
         let mut done: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
+        let mut refused = Vec::new();
+        let mut failures: BTreeMap<i32, BTreeMap<u64, i64>> = BTreeMap::new();
         while sender.held() < self.cfg.smtp.queue_limit {
             let Some((p, n)) = self.held_back.pop_front() else {
                 break;
@@ -888,29 +952,35 @@ impl<'a> Worker<'a> {
                 continue;
             };
             if let Some(why) = task.engine.suppression(&email.customer_id) {
-                record_refusal(
-                    log,
-                    &mut self.out,
-                    &self.metrics,
-                    &email,
-                    "suppressed",
-                    why.name().to_string(),
-                )?;
+                refused.push((email, why.name()));
                 done.entry(p).or_default().push(n);
                 continue;
             }
+            let first = match failures.entry(p) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => v.insert(st.first_failures()?),
+            };
             sender.send(Job {
                 task: p,
                 entry: n,
+                first_failure: first_failure(first, n),
                 email,
             });
         }
-        log.flush()?;
         for (p, entries) in done {
-            if let Some(st) = self.stores.get(&p) {
-                st.mark_done(entries)?;
-            }
+            mark_done(&self.stores, &mut self.unmarked, p, entries)?;
         }
+        for (email, why) in refused {
+            record_refusal(
+                log,
+                &mut self.out,
+                &self.metrics,
+                &email,
+                "suppressed",
+                why.to_string(),
+            )?;
+        }
+        log.flush()?;
         Ok(())
     }
 
@@ -947,6 +1017,62 @@ impl<'a> Worker<'a> {
         }
         self.last_done = Some(Instant::now());
         Ok(())
+    }
+
+    /// The loop failed. On a disk fault: no new send starts, emails in flight finish,
+    /// the reserve is freed and the outbox removals of every finished email are written
+    /// (reopening a store that redb closed after its failed write) — so a restart sends
+    /// none of them again — then one error line, and not ready.
+    fn fail(&mut self, e: anyhow::Error) -> anyhow::Error {
+        if disk::fault(&e).is_none() {
+            return e;
+        }
+        self.reserve.release();
+        let mut reports = Vec::new();
+        if let Delivery::Smtp { sender, .. } = &mut self.delivery {
+            sender.stop(self.cfg.shutdown_grace);
+            reports = sender.reports();
+            for r in reports.iter().filter(|r| r.status.is_final()) {
+                self.unmarked.entry(r.task).or_default().push(r.entry);
+            }
+        }
+        let mut left = 0;
+        for (p, entries) in std::mem::take(&mut self.unmarked) {
+            let first = self
+                .stores
+                .get(&p)
+                .map(|st| st.mark_done(entries.iter().copied()));
+            if matches!(first, Some(Err(_))) {
+                // redb refuses every write after a failed one until the file is reopened.
+                self.stores.remove(&p);
+                let again = TaskStore::open(&self.cfg.state.dir, p)
+                    .and_then(|st| st.mark_done(entries.iter().copied()).map(|()| st));
+                match again {
+                    Ok(st) => {
+                        self.stores.insert(p, st);
+                    }
+                    Err(_) => left += entries.len(),
+                }
+            }
+        }
+        // Their send-log lines, if there is room for them now; the removals above are
+        // what matters.
+        if let Delivery::Smtp { log, .. } = &mut self.delivery {
+            for r in &reports {
+                if record_report(log, r, &mut self.out, &self.metrics).is_err() {
+                    break;
+                }
+            }
+            let _ = log.flush();
+        }
+        // Leave the group now: no loop is left to answer a revoke (which would otherwise
+        // block the consumer's close), and another replica may take the tasks.
+        self.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closing = true;
+        self.consumer.unsubscribe();
+        stopped(self.cfg, &self.health, e, Some(left))
     }
 
     fn finish(&mut self, opts: &Options) -> anyhow::Result<()> {
@@ -997,6 +1123,60 @@ fn open_store<'s>(
     }
 }
 
+/// Removes finished entries from task `p`'s outbox, synced. They are remembered until
+/// that succeeds, so that after a disk fault they can still be removed once the reserve
+/// is freed ([`Worker::fail`]).
+fn mark_done(
+    stores: &BTreeMap<i32, TaskStore>,
+    unmarked: &mut BTreeMap<i32, Vec<u64>>,
+    p: i32,
+    entries: Vec<u64>,
+) -> Result<(), store::StoreError> {
+    let list = unmarked.entry(p).or_default();
+    list.extend(entries);
+    if let (Some(st), false) = (stores.get(&p), list.is_empty()) {
+        st.mark_done(list.iter().copied())?;
+    }
+    unmarked.remove(&p);
+    Ok(())
+}
+
+/// When entry `n` first failed transiently, from its store's record.
+fn first_failure(failures: &BTreeMap<u64, i64>, n: u64) -> Option<jiff::Timestamp> {
+    failures
+        .get(&n)
+        .and_then(|s| jiff::Timestamp::from_second(*s).ok())
+}
+
+/// The worker stopped for good: a full or read-only volume, already logged (one line)
+/// and shown at `/readyz`. `main` keeps serving until SIGTERM instead of exiting into a
+/// restart loop.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Stopped(pub String);
+
+/// Turns a disk fault into [`Stopped`] (logging its one line and setting not-ready);
+/// other errors pass. `unmarked` counts sent emails whose outbox removal failed anyway.
+fn stopped(
+    cfg: &Config,
+    health: &Health,
+    e: anyhow::Error,
+    unmarked: Option<usize>,
+) -> anyhow::Error {
+    let Some(fault) = disk::fault(&e) else {
+        return e;
+    };
+    let line = fault.line(&cfg.state.dir);
+    match unmarked {
+        Some(n) if n > 0 => {
+            tracing::error!(error = %format!("{e:#}"), unmarked = n, "{line} ({n} finished emails could not be removed from the outbox and go again after a restart)")
+        }
+        _ => tracing::error!(error = %format!("{e:#}"), "{line}"),
+    }
+    health.set_stopped(&line);
+    anyhow::Error::new(Stopped(line))
+}
+
 /// The emails among `entries` that must not go out now, and why: their customer has
 /// unsubscribed, bounced, withdrawn consent or been erased since the decision (SPEC §5).
 /// Only the SMTP sender checks again; the file transport writes what was decided.
@@ -1026,7 +1206,7 @@ fn record_refusal(
     email: &crate::outbox::Email,
     status: &'static str,
     reason: String,
-) -> std::io::Result<()> {
+) -> Result<(), disk::PathError> {
     Metrics::inc(&metrics.emails, &[("outcome", status)]);
     if status == "failed" {
         out.emails_failed += 1;
@@ -1055,7 +1235,7 @@ fn record_report(
     r: &Report,
     out: &mut Outcome,
     metrics: &Metrics,
-) -> std::io::Result<()> {
+) -> Result<(), disk::PathError> {
     let (status, reason, until, attempt) = match &r.status {
         Status::Sent(reply) => {
             out.emails += 1;
@@ -1082,10 +1262,21 @@ fn record_report(
                 None,
             )
         }
+        Status::Expired { attempts, reason } => {
+            out.emails_failed += 1;
+            out.emails_expired += 1;
+            (
+                "failed",
+                Some(format!("expired: {reason}")),
+                None,
+                Some(*attempts),
+            )
+        }
         Status::Retrying {
             attempt,
             reason,
             next,
+            ..
         } => {
             out.emails_retried += 1;
             (
@@ -1096,10 +1287,10 @@ fn record_report(
             )
         }
     };
-    let outcome = if status == "retrying" {
-        "retried"
-    } else {
-        status
+    let outcome = match &r.status {
+        Status::Retrying { .. } => "retried",
+        Status::Expired { .. } => "expired",
+        _ => status,
     };
     Metrics::inc(&metrics.emails, &[("outcome", outcome)]);
     log.record(&SendLine {

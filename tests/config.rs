@@ -890,6 +890,20 @@ fn bad_smtp_and_send_settings_are_refused_by_key_and_never_show_the_password() {
             "[smtp]\nretry_initial = \"2h\"\nretry_max = \"1h\"\n",
             "smtp.retry_max",
         ),
+        ("[smtp]\nmax_retry_age = \"0s\"\n", "smtp.max_retry_age"),
+        (
+            "[smtp]\nmax_retry_age = \"five days\"\n",
+            "smtp.max_retry_age",
+        ),
+        ("[smtp]\nmax_retry_age = 5\n", "smtp.max_retry_age"),
+        (
+            "[state]\nsends_log_max_bytes = 100\n",
+            "state.sends_log_max_bytes",
+        ),
+        (
+            "[state]\nsends_log_max_bytes = \"64MiB\"\n",
+            "state.sends_log_max_bytes",
+        ),
         (
             "[delivery]\nquiet_hours = \"08:00-08:00\"\n",
             "delivery.quiet_hours",

@@ -950,6 +950,317 @@ fn run_over_smtp_delivers_each_email_replay_decides_once_through_transient_failu
     }
 }
 
+/// A size-limited tmpfs mounted at a folder for one test, unmounted when dropped (also
+/// when the test fails). Mounting needs root (CI runs the suite as root): without it the
+/// test fails, saying so, rather than pass without a full disk.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, bytes: u64) -> Tmpfs {
+        fs::create_dir_all(dir).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "CANNOT MOUNT A TMPFS for the full-disk test (it needs root or CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Takes every byte left with a filler file; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = fs::File::create(&path).expect("filler");
+        let chunk = vec![1u8; 64 * 1024];
+        while f.write_all(&chunk).and_then(|()| f.flush()).is_ok() {}
+        // Whatever fits in the last partial page too.
+        while f.write_all(&chunk[..512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// SIGTERM and the exit code.
+fn terminate(mut w: Worker) -> (Option<i32>, String) {
+    let mut child = w.child.take().expect("running");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return (s.code(), w.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no exit after SIGTERM:\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Item 8 of issue 15 through the binary: the state volume (a small tmpfs) fills up while
+/// emails go out over SMTP. The worker stops with one error line naming the errno and
+/// the file, `/readyz` says 503 why, nothing more is sent; after space is freed and a
+/// restart, the rest goes out and no Message-ID reaches the relay twice, and the outbox
+/// ends empty.
+#[test]
+fn a_full_state_volume_stops_the_worker_once_and_a_restart_sends_nothing_twice() {
+    let bootstrap = broker();
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (records, _files) = example_tenth(scratch.path(), &purchases, &support, '3');
+    let server = smtp_server::Server::start(&[]);
+    let smtp_port = server.port.to_string();
+    // The restart resumes from a stored offset: one record per batch for tansu (see the
+    // kill -9 test).
+    let ends = produce_one_per_batch(&bootstrap, &records);
+    let group = unique("group");
+    let dir = scratch.path().join("worker");
+    let volume = Tmpfs::mount(&dir.join("state"), 24 << 20);
+    let admin = smtp_server::free_port();
+    let listen = format!("127.0.0.1:{admin}");
+    let env = [
+        ("CHURNWATCH__DELIVERY__TRANSPORT", "smtp"),
+        ("CHURNWATCH__SMTP__HOST", "127.0.0.1"),
+        ("CHURNWATCH__SMTP__PORT", smtp_port.as_str()),
+        ("CHURNWATCH__SMTP__TLS", "none"),
+        ("CHURNWATCH__SMTP__POOL_SIZE", "4"),
+        ("CHURNWATCH__DELIVERY__QUIET_HOURS", ""),
+        ("CHURNWATCH__DELIVERY__RATE_LIMIT", "0"),
+        ("CHURNWATCH__ADMIN__LISTEN", listen.as_str()),
+    ];
+    let start = || {
+        Worker::start_in(
+            &dir,
+            &bootstrap,
+            &group,
+            &[&purchases, &support],
+            &dlq,
+            &alerts,
+            &env,
+        )
+    };
+    let mut w = start();
+    let started = Instant::now();
+    while server.received().len() < 40 {
+        w.assert_running();
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no emails sent:\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let filler = volume.fill();
+    let fault = "state volume full (No space left on device (os error 28)) at ";
+    let started = Instant::now();
+    while !w.log().contains(fault) {
+        w.assert_running();
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no disk fault reported:\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, why) = http_get(admin, "/readyz").expect("/readyz answers after the fault");
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("worker stopped: state volume full"), "{why}");
+    assert_eq!(http_get(admin, "/healthz").map(|r| r.0), Some(200));
+    let sent_before = server.received().len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(server.received().len(), sent_before, "sent after stopping");
+    w.assert_running();
+    let (code, log) = terminate(w);
+    assert_eq!(code, Some(1), "{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("volume full")).collect();
+    assert_eq!(lines.len(), 1, "one error line: {lines:#?}");
+    assert!(
+        lines[0].contains(&dir.join("state").display().to_string()),
+        "{}",
+        lines[0]
+    );
+
+    // Space back; the same state folder. Nothing the relay accepted goes again.
+    fs::remove_file(&filler).expect("free the space");
+    let mut w = start();
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    let mut last = (server.received().len(), Instant::now());
+    while last.1.elapsed() < Duration::from_secs(4) {
+        w.assert_running();
+        std::thread::sleep(Duration::from_millis(200));
+        let n = server.received().len();
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+    }
+    let (code, log) = terminate(w);
+    assert_eq!(code, Some(0), "{log}");
+    let received: Vec<String> = server
+        .received()
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    let once: BTreeSet<&String> = received.iter().collect();
+    assert_eq!(
+        once.len(),
+        received.len(),
+        "a Message-ID reached the relay twice"
+    );
+    assert!(received.len() > sent_before, "the restart sent the rest");
+    let st = churnwatch::store::TaskStore::open_read_only(&dir.join("state"), 0).expect("store");
+    let left: Vec<u64> = st
+        .outbox()
+        .expect("outbox")
+        .into_iter()
+        .filter(|(_, e)| matches!(e, churnwatch::outbox::Entry::Email(_)))
+        .map(|(n, _)| n)
+        .collect();
+    assert!(left.is_empty(), "emails left in the outbox: {left:?}");
+    drop(st);
+    drop(volume);
+}
+
+/// Item 9 of issue 15 through the binary: a relay answering 451 forever. With
+/// `smtp.max_retry_age = 2s` every email ends `failed` with reason `expired` in
+/// sends.jsonl and the exit summary, leaves the outbox, and a restart against a relay
+/// that accepts everything sends nothing.
+#[test]
+fn emails_failing_transiently_expire_at_max_retry_age_and_leave_the_outbox() {
+    let bootstrap = broker();
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (records, _files) = example_tenth(scratch.path(), &purchases, &support, '7');
+    let ends = produce_one_per_batch(&bootstrap, &records);
+    let group = unique("group");
+    let dir = scratch.path().join("worker");
+    fs::create_dir_all(&dir).expect("dir");
+    let start = |port: u16| {
+        let port = port.to_string();
+        Worker::start_in(
+            &dir,
+            &bootstrap,
+            &group,
+            &[&purchases, &support],
+            &dlq,
+            &alerts,
+            &[
+                ("CHURNWATCH__DELIVERY__TRANSPORT", "smtp"),
+                ("CHURNWATCH__SMTP__HOST", "127.0.0.1"),
+                ("CHURNWATCH__SMTP__PORT", &port),
+                ("CHURNWATCH__SMTP__TLS", "none"),
+                ("CHURNWATCH__SMTP__POOL_SIZE", "8"),
+                ("CHURNWATCH__SMTP__RETRY_INITIAL", "1s"),
+                ("CHURNWATCH__SMTP__RETRY_MAX", "1s"),
+                ("CHURNWATCH__SMTP__MAX_RETRY_AGE", "2s"),
+                ("CHURNWATCH__DELIVERY__QUIET_HOURS", ""),
+                ("CHURNWATCH__DELIVERY__RATE_LIMIT", "0"),
+            ],
+        )
+    };
+    let refusing = smtp_server::Server::start(&["--transient", "1000000"]);
+    let mut w = start(refusing.port);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    let sends = dir.join("state/sends.jsonl");
+    let lines = || -> Vec<Value> {
+        fs::read_to_string(&sends)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let unfinished = |ls: &[Value]| -> usize {
+        let mut open = BTreeSet::new();
+        for v in ls {
+            let mid = v["message_id"].as_str().unwrap_or("").to_string();
+            match v["status"].as_str().unwrap_or("") {
+                "retrying" => open.insert(mid),
+                _ => open.remove(&mid),
+            };
+        }
+        open.len()
+    };
+    let started = Instant::now();
+    loop {
+        let ls = lines();
+        if !ls.is_empty() && unfinished(&ls) == 0 {
+            break;
+        }
+        w.assert_running();
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{} emails still retrying:\n{}",
+            unfinished(&ls),
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let done = w.stop();
+    let ls = lines();
+    let expired: BTreeSet<&str> = ls
+        .iter()
+        .filter(|v| v["status"] == "failed")
+        .filter(|v| {
+            v["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("expired: ") && r.contains("451"))
+        })
+        .filter_map(|v| v["message_id"].as_str())
+        .collect();
+    assert!(
+        expired.len() > 50,
+        "{} expired; statuses: {:?}",
+        expired.len(),
+        ls.iter()
+            .map(|v| format!("{} {}", v["status"], v["reason"]))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        done.stdout
+            .contains(&format!("({} expired)", expired.len())),
+        "{}",
+        done.stdout
+    );
+    assert!(refusing.received().is_empty());
+    let st = churnwatch::store::TaskStore::open_read_only(&dir.join("state"), 0).expect("store");
+    let left = st
+        .outbox()
+        .expect("outbox")
+        .into_iter()
+        .filter(|(_, e)| matches!(e, churnwatch::outbox::Entry::Email(_)))
+        .count();
+    assert_eq!(left, 0, "expired emails left in the outbox");
+    drop(st);
+
+    // A restart against a relay that takes everything: nothing was left to send.
+    let accepting = smtp_server::Server::start(&[]);
+    let w = start(accepting.port);
+    std::thread::sleep(Duration::from_secs(5));
+    let done = w.stop();
+    assert!(accepting.received().is_empty(), "{}", done.log);
+    assert!(accepting.attempts().is_empty(), "{}", done.log);
+}
+
 /// An HTTP GET on loopback: (status, body). HTTP/1.0 with `Connection: close`, so the
 /// body is what comes before the server closes.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {

@@ -144,6 +144,7 @@ fn job(n: usize, email: Email) -> Job {
         task: 0,
         entry: n as u64,
         email,
+        first_failure: None,
     }
 }
 
@@ -303,6 +304,55 @@ fn a_451_then_250_delivers_each_email_once() {
     assert_eq!(sender.held(), 0);
 }
 
+/// `smtp.max_retry_age`: a relay answering 451 forever. The email is tried until that
+/// age after its first failure (the last try at the age, not a retry_max later), then
+/// reported expired (final) and gone from the sender's queue; a first failure handed in
+/// from the store (a restart) counts from then, not from the new start.
+#[test]
+fn retries_end_as_expired_at_max_retry_age() {
+    let server = Server::start(&["--transient", "1000000"]);
+    let cfg = config(server.port, &[("CHURNWATCH__SMTP__MAX_RETRY_AGE", "3s")]);
+    let t = templates(&cfg);
+    let sender = start(&cfg);
+    let started = jiff::Timestamp::now();
+    sender.send(job(1, email(&cfg, &t, 1, "c1@example.com")));
+    // Failing for 2 of its 3 seconds already before this process.
+    let mut again = job(2, email(&cfg, &t, 2, "c2@example.com"));
+    again.first_failure = Some(started - jiff::SignedDuration::from_secs(2));
+    sender.send(again);
+    let reports = finals(&sender, 2, Duration::from_secs(30));
+    let finished = |n: u64| {
+        let r: Vec<&Status> = reports
+            .iter()
+            .filter(|r| r.entry == n)
+            .map(|r| &r.status)
+            .collect();
+        let since = r.iter().find_map(|s| match s {
+            Status::Retrying { since, .. } => Some(*since),
+            _ => None,
+        });
+        (r.last().copied().cloned(), since, r.len())
+    };
+    let (last, since, _) = finished(1);
+    assert!(
+        matches!(&last, Some(Status::Expired { attempts, reason }) if *attempts >= 3 && reason.contains("451")),
+        "{last:?}"
+    );
+    assert!(since.is_some_and(|s| s.duration_since(started).as_secs_f64().abs() < 1.0));
+    let (last, since, _) = finished(2);
+    assert!(matches!(last, Some(Status::Expired { .. })), "{last:?}");
+    assert_eq!(since, Some(started - jiff::SignedDuration::from_secs(2)));
+    // Both within a second of their age (retry_max is 2s: without the clamp the last try
+    // could come up to 2s late), and none of them accepted.
+    let elapsed = jiff::Timestamp::now().duration_since(started).as_secs_f64();
+    assert!(elapsed < 4.5, "{elapsed}");
+    assert!(server.received().is_empty());
+    let tries = server.attempts().len();
+    assert_eq!(sender.held(), 0, "expired emails leave the sender's queue");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(server.attempts().len(), tries, "tried again after expiring");
+}
+
 #[test]
 fn a_550_is_recorded_as_permanent_and_not_retried() {
     let server = Server::start(&["--reject", "gone@"]);
@@ -449,6 +499,7 @@ fn withdrawing_a_task_gives_up_its_waiting_emails_and_keeps_the_others() {
             task,
             entry: n as u64,
             email: e,
+            first_failure: None,
         });
     }
     let started = Instant::now();

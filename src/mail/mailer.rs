@@ -4,13 +4,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Serialize;
 
 use crate::alert::Alert;
 use crate::config::MailSettings;
+use crate::disk::PathError;
 use crate::mail::message;
 use crate::mail::template::Templates;
 use crate::mail::transport::FileTransport;
@@ -44,39 +45,87 @@ pub struct SendLine<'a> {
     pub locale: &'a str,
 }
 
-/// The `sends.jsonl` file of send results.
+/// The `sends.jsonl` file of send results, rotated to `sends.jsonl.1` (one old file
+/// kept) once it would pass its size bound, so it cannot fill the volume it is on.
 pub struct SendLog {
     out: BufWriter<File>,
+    path: PathBuf,
+    /// Bytes in the current file (buffered ones included).
+    size: u64,
+    /// Rotate before a record would take the file past this.
+    max_bytes: u64,
 }
 
 impl SendLog {
     /// Opens `path`; `append` keeps earlier records (service mode), else it starts empty.
-    pub fn open(path: &Path, append: bool) -> anyhow::Result<SendLog> {
+    /// `max_bytes` bounds the file (`u64::MAX`: never rotated, as in replay).
+    pub fn open(path: &Path, append: bool, max_bytes: u64) -> anyhow::Result<SendLog> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let file = OpenOptions::new()
+        let file = Self::open_file(path, append)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(SendLog {
+            out: BufWriter::new(file),
+            path: path.to_path_buf(),
+            size,
+            max_bytes,
+        })
+    }
+
+    fn open_file(path: &Path, append: bool) -> Result<File, PathError> {
+        OpenOptions::new()
             .create(true)
             .write(true)
             .append(append)
             .truncate(!append)
             .open(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(SendLog {
-            out: BufWriter::new(file),
-        })
+            .map_err(|source| PathError {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 
-    /// Appends one record.
-    pub fn record(&mut self, line: &SendLine<'_>) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, line)?;
-        self.out.write_all(b"\n")
+    fn at(&self, source: std::io::Error) -> PathError {
+        PathError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The rotated file: `sends.jsonl.1`.
+    pub fn rotated_path(path: &Path) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".1");
+        PathBuf::from(p)
+    }
+
+    /// Appends one record, rotating first when it would pass the bound.
+    pub fn record(&mut self, line: &SendLine<'_>) -> Result<(), PathError> {
+        let mut bytes = serde_json::to_vec(line).map_err(|e| self.at(e.into()))?;
+        bytes.push(b'\n');
+        if self.size > 0 && self.size.saturating_add(bytes.len() as u64) > self.max_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(&bytes).map_err(|e| self.at(e))?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Moves the current file to `sends.jsonl.1` (replacing the older one) and starts
+    /// an empty one.
+    fn rotate(&mut self) -> Result<(), PathError> {
+        self.out.flush().map_err(|e| self.at(e))?;
+        std::fs::rename(&self.path, Self::rotated_path(&self.path)).map_err(|e| self.at(e))?;
+        self.out = BufWriter::new(Self::open_file(&self.path, true)?);
+        self.size = 0;
+        Ok(())
     }
 
     /// Writes buffered records out.
-    pub fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+    pub fn flush(&mut self) -> Result<(), PathError> {
+        self.out.flush().map_err(|e| self.at(e))
     }
 }
 
@@ -115,6 +164,17 @@ pub fn render(mail: &MailSettings, t: &Templates, alert: &mut Alert) -> Email {
     }
 }
 
+/// What the file transport did with one email, for its `sends.jsonl` line.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// `written`, `already_written` or `failed`.
+    pub status: &'static str,
+    /// The `.eml` file name.
+    pub file: Option<String>,
+    /// Why it could not be built.
+    pub reason: Option<String>,
+}
+
 /// Renders emails and writes them as `.eml` files, with a send record for each.
 pub struct FileMailer<'a> {
     mail: &'a MailSettings,
@@ -130,16 +190,19 @@ pub struct FileMailer<'a> {
 }
 
 impl<'a> FileMailer<'a> {
-    /// A mailer writing into `dir`; `append` keeps earlier send records (service mode).
+    /// A mailer writing into `dir`. Service mode (`durable`) keeps earlier send records,
+    /// bounds `sends.jsonl` by `max_log_bytes` and syncs each `.eml` before its outbox
+    /// entry may be removed; replay starts both afresh and syncs nothing.
     pub fn new(
         mail: &'a MailSettings,
         templates: &'a Templates,
         dir: &Path,
-        append: bool,
+        durable: bool,
+        max_log_bytes: u64,
     ) -> anyhow::Result<FileMailer<'a>> {
-        let transport =
-            FileTransport::new(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let sends = SendLog::open(&dir.join("sends.jsonl"), append)?;
+        let transport = FileTransport::new(dir, durable)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let sends = SendLog::open(&dir.join("sends.jsonl"), durable, max_log_bytes)?;
         Ok(FileMailer {
             mail,
             templates,
@@ -156,14 +219,20 @@ impl<'a> FileMailer<'a> {
         render(self.mail, self.templates, alert)
     }
 
-    /// Hands a rendered email to the file transport and records the result. Idempotent
-    /// by Message-ID: a file already there (written before a crash) is not written again
-    /// and is recorded as `already_written`. Returns the status recorded (`written`,
-    /// `already_written`, `failed`); only an I/O error is an error.
-    pub fn write(&mut self, email: &Email) -> anyhow::Result<&'static str> {
-        let (status, file, reason) = match &email.message {
+    /// Hands a rendered email to the file transport. Idempotent by Message-ID: a file
+    /// already there (written before a crash) is not written again (`already_written`).
+    /// Only an I/O error is an error. In service mode the file is durable only after
+    /// [`FileMailer::sync`]; record the result with [`FileMailer::log`] after that.
+    pub fn write(&mut self, email: &Email) -> anyhow::Result<Written> {
+        Ok(match &email.message {
             Ok(bytes) => {
-                let (path, fresh) = self.transport.write_once(&email.message_id, bytes)?;
+                let (path, fresh) = self
+                    .transport
+                    .write_once(&email.message_id, bytes)
+                    .map_err(|source| PathError {
+                        path: self.transport.path_of(&email.message_id),
+                        source,
+                    })?;
                 let status = if fresh {
                     self.written += 1;
                     "written"
@@ -171,35 +240,119 @@ impl<'a> FileMailer<'a> {
                     self.already_written += 1;
                     "already_written"
                 };
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-                (status, name, None)
+                let file = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                Written {
+                    status,
+                    file,
+                    reason: None,
+                }
             }
             Err(reason) => {
                 self.failed += 1;
                 tracing::warn!(alert_id = %email.alert_id, %reason, "email not written");
-                ("failed", None, Some(reason.clone()))
+                Written {
+                    status: "failed",
+                    file: None,
+                    reason: Some(reason.clone()),
+                }
             }
-        };
+        })
+    }
+
+    /// Makes every `.eml` written since the last call durable (each file, then the
+    /// folder), so the outbox entries behind them may be removed.
+    pub fn sync(&mut self) -> anyhow::Result<()> {
+        self.transport.sync().map_err(|source| {
+            PathError {
+                path: self.transport.dir().to_path_buf(),
+                source,
+            }
+            .into()
+        })
+    }
+
+    /// Records what became of an email in `sends.jsonl`.
+    pub fn log(&mut self, email: &Email, w: &Written) -> Result<(), PathError> {
         self.sends.record(&SendLine {
             alert_id: &email.alert_id,
             message_id: format!("<{}>", email.message_id),
-            status,
-            file,
-            reason,
+            status: w.status,
+            file: w.file.clone(),
+            reason: w.reason.clone(),
             locale: &email.locale,
             ..SendLine::default()
-        })?;
-        Ok(status)
+        })
     }
 
     /// Renders and writes the alert's email at once (replay: no outbox in between).
     pub fn deliver(&mut self, alert: &mut Alert) -> anyhow::Result<()> {
         let email = self.render(alert);
-        self.write(&email).map(|_| ())
+        let w = self.write(&email)?;
+        self.sync()?;
+        self.log(&email, &w)?;
+        Ok(())
     }
 
     /// Flushes the send records.
-    pub fn flush(&mut self) -> std::io::Result<()> {
+    pub fn flush(&mut self) -> Result<(), PathError> {
         self.sends.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(n: usize) -> SendLine<'static> {
+        SendLine {
+            alert_id: "a",
+            message_id: format!("<{n:08}@x>"),
+            status: "sent",
+            locale: "en",
+            ..SendLine::default()
+        }
+    }
+
+    fn ids(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["message_id"].to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_send_log_rotates_before_passing_its_bound_and_keeps_the_old_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sends.jsonl");
+        let max = 4096;
+        let mut log = SendLog::open(&path, true, max).unwrap();
+        let n = 200; // about 15 KB of records: several rotations
+        for i in 0..n {
+            log.record(&line(i)).unwrap();
+            log.flush().unwrap();
+            let size = std::fs::metadata(&path).unwrap().len();
+            assert!(size <= max, "sends.jsonl is {size} bytes after record {i}");
+        }
+        let old = SendLog::rotated_path(&path);
+        assert!(std::fs::metadata(&old).unwrap().len() <= max);
+        // The newest records, in order, across the rotated and the current file.
+        let mut all = ids(&old);
+        all.extend(ids(&path));
+        let want: Vec<String> = (n - all.len()..n)
+            .map(|i| format!("\"<{i:08}@x>\""))
+            .collect();
+        assert_eq!(all, want);
+        assert!(all.len() > 40, "{}", all.len());
+        // Reopened (a restart), it counts what is there and keeps the bound.
+        drop(log);
+        let mut log = SendLog::open(&path, true, max).unwrap();
+        for i in n..n + 30 {
+            log.record(&line(i)).unwrap();
+        }
+        log.flush().unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() <= max);
     }
 }

@@ -34,6 +34,8 @@ pub struct Job {
     pub entry: u64,
     /// The email (its message is `Ok`: unbuildable ones never reach the sender).
     pub email: Email,
+    /// When it first failed transiently, as stored with its outbox entry (None: never).
+    pub first_failure: Option<jiff::Timestamp>,
 }
 
 /// What happened to an email.
@@ -49,12 +51,22 @@ pub enum Status {
     Deferred(jiff::Timestamp),
     /// Transient failure number `attempt`; tried again at the given time. Not final.
     Retrying {
-        /// Failures so far.
+        /// Failures so far (in this process).
         attempt: u32,
         /// What went wrong.
         reason: String,
         /// Next try.
         next: jiff::Timestamp,
+        /// The first transient failure ever (stored, so the age survives restarts).
+        since: jiff::Timestamp,
+    },
+    /// Still failing transiently `smtp.max_retry_age` after its first failure: given up,
+    /// like an MTA bouncing after days in its queue. Final.
+    Expired {
+        /// Failures in this process.
+        attempts: u32,
+        /// The last failure.
+        reason: String,
     },
 }
 
@@ -63,7 +75,7 @@ impl Status {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Status::Sent(_) | Status::Failed(_) | Status::Suppressed(_)
+            Status::Sent(_) | Status::Failed(_) | Status::Suppressed(_) | Status::Expired { .. }
         )
     }
 }
@@ -207,6 +219,8 @@ impl Drop for Sender {
 struct Waiting {
     job: Job,
     failures: u32,
+    /// First transient failure (stored or seen here), from which the age counts.
+    since: Option<jiff::Timestamp>,
 }
 
 type Outcome = (Waiting, Result<String, Failure>);
@@ -248,7 +262,10 @@ impl Core {
             let can_start = inflight.len() < slots && next_due.is_some();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(Command::Send(job)) => self.wait(Waiting { job, failures: 0 }, Instant::now()),
+                    Some(Command::Send(job)) => {
+                        let since = job.first_failure;
+                        self.wait(Waiting { job, failures: 0, since }, Instant::now())
+                    }
                     Some(Command::Suppress(id, reason)) => self.suppress(&id, reason),
                     Some(Command::Withdraw(task, done)) => {
                         self.withdraw(task, &mut inflight).await;
@@ -341,15 +358,32 @@ impl Core {
             }
             Err(Failure::Transient(reason)) => {
                 w.failures += 1;
+                let now = jiff::Timestamp::now();
+                let since = *w.since.get_or_insert(now);
+                let age = Duration::try_from(now.duration_since(since)).unwrap_or_default();
+                let left = self.smtp.max_retry_age.saturating_sub(age);
+                if left.is_zero() {
+                    tracing::warn!(alert_id = %w.job.email.alert_id, attempts = w.failures, "email still not accepted after smtp.max_retry_age; recorded as failed (expired)");
+                    self.report(
+                        &w.job,
+                        Status::Expired {
+                            attempts: w.failures,
+                            reason,
+                        },
+                    );
+                    return;
+                }
+                // The last try falls at the age itself, not up to retry_max after it.
                 let delay = backoff(
                     self.smtp.retry_initial,
                     self.smtp.retry_max,
                     w.failures,
                     &w.job.email.message_id,
-                );
-                let next = jiff::Timestamp::now()
+                )
+                .min(left);
+                let next = now
                     .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or_default())
-                    .unwrap_or_else(|_| jiff::Timestamp::now());
+                    .unwrap_or(now);
                 tracing::info!(alert_id = %w.job.email.alert_id, attempt = w.failures, retry_in = ?delay, "email not accepted yet; will retry");
                 self.report(
                     &w.job,
@@ -357,6 +391,7 @@ impl Core {
                         attempt: w.failures,
                         reason,
                         next,
+                        since,
                     },
                 );
                 self.wait(w, Instant::now() + delay);
