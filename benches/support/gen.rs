@@ -25,6 +25,7 @@ impl Rng {
 
 /// `n` JSON event lines for `customers` customers over two years, in time order:
 /// 85% purchases, the rest profiles, tickets, complaints and scores.
+#[allow(dead_code)]
 pub fn lines(n: usize, customers: u64, seed: u64) -> Vec<String> {
     lines_part(n, customers, seed, 0, 1)
 }
