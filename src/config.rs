@@ -1534,7 +1534,7 @@ impl Config {
         let differ =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
         let mut keys = Vec::new();
-        let pairs: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 9] = [
+        let pairs: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 10] = [
             ("clock", &self.clock, &running.clock),
             (
                 "shutdown_grace",
@@ -1552,6 +1552,11 @@ impl Config {
                 &running.send,
             ),
             ("admin.listen", &self.admin_listen, &running.admin_listen),
+            (
+                "engine.max_future_skew/max_event_bytes",
+                &self.limits,
+                &running.limits,
+            ),
         ];
         for (key, a, b) in pairs {
             if differ(a, b) {

@@ -420,4 +420,75 @@ mod tests {
             Err(RestoreError::Format { found: 1 })
         ));
     }
+
+    #[test]
+    fn a_format_3_record_keeps_its_suppression_dated_at_the_latest_event() {
+        #[derive(Serialize)]
+        struct P3 {
+            email: Option<Box<str>>,
+            name: Option<Box<str>>,
+            locale: Option<Box<str>>,
+            timezone: Option<Box<str>>,
+            consent: Option<bool>,
+            unsubscribed: bool,
+            hard_bounced: bool,
+        }
+        #[derive(Serialize)]
+        struct R3 {
+            slot: u32,
+            customer: Customer,
+            profile: Option<P3>,
+            categories: Option<TopCategories>,
+        }
+        let seen = Stamp::from_raw(1_000_000);
+        let customer = Customer {
+            last_seen: Some(seen),
+            ..Customer::default()
+        };
+        let bytes = postcard::to_allocvec(&R3 {
+            slot: 7,
+            customer,
+            profile: Some(P3 {
+                email: Some("a@example.com".into()),
+                name: None,
+                locale: None,
+                timezone: None,
+                consent: Some(true),
+                unsubscribed: true,
+                hard_bounced: true,
+            }),
+            categories: None,
+        })
+        .expect("encodes");
+        assert!(
+            Record::decode("c", &bytes, FORMAT).is_err(),
+            "not a format 4 record"
+        );
+        let r = Record::decode("c", &bytes, 3).expect("format 3 is read");
+        assert_eq!(r.slot, 7);
+        let mut p = r.profile.expect("profile kept");
+        assert!(p.unsubscribed() && p.hard_bounced());
+        // An older opt-in does not undo it; a newer one does.
+        let opt_in = |at| {
+            let mut q = p.clone();
+            q.update(
+                crate::event::ProfileUpdate {
+                    marketing_consent: Some(true),
+                    ..Default::default()
+                },
+                at,
+            );
+            q.unsubscribed()
+        };
+        assert!(opt_in(seen.minus(60)));
+        assert!(!opt_in(seen.plus(60)));
+        p.update(
+            crate::event::ProfileUpdate {
+                email: Some("new@example.com".into()),
+                ..Default::default()
+            },
+            seen.plus(60),
+        );
+        assert!(!p.hard_bounced(), "a new mailbox starts clean");
+    }
 }
