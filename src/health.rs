@@ -1,7 +1,9 @@
 //! The worker's readiness as the admin endpoint will report it (`/readyz`, SPEC §7):
-//! connected to Kafka, tasks assigned and none refused, caught up enough to decide.
+//! connected to Kafka, every input topic there, tasks assigned and none refused, caught
+//! up enough to decide.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// Shared readiness state; every change of connection is logged once.
 #[derive(Debug, Default)]
@@ -11,6 +13,8 @@ pub struct Health {
     tasks: AtomicUsize,
     refused: AtomicUsize,
     catching_up: AtomicUsize,
+    /// Input topics the cluster no longer knows (deleted while running).
+    missing_topics: Mutex<Vec<String>>,
 }
 
 impl Health {
@@ -48,6 +52,14 @@ impl Health {
         self.catching_up.store(tasks, Ordering::Relaxed);
     }
 
+    /// Records which input topics are missing from the cluster (empty: none).
+    pub fn set_missing_topics(&self, topics: Vec<String>) {
+        *self
+            .missing_topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = topics;
+    }
+
     /// Tasks running.
     pub fn tasks(&self) -> usize {
         self.tasks.load(Ordering::Relaxed)
@@ -61,6 +73,14 @@ impl Health {
         }
         if !self.assigned.load(Ordering::Relaxed) {
             why.push("no partition assignment yet".to_string());
+        }
+        for t in self
+            .missing_topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            why.push(format!("input topic {t} is missing"));
         }
         let refused = self.refused.load(Ordering::Relaxed);
         if refused > 0 {
@@ -98,6 +118,13 @@ mod tests {
         h.set_tasks(1, 1);
         assert!(h.readiness().unwrap_err().contains("refused"));
         h.set_tasks(2, 0);
+        h.set_missing_topics(vec!["shop.support".into()]);
+        assert_eq!(
+            h.readiness().unwrap_err(),
+            "input topic shop.support is missing"
+        );
+        h.set_missing_topics(Vec::new());
+        assert!(h.readiness().is_ok());
         h.set_connected(false);
         assert!(h.readiness().unwrap_err().contains("not connected"));
     }
