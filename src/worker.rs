@@ -729,8 +729,9 @@ impl<'a> Worker<'a> {
         self.metrics.paused.set(paused as i64);
     }
 
-    /// Resumes every partition this worker paused (before they are given up: librdkafka
-    /// keeps an application's pause across assignments).
+    /// Resumes every partition this worker paused, once they are given up: librdkafka
+    /// keeps an application's pause across assignments, and a partition resumed while
+    /// still assigned would be fetched again (perhaps from a topic just deleted).
     fn resume_all(&mut self) {
         let mut resume = TopicPartitionList::new();
         for (&p, task) in self.tasks.iter_mut() {
@@ -789,6 +790,7 @@ impl<'a> Worker<'a> {
                         Some(
                             RDKafkaErrorCode::UnknownTopicOrPartition
                                 | RDKafkaErrorCode::UnknownTopic
+                                | RDKafkaErrorCode::UnknownTopicId
                         )
                     ) {
                         self.topic_check_due = true;
@@ -848,8 +850,8 @@ impl<'a> Worker<'a> {
                     self.take_reports()?;
                     // Held-back emails are in the outbox of tasks that are leaving.
                     self.held_back.clear();
-                    self.resume_all();
                     kafka::unassign(&self.consumer);
+                    self.resume_all();
                     self.parked.append(&mut self.tasks);
                 }
                 Rebalanced::Assigned(starts) => {
