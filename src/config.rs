@@ -146,6 +146,8 @@ pub struct RawKafka {
     pub commit_interval: Wait,
     /// See the defaults file.
     pub max_batch: usize,
+    /// See the defaults file.
+    pub max_buffered_records: usize,
     /// librdkafka properties for every client.
     #[serde(default)]
     pub client: std::collections::BTreeMap<String, ClientValue>,
@@ -496,6 +498,8 @@ pub struct KafkaSettings {
     pub commit_interval: std::time::Duration,
     /// Records taken per batch before effects are flushed.
     pub max_batch: usize,
+    /// Records a task may hold in memory before its partitions are paused.
+    pub max_buffered_records: usize,
     /// librdkafka properties for every client (flattened, dotted keys).
     pub client: Vec<(String, String)>,
     /// librdkafka properties for the consumer only.
@@ -1083,6 +1087,9 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     if k.max_batch == 0 {
         p.push("kafka.max_batch: must be at least 1".into());
     }
+    if k.max_buffered_records == 0 {
+        p.push("kafka.max_buffered_records: must be at least 1".into());
+    }
     if k.commit_interval.0.is_zero() {
         p.push("kafka.commit_interval: must be positive".into());
     }
@@ -1492,6 +1499,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
             max_task_idle: k.max_task_idle.0,
             commit_interval: k.commit_interval.0,
             max_batch: k.max_batch,
+            max_buffered_records: k.max_buffered_records,
             client,
             consumer,
             producer,

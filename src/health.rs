@@ -1,5 +1,6 @@
 //! The worker's readiness as the admin endpoint will report it (`/readyz`, SPEC §7):
-//! connected to Kafka, tasks assigned and none refused, caught up enough to decide.
+//! connected to Kafka, every input topic there, tasks assigned and none refused, caught
+//! up enough to decide.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -14,6 +15,8 @@ pub struct Health {
     catching_up: AtomicUsize,
     /// Why the worker stopped for good (a full or read-only state volume).
     stopped: Mutex<Option<String>>,
+    /// Input topics the cluster no longer knows (deleted while running).
+    missing_topics: Mutex<Vec<String>>,
 }
 
 impl Health {
@@ -65,6 +68,14 @@ impl Health {
             .clone()
     }
 
+    /// Records which input topics are missing from the cluster (empty: none).
+    pub fn set_missing_topics(&self, topics: Vec<String>) {
+        *self
+            .missing_topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = topics;
+    }
+
     /// Tasks running.
     pub fn tasks(&self) -> usize {
         self.tasks.load(Ordering::Relaxed)
@@ -81,6 +92,14 @@ impl Health {
         }
         if !self.assigned.load(Ordering::Relaxed) {
             why.push("no partition assignment yet".to_string());
+        }
+        for t in self
+            .missing_topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            why.push(format!("input topic {t} is missing"));
         }
         let refused = self.refused.load(Ordering::Relaxed);
         if refused > 0 {
@@ -118,6 +137,13 @@ mod tests {
         h.set_tasks(1, 1);
         assert!(h.readiness().unwrap_err().contains("refused"));
         h.set_tasks(2, 0);
+        h.set_missing_topics(vec!["shop.support".into()]);
+        assert_eq!(
+            h.readiness().unwrap_err(),
+            "input topic shop.support is missing"
+        );
+        h.set_missing_topics(Vec::new());
+        assert!(h.readiness().is_ok());
         h.set_connected(false);
         assert!(h.readiness().unwrap_err().contains("not connected"));
         h.set_connected(true);

@@ -27,7 +27,8 @@ pub struct Metrics {
     pub records: Counter,
     /// Valid events taken, by `type`.
     pub events: Family<Labels, Counter>,
-    /// Rejected records, by `class`.
+    /// Rejected records, by `class` (the parser's classes, and the Kafka adapter's
+    /// `key_mismatch` and `empty_value`).
     pub rejects: Family<Labels, Counter>,
     /// Alerts decided, by `rule` and guard `decision`.
     pub alerts: Family<Labels, Counter>,
@@ -36,6 +37,12 @@ pub struct Metrics {
     pub emails: Family<Labels, Counter>,
     /// Records on the broker not yet taken, over the worker's tasks.
     pub lag: Gauge,
+    /// Records whose partition is not murmur2 of their customer id.
+    pub misrouted: Counter,
+    /// Records fetched and waiting in the tasks' merges, over the worker's tasks.
+    pub buffered: Gauge,
+    /// Input partitions paused because their task holds `kafka.max_buffered_records`.
+    pub paused: Gauge,
     /// Customers held in state.
     pub customers: Gauge,
     /// Event ids forgotten early to stay within `engine.dedup_max_per_customer`.
@@ -88,6 +95,9 @@ impl Metrics {
             alerts: Family::default(),
             emails: Family::default(),
             lag: Gauge::default(),
+            misrouted: Counter::default(),
+            buffered: Gauge::default(),
+            paused: Gauge::default(),
             customers: Gauge::default(),
             dedup_evicted: Gauge::default(),
             tasks: Gauge::default(),
@@ -127,6 +137,21 @@ impl Metrics {
             "consumer_lag",
             "Records on the broker not yet taken, over this worker's tasks",
             m.lag.clone(),
+        );
+        registry.register(
+            "misrouted_records",
+            "Records whose partition is not murmur2 of their customer id (key, or payload when the key is null)",
+            m.misrouted.clone(),
+        );
+        registry.register(
+            "buffered_records",
+            "Records fetched and waiting in this worker's tasks to be taken in event-time order",
+            m.buffered.clone(),
+        );
+        registry.register(
+            "paused_partitions",
+            "Input partitions paused because their task holds kafka.max_buffered_records",
+            m.paused.clone(),
         );
         registry.register("customers", "Customers held in state", m.customers.clone());
         registry.register(

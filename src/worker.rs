@@ -32,7 +32,6 @@ use crate::disk;
 use crate::engine::clock::Stamp;
 use crate::engine::settings::Settings;
 use crate::engine::{Engine, Snapshot};
-use crate::event;
 use crate::event::EventKind;
 use crate::health::Health;
 use crate::mail::mailer::{self, FileMailer, SendLine, SendLog};
@@ -132,6 +131,8 @@ struct Task {
     next_entry: u64,
     /// Per lane, the offsets of the last checkpoint.
     checkpointed: Vec<Option<i64>>,
+    /// Per lane, whether its partition is paused (the task holds too many records).
+    paused: Vec<bool>,
 }
 
 /// What a settled batch of hand-overs completes: the outbox entries to remove and the
@@ -148,6 +149,12 @@ const MAX_PENDING: usize = 50_000;
 
 /// More closed batches than this in flight and the loop waits for acknowledgements.
 const MAX_UNSETTLED: usize = 16;
+
+/// How often the loop asks the cluster whether every input topic still exists.
+const TOPIC_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Soonest a consumer error naming an unknown topic triggers another check.
+const TOPIC_CHECK_MIN_GAP: Duration = Duration::from_secs(1);
 
 /// Where emails go: written as files at once, or sent over SMTP by the sender thread.
 enum Delivery<'a> {
@@ -190,6 +197,11 @@ struct Worker<'a> {
     /// Per task, finished email entries not yet removed from its outbox (a removal that
     /// failed is retried once the reserve is freed, before the worker stops).
     unmarked: BTreeMap<i32, Vec<u64>>,
+    /// Input topics the cluster did not know at the last check.
+    missing_topics: Vec<String>,
+    /// When the topics were last checked, and whether a consumer error asks for a check.
+    topics_checked: Instant,
+    topic_check_due: bool,
 }
 
 /// Runs the service until `shutdown` is requested. Blocking: call it from a thread of
@@ -311,6 +323,9 @@ pub fn run(
         misrouted_warned: false,
         reserve,
         unmarked: BTreeMap::new(),
+        missing_topics: Vec::new(),
+        topics_checked: Instant::now(),
+        topic_check_due: false,
     };
     let clean = match w.main_loop() {
         Ok(clean) => clean,
@@ -333,11 +348,17 @@ impl<'a> Worker<'a> {
             self.answer_queries();
             self.poll_batch()?;
             self.take_rebalances()?;
+            self.check_topics();
+            // Sampled right after intake, where the buffers peak.
+            let buffered: usize = self.tasks.values().map(|t| t.merge.buffered()).sum();
+            self.metrics.buffered.set(buffered as i64);
             let now = Instant::now();
             let wall = wall_stamp();
             let mut behind = 0;
             let domain = self.live.mail.message_id_domain.as_str();
             let templates = self.live.templates.as_ref().unwrap_or(self.templates);
+            let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+            let held = !self.missing_topics.is_empty();
             for (&p, task) in self.tasks.iter_mut() {
                 for (lane, t) in self.topics_c.iter().enumerate() {
                     let (low, high) = kafka::cached_watermarks(&self.consumer, t, p);
@@ -348,7 +369,14 @@ impl<'a> Worker<'a> {
                     Delivery::Smtp { sender, .. } => Some(sender),
                     Delivery::File(_) => None,
                 };
-                while let Some((_, rec)) = task.merge.next(now, self.cfg.kafka.max_task_idle) {
+                // While an input topic is missing every task waits for it: taking the
+                // other topics' records alone would order them before its records, should
+                // it be recreated and refilled.
+                while let Some((_, rec)) = if held {
+                    None
+                } else {
+                    task.merge.next(now, self.cfg.kafka.max_task_idle)
+                } {
                     // An event that makes a customer unreachable: their emails waiting in
                     // the sender (quiet hours, retries) must not go (SPEC §5). Only a
                     // change from reachable is told, so the sender scans its queue rarely.
@@ -371,7 +399,21 @@ impl<'a> Worker<'a> {
                         }
                     }
                 }
-                if task.merge.caught_up() {
+                // A task waiting for one partition (idle, or its topic deleted) would
+                // otherwise buffer the others' records without end.
+                for (lane, topic) in self.topics.iter().enumerate() {
+                    let hold = task.merge.hold(
+                        lane,
+                        task.paused[lane],
+                        self.cfg.kafka.max_buffered_records,
+                    );
+                    if hold != task.paused[lane] {
+                        task.paused[lane] = hold;
+                        let list = if hold { &mut pause } else { &mut resume };
+                        list.add_partition(topic, p);
+                    }
+                }
+                if !held && task.merge.caught_up() {
                     if self.cfg.clock == ClockMode::Wall {
                         if let Some(w) = wall {
                             task.engine.advance(w, &mut alerts);
@@ -398,6 +440,7 @@ impl<'a> Worker<'a> {
                     });
                 }
             }
+            self.apply_pauses(&pause, &resume);
             self.health.set_catching_up(behind);
             let lag: i64 = self.tasks.values().map(|t| t.merge.lag()).sum();
             self.metrics.lag.set(lag);
@@ -712,6 +755,79 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
+    /// Pauses and resumes partitions as the tasks' buffers decided, and counts the
+    /// paused ones.
+    fn apply_pauses(&self, pause: &TopicPartitionList, resume: &TopicPartitionList) {
+        for (list, what) in [(pause, "pause"), (resume, "resume")] {
+            if list.count() == 0 {
+                continue;
+            }
+            tracing::debug!(partitions = ?list.to_topic_map().keys().collect::<Vec<_>>(), "{what}");
+            let done = if what == "pause" {
+                self.consumer.pause(list)
+            } else {
+                self.consumer.resume(list)
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "cannot {what} partitions");
+            }
+        }
+        let paused: usize = self
+            .tasks
+            .values()
+            .map(|t| t.paused.iter().filter(|p| **p).count())
+            .sum();
+        self.metrics.paused.set(paused as i64);
+    }
+
+    /// Resumes every partition this worker paused, once they are given up: librdkafka
+    /// keeps an application's pause across assignments, and a partition resumed while
+    /// still assigned would be fetched again (perhaps from a topic just deleted).
+    fn resume_all(&mut self) {
+        let mut resume = TopicPartitionList::new();
+        for (&p, task) in self.tasks.iter_mut() {
+            for (lane, paused) in task.paused.iter_mut().enumerate() {
+                if std::mem::take(paused) {
+                    resume.add_partition(&self.topics[lane], p);
+                }
+            }
+        }
+        self.apply_pauses(&TopicPartitionList::new(), &resume);
+    }
+
+    /// Asks the cluster, every `TOPIC_CHECK_INTERVAL` or soon after a consumer error
+    /// about an unknown topic, whether every input topic still exists. A deleted one
+    /// holds its tasks (their other partitions pause at the buffer bound), so it is
+    /// logged once at error and keeps the worker not ready until it is back: the other
+    /// topics' state is not moved on without it, in case it is recreated and refilled.
+    fn check_topics(&mut self) {
+        let since = self.topics_checked.elapsed();
+        let due =
+            since >= TOPIC_CHECK_INTERVAL || (self.topic_check_due && since >= TOPIC_CHECK_MIN_GAP);
+        // While disconnected the request could only time out, stalling the loop.
+        if !due || !self.health.connected() {
+            return;
+        }
+        self.topics_checked = Instant::now();
+        self.topic_check_due = false;
+        let missing =
+            match kafka::missing_topics(&self.consumer, &self.topics, Duration::from_secs(5)) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check that the input topics exist");
+                    return;
+                }
+            };
+        for t in missing.iter().filter(|t| !self.missing_topics.contains(t)) {
+            tracing::error!(topic = %t, "input topic {t} is missing (deleted?): the tasks reading it wait, their other partitions are paused at kafka.max_buffered_records, and the worker is not ready until it is back");
+        }
+        for t in self.missing_topics.iter().filter(|t| !missing.contains(t)) {
+            tracing::info!(topic = %t, "input topic {t} is back");
+        }
+        self.health.set_missing_topics(missing.clone());
+        self.missing_topics = missing;
+    }
+
     /// Polls up to one batch of records into their tasks; rejects go out at once.
     fn poll_batch(&mut self) -> anyhow::Result<()> {
         let mut timeout = Duration::from_millis(100);
@@ -720,6 +836,16 @@ impl<'a> Worker<'a> {
                 None => break,
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::UnknownTopicOrPartition
+                                | RDKafkaErrorCode::UnknownTopic
+                                | RDKafkaErrorCode::UnknownTopicId
+                        )
+                    ) {
+                        self.topic_check_due = true;
+                    }
                     tracing::warn!(error = %e, "consumer error");
                     break;
                 }
@@ -734,6 +860,7 @@ impl<'a> Worker<'a> {
                 out: &mut self.out,
                 topics: &self.topics,
                 partitions: self.partitions,
+                limits: &self.cfg.limits,
                 misrouted_warned: &mut self.misrouted_warned,
                 first_record: &mut self.first_record,
             }
@@ -776,6 +903,7 @@ impl<'a> Worker<'a> {
                     // Held-back emails are in the outbox of tasks that are leaving.
                     self.held_back.clear();
                     kafka::unassign(&self.consumer);
+                    self.resume_all();
                     self.parked.append(&mut self.tasks);
                 }
                 Rebalanced::Assigned(starts) => {
@@ -802,6 +930,7 @@ impl<'a> Worker<'a> {
             pending: Vec::new(),
             next_entry: 0,
             checkpointed: vec![None; lanes],
+            paused: vec![false; lanes],
         };
         let pos = match start {
             Start::Local(pos) => pos,
@@ -1343,6 +1472,7 @@ struct Intake<'w> {
     out: &'w mut Outcome,
     topics: &'w [String],
     partitions: i32,
+    limits: &'w crate::event::Limits,
     misrouted_warned: &'w mut bool,
     first_record: &'w mut Option<Instant>,
 }
@@ -1361,17 +1491,22 @@ impl Intake<'_> {
         self.first_record.get_or_insert_with(Instant::now);
         self.out.records += 1;
         self.metrics.records.inc();
-        let payload = msg.payload().unwrap_or_default();
-        if let Some(key) = msg.key() {
-            if kafka::partition_for(key, self.partitions) != partition {
-                self.out.misrouted += 1;
-                if !*self.misrouted_warned {
-                    *self.misrouted_warned = true;
-                    tracing::warn!(topic, partition, offset, "record's partition is not murmur2 of its key: its customer's events may be split across tasks (producers must use partitioner=murmur2_random); counted, further ones not logged");
-                }
+        let checked = kafka::check_record(
+            msg.key(),
+            msg.payload(),
+            (partition, self.partitions),
+            self.limits,
+            crate::source::wall_now(),
+        );
+        if checked.misrouted {
+            self.out.misrouted += 1;
+            self.metrics.misrouted.inc();
+            if !*self.misrouted_warned {
+                *self.misrouted_warned = true;
+                tracing::warn!(topic, partition, offset, "record's partition is not murmur2 of its customer id (its key, or the payload's when the key is null): its customer's events may be split across tasks (producers must use partitioner=murmur2_random); counted, further ones not logged");
             }
         }
-        match event::parse(payload) {
+        match checked.event {
             Ok(ev) => {
                 self.metrics.event(ev.kind.type_name());
                 task.merge.push(lane, offset, ev)
@@ -1382,7 +1517,7 @@ impl Intake<'_> {
                 tracing::info!(topic, partition, offset, class = rej.class, reason = %rej.reason, "record rejected to the dead-letter topic");
                 task.pending.push(Entry::DeadLetter {
                     key: msg.key().map(<[u8]>::to_vec),
-                    payload: payload.to_vec(),
+                    payload: msg.payload().unwrap_or_default().to_vec(),
                     headers: dead_letter_headers(msg, rej.class, &rej.reason),
                 });
                 task.merge.skip(lane, offset);

@@ -580,6 +580,10 @@ fn other_invalid_values_are_named() {
     );
     assert_invalid("[engine]\nid_secret = \"\"\n", "engine.id_secret");
     assert_invalid("[delivery]\nwindow = \"36h\"\n", "delivery.window");
+    assert_invalid(
+        "[kafka]\nmax_buffered_records = 0\n",
+        "kafka.max_buffered_records",
+    );
 }
 
 #[test]

@@ -2262,3 +2262,496 @@ fn a_threshold_reloads_without_restart_and_a_broken_config_leaves_the_old_one() 
         done.log
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// hostile records, buffer bound, a deleted topic
+
+/// A record for an explicit partition: topic, partition, key, value (None: null).
+type Placed = (String, i32, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Produces each record to its own partition, keys and values as given (null when None).
+fn produce_placed(bootstrap: &str, records: &[Placed]) -> BTreeMap<(String, i32), i64> {
+    let acks = Acks::default();
+    let producer: ThreadedProducer<Acks> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create_with_context(acks.clone())
+        .expect("producer");
+    for (topic, partition, key, value) in records {
+        let mut rec = BaseRecord::<[u8], [u8]>::to(topic).partition(*partition);
+        if let Some(k) = key {
+            rec = rec.key(k.as_slice());
+        }
+        if let Some(v) = value {
+            rec = rec.payload(v.as_slice());
+        }
+        producer.send(rec).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    let g = acks.0.lock().expect("acks");
+    assert!(g.1.is_empty(), "deliveries failed: {:?}", g.1);
+    g.0.clone()
+}
+
+fn complaint_of(event: &str, customer: &str, at: &str) -> Vec<u8> {
+    format!(r#"{{"event_id":"{event}","type":"complaint","customer_id":"{customer}","occurred_at":"{at}"}}"#)
+        .into_bytes()
+}
+
+/// Waits until `/metrics` answers on `port`.
+fn wait_admin(port: u16, w: &mut Worker) {
+    let started = Instant::now();
+    while http_get(port, "/healthz").map(|r| r.0) != Some(200) {
+        w.assert_running();
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no /healthz: {}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SPEC §2 on Kafka records: a key that is not the payload's `customer_id` is a dead
+/// letter of class `key_mismatch` (its event has no effect), a null or empty value one of
+/// class `empty_value`; a null key is taken from the payload, and a record on the wrong
+/// partition for its payload's id is counted as misrouted.
+#[test]
+fn key_mismatches_and_empty_values_are_dead_letters_and_a_null_key_is_routed_by_its_payload() {
+    let bootstrap = broker();
+    let (input, dlq, alerts) = (unique("in"), unique("dlq"), unique("alerts"));
+    create_topics(&bootstrap, &[(&input, 2), (&dlq, 1), (&alerts, 1)]);
+    let home = |c: &str| churnwatch::source::kafka::partition_for(c.as_bytes(), 2);
+    let at = "2025-01-01T00:00:00Z";
+    let mismatched = complaint_of("e2", "km-b", at);
+    let records: Vec<Placed> = vec![
+        // Valid, keyed.
+        (
+            input.clone(),
+            home("km-a"),
+            Some(b"km-a".to_vec()),
+            Some(complaint_of("e1", "km-a", at)),
+        ),
+        // Keyed by one customer, about another: routed by its key, so not misrouted.
+        (
+            input.clone(),
+            home("km-a"),
+            Some(b"km-a".to_vec()),
+            Some(mismatched.clone()),
+        ),
+        // No value, then an empty one.
+        (input.clone(), home("km-c"), Some(b"km-c".to_vec()), None),
+        (
+            input.clone(),
+            home("km-c"),
+            Some(b"km-c".to_vec()),
+            Some(Vec::new()),
+        ),
+        // Null keys: one on its payload's partition, one on the other.
+        (
+            input.clone(),
+            home("km-e"),
+            None,
+            Some(complaint_of("e5", "km-e", at)),
+        ),
+        (
+            input.clone(),
+            1 - home("km-f"),
+            None,
+            Some(complaint_of("e6", "km-f", at)),
+        ),
+        // The same limits as every mode: a year typo, and a record over max_event_bytes.
+        (
+            input.clone(),
+            home("km-g"),
+            Some(b"km-g".to_vec()),
+            Some(complaint_of("e7", "km-g", "2135-01-01T00:00:00Z")),
+        ),
+        (
+            input.clone(),
+            home("km-h"),
+            Some(b"km-h".to_vec()),
+            Some(
+                format!(
+                    r#"{{"event_id":"e8","type":"complaint","customer_id":"km-h","occurred_at":"{at}","text":"{}"}}"#,
+                    "x".repeat(70_000)
+                )
+                .into_bytes(),
+            ),
+        ),
+    ];
+    let ends = produce_placed(&bootstrap, &records);
+    let port = smtp_server::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let group = unique("group");
+    let mut w = Worker::start_with(
+        &bootstrap,
+        &group,
+        &[&input],
+        &dlq,
+        &alerts,
+        &[("CHURNWATCH__ADMIN__LISTEN", &listen)],
+    );
+    wait_admin(port, &mut w);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    let text = wait_metric(port, "churnwatch_records_total", records.len() as f64, &w);
+    let done = w.stop();
+
+    let class = |c: &str| {
+        metric(
+            &text,
+            &format!(r#"churnwatch_rejects_total{{class="{c}"}}"#),
+        )
+    };
+    assert_eq!(class("key_mismatch"), 1.0, "{text}");
+    assert_eq!(class("empty_value"), 2.0, "{text}");
+    assert_eq!(class("future_timestamp"), 1.0, "{text}");
+    assert_eq!(class("too_large"), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "churnwatch_misrouted_records_total"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        done.stdout.contains("5 rejected") && done.stdout.contains("1 misrouted"),
+        "{}",
+        done.stdout
+    );
+
+    let dead = read_all(&bootstrap, &dlq, 5);
+    // (class, value, key, reason) of each dead letter.
+    type Dead = (String, Vec<u8>, Option<Vec<u8>>, String);
+    let mut got: Vec<Dead> = dead
+        .iter()
+        .map(|(k, p, h)| {
+            (
+                header(h, "churnwatch.reject.class")
+                    .unwrap_or("?")
+                    .to_string(),
+                p.clone(),
+                k.clone(),
+                header(h, "churnwatch.reject.reason")
+                    .unwrap_or("?")
+                    .to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), 5);
+    let limited: Vec<(&str, Option<&[u8]>)> = got
+        .iter()
+        .filter(|d| d.0 == "future_timestamp" || d.0 == "too_large")
+        .map(|d| (d.0.as_str(), d.2.as_deref()))
+        .collect();
+    assert_eq!(
+        limited,
+        [
+            ("future_timestamp", Some(&b"km-g"[..])),
+            ("too_large", Some(&b"km-h"[..]))
+        ]
+    );
+    got.retain(|d| d.0 != "future_timestamp" && d.0 != "too_large");
+    for (c, payload, key, reason) in &got[..2] {
+        assert_eq!(c, "empty_value");
+        assert!(payload.is_empty());
+        assert_eq!(key.as_deref(), Some(&b"km-c"[..]));
+        assert!(!reason.contains("km-"), "{reason}");
+    }
+    let (c, payload, key, reason) = &got[2];
+    assert_eq!(c, "key_mismatch");
+    assert_eq!(payload, &mismatched, "original bytes kept");
+    assert_eq!(key.as_deref(), Some(&b"km-a"[..]), "original key kept");
+    assert_eq!(reason, "record key differs from field `customer_id`");
+
+    // The mismatched event had no effect; the null-keyed ones did.
+    let customers: BTreeSet<String> = lines(&done.export)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("export line")["customer_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    let want: BTreeSet<String> = ["km-a", "km-e", "km-f"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(customers, want);
+    for l in lines(&done.export) {
+        let as_of = serde_json::from_str::<Value>(&l).expect("export line")["as_of"].clone();
+        assert!(
+            as_of.as_str().is_some_and(|t| t < "2100"),
+            "the far-future event moved a clock: {as_of}"
+        );
+    }
+    let alerted: BTreeSet<String> = read_all(&bootstrap, &alerts, 3)
+        .iter()
+        .map(|(k, _, _)| String::from_utf8_lossy(k.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    assert_eq!(alerted, want);
+}
+
+/// Samples `/metrics` until `done` says so (60 s at most), returning the greatest value
+/// seen of each series in `series`.
+fn sample_max(
+    port: u16,
+    series: &[&str],
+    w: &mut Worker,
+    mut done: impl FnMut(&str) -> bool,
+) -> Vec<f64> {
+    let mut max = vec![0.0f64; series.len()];
+    let started = Instant::now();
+    loop {
+        w.assert_running();
+        let text = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        for (m, s) in max.iter_mut().zip(series) {
+            *m = m.max(metric(&text, s));
+        }
+        if done(&text) {
+            return max;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{series:?} max {max:?}:\n{text}\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn purchase_of(n: usize, customer: &str) -> Vec<u8> {
+    // One minute apart from 2025-01-01, so the order is the offsets'.
+    let at = jiff::Timestamp::from_second(1_735_689_600 + 60 * n as i64).expect("time");
+    format!(r#"{{"event_id":"p{n}","type":"purchase","customer_id":"{customer}","occurred_at":"{at}","order_id":"o{n}","amount":"10.00","currency":"USD"}}"#)
+        .into_bytes()
+}
+
+/// A task waiting for a quiet partition (a long `kafka.max_task_idle`) holds the other
+/// partition's records: at most `kafka.max_buffered_records` plus one poll of them, the
+/// rest paused on the broker, and all of them taken once the quiet partition moves.
+#[test]
+fn a_task_held_back_by_one_partition_buffers_at_most_the_bound_and_takes_everything_after() {
+    let bootstrap = broker();
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
+    let (bound, batch, n) = (100usize, 20usize, 1500usize);
+    let port = smtp_server::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let group = unique("group");
+    let (bound_s, batch_s) = (bound.to_string(), batch.to_string());
+    let mut w = Worker::start_with(
+        &bootstrap,
+        &group,
+        &[&purchases, &support],
+        &dlq,
+        &alerts,
+        &[
+            ("CHURNWATCH__ADMIN__LISTEN", &listen),
+            ("CHURNWATCH__KAFKA__MAX_TASK_IDLE", "10m"),
+            ("CHURNWATCH__KAFKA__MAX_BUFFERED_RECORDS", &bound_s),
+            ("CHURNWATCH__KAFKA__MAX_BATCH", &batch_s),
+        ],
+    );
+    wait_admin(port, &mut w);
+    w.wait_tasks(1);
+    // One record per batch: tansu 0.6 answers a fetch resumed inside a batch with the
+    // next batch (see produce_one_per_batch).
+    let records: Vec<Outgoing> = (0..n)
+        .map(|i| {
+            let c = format!("b-{i}");
+            (purchases.clone(), Some(c.clone()), purchase_of(i, &c), None)
+        })
+        .collect();
+    produce_one_per_batch(&bootstrap, &records);
+    let held = sample_max(
+        port,
+        &[
+            "churnwatch_buffered_records",
+            "churnwatch_paused_partitions",
+            "churnwatch_records_total",
+        ],
+        &mut w,
+        |text| {
+            metric(text, "churnwatch_paused_partitions") >= 1.0
+                && metric(text, "churnwatch_buffered_records") >= bound as f64
+        },
+    );
+    // Held for a while: nothing more is fetched.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+    assert_eq!(
+        metric(&text, "churnwatch_customers"),
+        0.0,
+        "the task waits: {text}"
+    );
+    let buffered = metric(&text, "churnwatch_buffered_records");
+    assert!(
+        buffered >= bound as f64 && buffered <= (bound + batch) as f64,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "churnwatch_records_total") < n as f64,
+        "{text}"
+    );
+    assert!(
+        held[0] <= (bound + batch) as f64,
+        "buffered {} > {bound} + {batch}",
+        held[0]
+    );
+
+    // The quiet partition moves (a later event): every purchase is taken, in order.
+    produce(
+        &bootstrap,
+        &[(
+            support.clone(),
+            Some("b-0".into()),
+            complaint_of("late", "b-0", "2026-01-01T00:00:00Z"),
+            None,
+        )],
+    );
+    let after = sample_max(port, &["churnwatch_buffered_records"], &mut w, |text| {
+        metric(text, "churnwatch_customers") >= n as f64
+    });
+    assert!(
+        after[0] <= (bound + batch) as f64,
+        "buffered {} > {bound} + {batch}",
+        after[0]
+    );
+    let text = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+    assert_eq!(metric(&text, "churnwatch_paused_partitions"), 0.0, "{text}");
+    let done = w.stop();
+    assert!(
+        done.stdout.contains(&format!("consumed {} records", n + 1)),
+        "{}",
+        done.stdout
+    );
+    assert_eq!(lines(&done.export).len(), n);
+}
+
+/// An input topic deleted while the worker runs: one error line naming it, `/readyz` 503
+/// saying so, the worker still running with every topic's records bounded (the task
+/// waits for the deleted one), and a clean stop.
+///
+/// The topic is deleted while its partition is paused (the task holds its records at the
+/// bound, waiting for the other, quiet topic) and no fetch of it is pending: tansu 0.6 answers a Fetch of a deleted
+/// topic with a CurrentLeader under a zero topic id, on which librdkafka 2.12 looks up a
+/// null topic name and crashes (SIGSEGV in rd_kafka_metadata_update_op, seen in gdb). A
+/// Kafka broker sends no leader with that error, so there a fetched topic's deletion
+/// also reaches the worker as a consumer error, which triggers the same check sooner.
+#[test]
+fn an_input_topic_deleted_while_running_is_logged_and_not_ready_with_memory_bounded() {
+    let bootstrap = broker();
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
+    let (bound, batch) = (100usize, 20usize);
+    // Two lanes: each may take one poll past the bound before it is paused.
+    let most = (bound + 2 * batch) as f64;
+    let port = smtp_server::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let group = unique("group");
+    let (bound_s, batch_s) = (bound.to_string(), batch.to_string());
+    let mut w = Worker::start_with(
+        &bootstrap,
+        &group,
+        &[&purchases, &support],
+        &dlq,
+        &alerts,
+        &[
+            ("CHURNWATCH__ADMIN__LISTEN", &listen),
+            ("CHURNWATCH__KAFKA__MAX_TASK_IDLE", "10m"),
+            ("CHURNWATCH__KAFKA__MAX_BUFFERED_RECORDS", &bound_s),
+            ("CHURNWATCH__KAFKA__MAX_BATCH", &batch_s),
+        ],
+    );
+    wait_admin(port, &mut w);
+    w.wait_tasks(1);
+    let complaints: Vec<Outgoing> = (0..300)
+        .map(|i| {
+            let c = format!("d-{i}");
+            let at = format!("2025-01-01T{:02}:{:02}:00Z", i / 60, i % 60);
+            (
+                support.clone(),
+                Some(c.clone()),
+                complaint_of(&format!("c{i}"), &c, &at),
+                None,
+            )
+        })
+        .collect();
+    produce_one_per_batch(&bootstrap, &complaints);
+    sample_max(port, &[], &mut w, |text| {
+        metric(text, "churnwatch_paused_partitions") >= 1.0
+    });
+    // A fetch sent before the pause may still be waiting on the broker (up to
+    // fetch.wait.max.ms, 500 ms): let it come back before the topic goes.
+    std::thread::sleep(Duration::from_secs(2));
+    let readyz = || http_get(port, "/readyz").map(|(s, b)| (s, b.trim().to_string()));
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let res = rt
+        .block_on(admin.delete_topics(&[support.as_str()], &AdminOptions::new()))
+        .expect("delete topics");
+    for r in res {
+        r.expect("topic deleted");
+    }
+    let line = format!("input topic {support} is missing");
+    let started = Instant::now();
+    let why = loop {
+        w.assert_running();
+        if let Some((503, why)) = readyz() {
+            if why.contains(&line) && w.log().contains(&line) {
+                break why;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}\n{}",
+            readyz(),
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(why.starts_with("not ready"), "{why}");
+    // The other topic moves on: its records are held too, within the bound.
+    let purchases_in: Vec<Outgoing> = (0..300)
+        .map(|i| {
+            let c = format!("d-{i}");
+            (purchases.clone(), Some(c.clone()), purchase_of(i, &c), None)
+        })
+        .collect();
+    produce_one_per_batch(&bootstrap, &purchases_in);
+
+    let max = sample_max(port, &["churnwatch_buffered_records"], &mut w, |text| {
+        metric(text, "churnwatch_paused_partitions") >= 2.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let text = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+    let buffered = metric(&text, "churnwatch_buffered_records");
+    assert!(
+        max[0] <= most && buffered <= most && buffered >= bound as f64,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "churnwatch_customers"),
+        0.0,
+        "nothing taken: {text}"
+    );
+    let log = w.log();
+    assert_eq!(
+        log.lines().filter(|l| l.contains(&line)).count(),
+        1,
+        "logged once:\n{log}"
+    );
+    let done = w.stop();
+    assert!(
+        done.log.contains("ERROR") && done.log.contains(&line),
+        "{}",
+        done.log
+    );
+}

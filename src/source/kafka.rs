@@ -19,6 +19,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Statistics};
 
 use crate::config::KafkaSettings;
+use crate::event::{self, Event, Reject};
 use crate::health::Health;
 
 /// Properties whose values are never logged.
@@ -133,6 +134,60 @@ pub fn murmur2(data: &[u8]) -> i32 {
 /// The partition the Java default partitioner picks for `key`.
 pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
     (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// Reject class of a record whose key is not its payload's `customer_id`.
+pub const KEY_MISMATCH: &str = "key_mismatch";
+
+/// Reject class of a record whose value is null or empty.
+pub const EMPTY_VALUE: &str = "empty_value";
+
+/// One input record as the Kafka adapter judges it.
+#[derive(Debug)]
+pub struct Checked {
+    /// The event, or why the record goes to the dead-letter topic.
+    pub event: Result<Event, Reject>,
+    /// The record's partition is not murmur2 of its key (of its payload's `customer_id`
+    /// when the key is null), so its customer's events may be split across tasks.
+    pub misrouted: bool,
+}
+
+/// Parses a record's value and checks what only Kafka has: the key must be the
+/// payload's `customer_id` (README, "Running the service"), else the event could land in
+/// another customer's task; a null key is taken from the payload. Reasons quote neither
+/// the key nor the id. The size and time limits are those of every mode (README "Input:
+/// limits and reject classes"), with `now` the wall clock.
+pub fn check_record(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    (partition, partitions): (i32, i32),
+    limits: &event::Limits,
+    now: crate::engine::clock::Stamp,
+) -> Checked {
+    let misrouted_by = |k: &[u8]| partition_for(k, partitions) != partition;
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Checked {
+            event: Err(Reject {
+                class: EMPTY_VALUE,
+                reason: "record value is null or empty".into(),
+            }),
+            misrouted: key.is_some_and(misrouted_by),
+        };
+    };
+    let parsed = limits.parse(value, now);
+    let misrouted = match (key, &parsed) {
+        (Some(k), _) => misrouted_by(k),
+        (None, Ok(ev)) => misrouted_by(ev.customer_id.as_bytes()),
+        (None, Err(_)) => false,
+    };
+    let event = parsed.and_then(|ev| match key {
+        Some(k) if k != ev.customer_id.as_bytes() => Err(Reject {
+            class: KEY_MISMATCH,
+            reason: "record key differs from field `customer_id`".into(),
+        }),
+        _ => Ok(ev),
+    });
+    Checked { event, misrouted }
 }
 
 /// Where a task's lanes start after an assignment.
@@ -478,6 +533,28 @@ pub fn check_topics(
     }
 }
 
+/// The input topics among `topics` the cluster does not know (deleted while running):
+/// one metadata request per topic, so a large cluster's other topics are not listed.
+pub fn missing_topics(
+    consumer: &WorkerConsumer,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<String>, KafkaError> {
+    let mut missing = Vec::new();
+    for t in topics {
+        let md = consumer.fetch_metadata(Some(t), timeout)?;
+        let known = md.topics().iter().find(|m| m.name() == t).is_some_and(|m| {
+            // Other errors (a leader election) are passing, not a missing topic.
+            m.error() != Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                && !m.partitions().is_empty()
+        });
+        if !known {
+            missing.push(t.clone());
+        }
+    }
+    Ok(missing)
+}
+
 /// Why the topics cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -519,6 +596,84 @@ mod tests {
             let p = partition_for(key.as_bytes(), 7);
             assert!((0..7).contains(&p));
         }
+    }
+
+    fn complaint(customer: &str) -> Vec<u8> {
+        format!(r#"{{"event_id":"e1","type":"complaint","customer_id":"{customer}","occurred_at":"2025-01-01T00:00:00Z"}}"#).into_bytes()
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_customer_id_is_its_own_reject_quoting_neither() {
+        let home = partition_for(b"alice-7", 4);
+        let c = check_record(
+            Some(b"bob-3"),
+            Some(&complaint("alice-7")),
+            (home, 4),
+            &event::Limits::default(),
+            crate::source::wall_now(),
+        );
+        let rej = c.event.expect_err("mismatch");
+        assert_eq!(rej.class, KEY_MISMATCH);
+        assert_eq!(rej.reason, "record key differs from field `customer_id`");
+        let ok = check_record(
+            Some(b"alice-7"),
+            Some(&complaint("alice-7")),
+            (home, 4),
+            &event::Limits::default(),
+            crate::source::wall_now(),
+        );
+        assert!(ok.event.is_ok() && !ok.misrouted);
+        // The payload's id after unescaping is what the key is compared with.
+        let escaped = complaint(r"alice-7");
+        assert!(check_record(
+            Some(b"alice-7"),
+            Some(&escaped),
+            (home, 4),
+            &event::Limits::default(),
+            crate::source::wall_now()
+        )
+        .event
+        .is_ok());
+    }
+
+    #[test]
+    fn a_null_key_is_routed_by_the_payload_and_a_missing_value_is_rejected() {
+        let home = partition_for(b"carol", 3);
+        let c = check_record(
+            None,
+            Some(&complaint("carol")),
+            (home, 3),
+            &event::Limits::default(),
+            crate::source::wall_now(),
+        );
+        assert!(c.event.is_ok() && !c.misrouted);
+        let c = check_record(
+            None,
+            Some(&complaint("carol")),
+            ((home + 1) % 3, 3),
+            &event::Limits::default(),
+            crate::source::wall_now(),
+        );
+        assert!(c.event.is_ok() && c.misrouted, "routed by the payload's id");
+        for value in [None, Some(&b""[..])] {
+            let c = check_record(
+                Some(b"carol"),
+                value,
+                (home, 3),
+                &event::Limits::default(),
+                crate::source::wall_now(),
+            );
+            assert_eq!(c.event.expect_err("empty").class, EMPTY_VALUE);
+        }
+        // A bad payload with no key cannot be routed: not counted as misrouted.
+        let c = check_record(
+            None,
+            Some(b"{oops"),
+            ((home + 1) % 3, 3),
+            &event::Limits::default(),
+            crate::source::wall_now(),
+        );
+        assert!(c.event.is_err() && !c.misrouted);
     }
 
     #[test]

@@ -76,6 +76,23 @@ impl TaskMerge {
         self.lanes.iter().map(|l| l.buf.len()).sum()
     }
 
+    /// Whether `lane` should stop fetching (`paused`: whether it has). Once the task holds
+    /// `max` records, lanes with records waiting are paused; a lane with nothing buffered
+    /// keeps fetching, since the merge may be waiting for it, so the task never stalls on
+    /// its own pause. A paused lane resumes once it is empty or the task has drained to
+    /// half of `max` (not at `max - 1`, which would pause and resume every round).
+    pub fn hold(&self, lane: usize, paused: bool, max: usize) -> bool {
+        if self.lanes[lane].buf.is_empty() {
+            return false;
+        }
+        let n = self.buffered();
+        if paused {
+            n > max / 2
+        } else {
+            n >= max
+        }
+    }
+
     /// Fetching of `lane` starts at `offset` (drops whatever was buffered).
     pub fn start(&mut self, lane: usize, offset: Option<i64>) {
         let l = &mut self.lanes[lane];
@@ -321,6 +338,35 @@ mod tests {
         assert!(m.next(now, IDLE).is_some());
         assert_eq!(m.committable(0), Some(13));
         assert_eq!(m.lag(), 0);
+    }
+
+    #[test]
+    fn lanes_with_records_pause_at_the_bound_and_an_empty_lane_never_does() {
+        let mut m = TaskMerge::new(2);
+        let t0 = Instant::now();
+        m.set_high_watermark(1, 0);
+        for i in 0..4 {
+            m.push(0, i, ev(&format!("a{i}"), "2025-01-02T00:00:00Z"));
+        }
+        assert!(!m.hold(0, false, 5), "below the bound");
+        m.push(0, 4, ev("a4", "2025-01-02T00:00:00Z"));
+        assert!(m.hold(0, false, 5), "at the bound");
+        assert!(
+            !m.hold(1, false, 5),
+            "the lane the task waits for keeps fetching"
+        );
+        assert!(m.hold(0, true, 5), "stays paused above half the bound");
+        // Lane 1 stays caught up past the idle time: lane 0 drains.
+        assert!(m.next(t0, IDLE).is_none());
+        let mut taken = 0;
+        while m.next(t0 + IDLE, IDLE).is_some() {
+            taken += 1;
+            if taken == 3 {
+                assert!(!m.hold(0, true, 5), "half the bound: resumed");
+            }
+        }
+        assert_eq!(taken, 5);
+        assert!(!m.hold(0, true, 5), "empty: resumed");
     }
 
     #[test]
