@@ -1,4 +1,4 @@
-//! Engine throughput (SPEC §8: ≥ 1,000,000 events/s on one core): parse alone, and
+//! Engine throughput (README "Performance": ≥ 1,000,000 events/s on one core): parse alone, and
 //! parse + state + rules + timers over generated events, no I/O.
 //!
 //! `cargo bench --bench engine`

@@ -1,4 +1,4 @@
-//! Kafka path throughput (SPEC §8: the worker reaches ≥ 90% of what a plain consumer of
+//! Kafka path throughput (README "Performance": the worker reaches ≥ 90% of what a plain consumer of
 //! the same broker reaches on the same topics in the same run).
 //!
 //! Produces N generated events to fresh co-partitioned topics on a local tansu broker,
@@ -258,7 +258,7 @@ fn main() {
         .unwrap_or(0.0);
     println!("worker: {}", summary.trim());
     println!(
-        "worker / plain consumer = {:.0}% (SPEC §8 target ≥ 90%)",
+        "worker / plain consumer = {:.0}% (target ≥ 90%)",
         100.0 * worker_rate / plain_rate.max(1e-9)
     );
 }

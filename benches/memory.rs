@@ -1,4 +1,4 @@
-//! Memory per customer at 1 million customers (SPEC §8: ≤ 128 bytes of hot state, not
+//! Memory per customer at 1 million customers (README "Performance": ≤ 128 bytes of hot state, not
 //! counting the key, the profile and the timer index; 10M customers with 16-byte ids in
 //! 2 GiB RSS). Prints its figures.
 //!

@@ -1,4 +1,4 @@
-//! Sustained sends/s through the SMTP pool (SPEC §5) to a real SMTP server on loopback
+//! Sustained sends/s through the SMTP pool (docs/design.md §10 Sender) to a real SMTP server on loopback
 //! (aiosmtpd via `tests/support/smtp_server.py`, Python from `CHURNWATCH_TEST_PYTHON`),
 //! for several pool sizes. Prints its figures.
 //!

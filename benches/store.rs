@@ -1,4 +1,4 @@
-//! The durable store (SPEC §6, §8): checkpoint cost, bytes on disk per customer, restart
+//! The durable store (docs/design.md §8 Checkpoint and outbox, README "Performance"): checkpoint cost, bytes on disk per customer, restart
 //! time with 1 million customers (≤ 2 s), and replay throughput with durable state
 //! (≥ 300,000 events/s) against the same replay without it. Prints its figures.
 //!

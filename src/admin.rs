@@ -1,4 +1,4 @@
-//! The HTTP admin endpoint (SPEC §7, `admin.listen`): `/healthz` (the process answers),
+//! The HTTP admin endpoint (README "Admin endpoint and logs", `admin.listen`): `/healthz` (the process answers),
 //! `/readyz` (connected, tasks assigned and restored, caught up; 503 with the reason
 //! otherwise), `/metrics` (OpenMetrics text) and `/customers/{id}` (one customer
 //! explained, as `inspect` does; loopback only, contact data redacted unless

@@ -1,4 +1,4 @@
-//! Alerts: the decision records of SPEC §5, their ids and their JSON shape.
+//! Alerts: the decision records of docs/design.md §7 Decisions, their ids and their JSON shape.
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
@@ -97,7 +97,7 @@ impl Suppression {
     }
 }
 
-/// What the engine decided to do about an alert (SPEC §5 guards).
+/// What the engine decided to do about an alert (docs/design.md §7 Decisions guards).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -168,7 +168,7 @@ pub struct Alert {
     pub rule: Rule,
     /// Step within a sequence (trigger kind for support_recovery), 0 otherwise.
     pub step: u8,
-    /// What the alert is about (see SPEC §5 "Episode").
+    /// What the alert is about (see docs/design.md §7 Decisions "Episode").
     pub episode: String,
     /// Event time the decision is made for.
     pub at: Stamp,
@@ -260,7 +260,7 @@ impl Alert {
         format!("{}@{}", self.alert_id, domain)
     }
 
-    /// The alert as one JSON line (SPEC §5 shape), without the trailing newline.
+    /// The alert as one JSON line (docs/design.md §7 Decisions shape), without the trailing newline.
     pub fn to_json(&self, message_id_domain: &str) -> String {
         #[derive(Serialize)]
         struct Delivery<'a> {

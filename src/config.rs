@@ -479,7 +479,7 @@ pub struct MailSettings {
     pub message_id_domain: String,
 }
 
-/// Kafka settings of the service (SPEC §2, §7).
+/// Kafka settings of the service (README "Running the service (Kafka)", README "Config reference").
 #[derive(Clone, Debug)]
 pub struct KafkaSettings {
     /// `host:port,…`
@@ -564,7 +564,7 @@ pub enum TlsMode {
     Tls,
 }
 
-/// The SMTP relay (SPEC §5, §7).
+/// The SMTP relay (README "Email delivery (SMTP)", README "Config reference").
 #[derive(Clone, Debug)]
 pub struct SmtpSettings {
     /// Relay host name (also the name its certificate must carry).
@@ -593,7 +593,7 @@ pub struct SmtpSettings {
     pub queue_limit: usize,
 }
 
-/// What the sender applies when it schedules an email (SPEC §5).
+/// What the sender applies when it schedules an email (docs/design.md §10 Sender).
 #[derive(Clone, Debug)]
 pub struct SendSettings {
     /// Local-time window with no sends, if any.
@@ -716,7 +716,7 @@ fn send_settings(d: &RawDelivery, p: &mut Vec<String>) -> SendSettings {
 /// The smallest bound of `sends.jsonl`: below a few records it would rotate at every line.
 const MIN_SENDS_LOG_BYTES: u64 = 4096;
 
-/// Where and how often `run` makes its state durable (SPEC §6).
+/// Where and how often `run` makes its state durable (docs/design.md §8 Checkpoint and outbox).
 #[derive(Clone, Debug)]
 pub struct StateSettings {
     /// Folder of the embedded store (one file per task).
@@ -1535,7 +1535,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
 
 impl Config {
     /// The tables of `self` that differ from `running` but take effect only at a
-    /// restart (SPEC §7: thresholds, guards, templates and mail settings reload live;
+    /// restart (docs/design.md §14 Hot reload: thresholds, guards, templates and mail settings reload live;
     /// Kafka, the store, the transport, the relay, the sender's pacing and the admin
     /// address do not).
     pub fn restart_only_changes(&self, running: &Config) -> Vec<&'static str> {

@@ -1,4 +1,4 @@
-//! Input events (SPEC §2): JSON → [`Event`], or a [`Reject`] saying which field was wrong.
+//! Input events (docs/design.md §3 Input): JSON → [`Event`], or a [`Reject`] saying which field was wrong.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -212,7 +212,7 @@ impl EventKind {
     }
 }
 
-/// Every event type, in SPEC order (used for summaries and metrics).
+/// Every event type, in the order of the README event table (used for summaries and metrics).
 pub const EVENT_TYPES: [&str; 10] = [
     "purchase",
     "refund",

@@ -1,4 +1,4 @@
-//! The worker's readiness as the admin endpoint will report it (`/readyz`, SPEC §7):
+//! The worker's readiness as the admin endpoint will report it (`/readyz`, README "Admin endpoint and logs"):
 //! connected to Kafka, every input topic there, tasks assigned and none refused, caught
 //! up enough to decide.
 

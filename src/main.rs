@@ -507,7 +507,7 @@ fn main() -> ExitCode {
                     );
                     ExitCode::from(3)
                 }
-                // A running worker holds the store: ask it instead (SPEC §7).
+                // A running worker holds the store: ask it instead (README "Admin endpoint and logs").
                 Err(e @ churnwatch::store::StoreError::InUse { .. }) => {
                     match ask_worker(cfg.admin_listen, &customer_id, personal) {
                         Ok(Some(text)) => {

@@ -1,4 +1,4 @@
-//! The worker's Prometheus metrics (SPEC §7), kept with `prometheus-client` and served
+//! The worker's Prometheus metrics (README "Metrics"), kept with `prometheus-client` and served
 //! by the admin endpoint at `/metrics` in the OpenMetrics text format.
 
 use std::sync::{Mutex, PoisonError};
@@ -173,7 +173,7 @@ impl Metrics {
         m.retention_rate.set(f64::NAN);
         registry.register(
             "retention_rate_percent",
-            "Customer retention rate over metrics.crr_period (SPEC 1), percent",
+            "Customer retention rate over metrics.crr_period, percent",
             m.retention_rate.clone(),
         );
         registry.register(

@@ -1,4 +1,4 @@
-//! The outbox (SPEC §6): effects the engine decided, stored in the same atomic write as
+//! The outbox (docs/design.md §8 Checkpoint and outbox): effects the engine decided, stored in the same atomic write as
 //! the state that decided them, and handed to Kafka or the mail transport only after
 //! that write is durable. An entry is removed once its effect is acknowledged; after a
 //! crash, whatever is left is handed over again — at-least-once, with stable ids.
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// One decided effect waiting to be handed over.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Entry {
-    /// An alert for the alerts topic: the SPEC §5 JSON, keyed by customer id.
+    /// An alert for the alerts topic: the docs/design.md §7 Decisions JSON, keyed by customer id.
     Alert {
         /// Record key (the customer id).
         key: String,

@@ -2,7 +2,7 @@
 //! to a batch, and a batch is *settled* once the broker acknowledged all its records.
 //! The worker stores a batch's input offsets only when it is settled and every earlier
 //! batch is too, so processing the next batch overlaps the broker's round trips while a
-//! crash can still never skip an effect (SPEC §6).
+//! crash can still never skip an effect (docs/design.md §12 Guarantees).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, PoisonError};

@@ -1,4 +1,4 @@
-//! Hot reload (SPEC §7): SIGHUP or a change under the config file's folder or the
+//! Hot reload (docs/design.md §14 Hot reload): SIGHUP or a change under the config file's folder or the
 //! templates folder asks the worker to read its config again. The request waits until
 //! the files have been quiet for a moment, so an editor's or a ConfigMap's several
 //! writes become one reload, and a half-written file is not read.

@@ -1,4 +1,4 @@
-//! The embedded store (SPEC §6): one redb file per task (`task-<p>.redb` in
+//! The embedded store (docs/design.md §8 Checkpoint and outbox): one redb file per task (`task-<p>.redb` in
 //! `state.dir`), so a task's state is one unit that can later move between replicas.
 //!
 //! A checkpoint is one write transaction, synced before it returns: the customers that

@@ -1,4 +1,4 @@
-//! `churnwatch run`: the service loop (SPEC §2, §4–§6).
+//! `churnwatch run`: the service loop (docs/design.md §2 Path of one event).
 //!
 //! One thread polls the consumer, feeds each record to its task (partition `p` of every
 //! input topic) and applies the task's merged records to the task's own engine. What
@@ -52,7 +52,7 @@ pub struct Options {
     pub export_customers: Option<PathBuf>,
     /// Where the worker counts what it does (served at `/metrics`).
     pub metrics: Arc<Metrics>,
-    /// Set by SIGHUP and the file watcher: read the config again (SPEC §7).
+    /// Set by SIGHUP and the file watcher: read the config again (docs/design.md §14 Hot reload).
     pub reload: Arc<crate::reload::Reload>,
     /// `GET /customers/{id}` questions, answered from this worker's stores.
     pub queries: Arc<crate::admin::Queries>,
@@ -243,7 +243,7 @@ pub fn run(
         }
     };
     // The positions of every task this worker has state for decide, on assignment,
-    // which tasks it may run and from where (SPEC §6).
+    // which tasks it may run and from where (docs/design.md §11 Restart).
     let mut stores = BTreeMap::new();
     for p in store::tasks_in(&cfg.state.dir)? {
         let st = TaskStore::open(&cfg.state.dir, p)?;
@@ -378,7 +378,7 @@ impl<'a> Worker<'a> {
                     task.merge.next(now, self.cfg.kafka.max_task_idle)
                 } {
                     // An event that makes a customer unreachable: their emails waiting in
-                    // the sender (quiet hours, retries) must not go (SPEC §5). Only a
+                    // the sender (quiet hours, retries) must not go (docs/design.md §10 Sender). Only a
                     // change from reachable is told, so the sender scans its queue rarely.
                     let reach = sender.filter(|_| {
                         matches!(
@@ -592,7 +592,7 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// One task's checkpoint (SPEC §6): state changes, offsets and decided effects in
+    /// One task's checkpoint (docs/design.md §8 Checkpoint and outbox): state changes, offsets and decided effects in
     /// one durable write; only then are the effects handed over.
     fn checkpoint(&mut self, p: i32) -> anyhow::Result<()> {
         let Some(task) = self.tasks.get_mut(&p) else {
@@ -1003,7 +1003,7 @@ impl<'a> Worker<'a> {
     /// Claims a task nobody has processed: its first checkpoint (empty state, starting
     /// offsets) is committed to the store, then those offsets to the group, before
     /// anything is read. From then on another worker given the task sees committed
-    /// offsets and refuses it unless it holds the state (SPEC §6), instead of starting
+    /// offsets and refuses it unless it holds the state (docs/design.md §11 Restart), instead of starting
     /// it afresh a second time.
     fn claim(&mut self, p: i32) -> anyhow::Result<()> {
         self.checkpoint(p)?;
@@ -1307,7 +1307,7 @@ fn stopped(
 }
 
 /// The emails among `entries` that must not go out now, and why: their customer has
-/// unsubscribed, bounced, withdrawn consent or been erased since the decision (SPEC §5).
+/// unsubscribed, bounced, withdrawn consent or been erased since the decision (docs/design.md §10 Sender).
 /// Only the SMTP sender checks again; the file transport writes what was decided.
 fn blocked(
     delivery: &Delivery<'_>,

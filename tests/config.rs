@@ -1,4 +1,4 @@
-//! SPEC §7 configuration: embedded defaults, then a file, then `CHURNWATCH__…`
+//! README "Configuration" configuration: embedded defaults, then a file, then `CHURNWATCH__…`
 //! environment variables; unknown keys and invalid thresholds are errors that name the key.
 
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! The deployment files (SPEC §9: `Dockerfile`, `deploy/`), checked offline:
+//! The deployment files (README "Deployment": `Dockerfile`, `deploy/`), checked offline:
 //!
 //! - the image layout the Dockerfile builds (its ENV, COPY and WORKDIR lines, read from
 //!   the file) runs `churnwatch check` and a replay that writes emails, and hadolint
@@ -1134,7 +1134,7 @@ fn exported_names(exposition: &str) -> BTreeSet<String> {
     names
 }
 
-/// The series SPEC §7 wants on the dashboard: one query at least of each.
+/// The series README "Metrics" wants on the dashboard: one query at least of each.
 const DASHBOARD_MUST_SHOW: [&str; 10] = [
     "churnwatch_events_total",
     "churnwatch_rejects_total",

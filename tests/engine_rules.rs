@@ -1,5 +1,5 @@
-//! Rule semantics of the churn engine (SPEC §2–§5), driven through the public API only:
-//! events are built from the JSON shapes of SPEC §2, fed to `Engine::apply`, and the clock
+//! Rule semantics of the churn engine (docs/design.md §5 Clock, §6 State and rules, §7 Decisions), driven through the public API only:
+//! events are built from the JSON shapes of README "What it decides", fed to `Engine::apply`, and the clock
 //! is moved with `Engine::advance` / `Engine::finish`. Every threshold is tested on both
 //! sides of its boundary (one second / one unit below → nothing, at → alert).
 
@@ -60,7 +60,7 @@ fn day(n: u32) -> Stamp {
     t0().plus(n * DAY)
 }
 
-/// Parses one SPEC §2 JSON line; a test bug if it is rejected.
+/// Parses one README "What it decides" JSON line; a test bug if it is rejected.
 fn ev(json: &str) -> Event {
     churnwatch::event::parse(json.as_bytes())
         .unwrap_or_else(|r| panic!("test event rejected: {r}\n{json}"))
@@ -1376,7 +1376,7 @@ proptest! {
 // Known bugs (ignored until fixed in src/)
 // ---------------------------------------------------------------------------------------
 
-/// SPEC §4: batch boundaries never change a decision. A `support_ticket_opened` that
+/// docs/design.md §5 Clock: batch boundaries never change a decision. A `support_ticket_opened` that
 /// arrives 10 days late (applied as `Late`) leaves an SLA timer that is already due by
 /// clock − allowed_lateness; `apply` does not fire it, so it is decided at whatever the
 /// clock is at the *next* call. An `advance` to the current clock (a batch boundary that

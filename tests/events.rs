@@ -1,4 +1,4 @@
-//! SPEC §2: input events. Every rejection has a class (for metrics) and a reason that
+//! README "Input: limits and reject classes": input events. Every rejection has a class (for metrics) and a reason that
 //! names the offending field; every valid shape parses into the right [`EventKind`].
 
 use churnwatch::engine::clock::Stamp;

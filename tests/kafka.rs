@@ -1,10 +1,10 @@
-//! SPEC §2, §5, §6 against a real Kafka-protocol broker (tansu, started by
+//! docs/design.md §4 Tasks, §12 Guarantees against a real Kafka-protocol broker (tansu, started by
 //! `scripts/test`, address in `CHURNWATCH_TEST_KAFKA`): `churnwatch run` decides exactly
 //! what `replay` decides on the same input; rejects reach the dead-letter topic with
 //! their bytes and origin while the partition keeps flowing; two workers in one group
 //! split the tasks and together decide what one worker decides; a broker restart is
 //! survived; a worker killed with SIGKILL again and again loses no event's effect and
-//! writes no email twice (SPEC §6).
+//! writes no email twice (docs/design.md §12 Guarantees).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -770,7 +770,7 @@ fn run_decides_exactly_what_replay_decides_on_the_same_events() {
     );
 }
 
-/// `run` over SMTP (SPEC §5, §6): every email replay decides reaches the relay exactly
+/// `run` over SMTP (docs/design.md §10 Sender, §12 Guarantees): every email replay decides reaches the relay exactly
 /// once, through a 451 on every first try and a sender queue far smaller than the
 /// backlog, unless its customer became unreachable
 /// (unsubscribed, bounced, erased, consent withdrawn) later in the input before it was
@@ -1279,7 +1279,7 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body.to_string()))
 }
 
-/// SPEC §7: `/healthz` answers, `/readyz` says ready once the task runs, and `/metrics`
+/// README "Admin endpoint and logs": `/healthz` answers, `/readyz` says ready once the task runs, and `/metrics`
 /// — parsed by the Python Prometheus client's OpenMetrics parser — counts exactly the
 /// records, events, rejects, alerts by rule and decision, and emails of the input (as
 /// replay decides them).
@@ -1617,7 +1617,7 @@ fn two_workers_split_the_tasks_and_together_decide_as_one() {
     let topics = [purchases.as_str(), support.as_str()];
     let group_two = unique("two");
     // The workers read while the events are being produced: a caught-up partition holds
-    // its task long enough for the producer (SPEC §2), so the order stays event time.
+    // its task long enough for the producer (docs/design.md §4 Tasks), so the order stays event time.
     let live = [("CHURNWATCH__KAFKA__MAX_TASK_IDLE", "10s")];
     let mut a = Worker::start_with(&bootstrap, &group_two, &topics, &dlq, &alerts_two, &live);
     a.wait_tasks(4);
@@ -2313,7 +2313,7 @@ fn wait_admin(port: u16, w: &mut Worker) {
     }
 }
 
-/// SPEC §2 on Kafka records: a key that is not the payload's `customer_id` is a dead
+/// docs/design.md §3 Input on Kafka records: a key that is not the payload's `customer_id` is a dead
 /// letter of class `key_mismatch` (its event has no effect), a null or empty value one of
 /// class `empty_value`; a null key is taken from the payload, and a record on the wrong
 /// partition for its payload's id is counted as misrouted.

@@ -1,4 +1,4 @@
-//! SPEC §5 and §7: `churnwatch replay` end to end, on the bundled example events, through
+//! README "Operating churnwatch": `churnwatch replay` end to end, on the bundled example events, through
 //! the debug binary: exit code, summary, alerts.jsonl shape, .eml files per rule and
 //! locale, rejects, customer export, determinism, batch-size independence, and how the
 //! output folder is replaced.
@@ -809,7 +809,7 @@ fn replay_needs_events_and_a_valid_until() {
     );
 }
 
-/// SPEC §7: replay "writes into the output folder, whose earlier replay results it
+/// README "Commands": replay "writes into the output folder, whose earlier replay results it
 /// replaces" — a run that cannot even open its input has no results to replace them with.
 #[test]
 fn a_failed_replay_keeps_the_earlier_results() {

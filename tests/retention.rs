@@ -1,4 +1,4 @@
-//! SPEC §1 customer retention rate: the engine's running counts and daily marks give the
+//! docs/design.md §6 State and rules customer retention rate: the engine's running counts and daily marks give the
 //! same CRR as counting every customer's stage at the period's start and end.
 
 use std::collections::{BTreeSet, HashMap};

@@ -1,4 +1,4 @@
-//! SPEC §5, §6 against a real SMTP server on loopback (aiosmtpd, run by
+//! docs/design.md §10 Sender, §12 Guarantees against a real SMTP server on loopback (aiosmtpd, run by
 //! `tests/support/smtp_server.py` with the Python that `scripts/test` prepares, path in
 //! `CHURNWATCH_TEST_PYTHON`). The server parses what it accepts with Python's own MIME
 //! parser, so these tests read the emails as a mail client would.

@@ -1,4 +1,4 @@
-//! SPEC §6: the embedded store. An engine checkpointed and restored over and over decides
+//! docs/design.md §8 Checkpoint and outbox: the embedded store. An engine checkpointed and restored over and over decides
 //! exactly what one that never stopped decides; outbox entries survive a reopen until
 //! removed; a store in use, damaged or from another format is a clear error, never an
 //! empty start; `inspect` explains a stored customer and redacts contact data.

@@ -1,4 +1,4 @@
-//! SPEC §5: templates (en + ar for every rule, RTL Arabic HTML, locale fallback, escaping)
+//! README "Configuration": templates (en + ar for every rule, RTL Arabic HTML, locale fallback, escaping)
 //! and the MIME message built from them (Message-ID, no header injection, alternative parts).
 
 use std::fs;

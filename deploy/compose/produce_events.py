@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Produces JSONL events into churnwatch's input topics, keyed by customer_id and
-partitioned like a Java producer (murmur2), as SPEC §2 requires of co-partitioned
+partitioned like a Java producer (murmur2), as README "Running the service (Kafka)" requires of co-partitioned
 topics. Support events go to the support topic, everything else (and lines that are
 not events) to the purchases topic, as the Kafka tests split the bundled example.
 

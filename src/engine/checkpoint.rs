@@ -33,7 +33,7 @@ pub struct Header {
     pub format: u32,
     /// The event-time clock.
     pub clock: Option<Stamp>,
-    /// Learned population statistics (SPEC §3: checkpointed with the task).
+    /// Learned population statistics (docs/design.md §8 Checkpoint and outbox: checkpointed with the task).
     pub population: Population,
     /// Counters so far.
     pub stats: Stats,

@@ -1,4 +1,4 @@
-//! Per-customer hot state (SPEC §3), kept small on purpose: see the size test below.
+//! Per-customer hot state (docs/design.md §6 State and rules), kept small on purpose: see the size test below.
 
 use super::clock::{Secs, Stamp, DAY};
 use super::rule::Rule;
@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn hot_state_fits_the_budget() {
-        // SPEC §8: ≤ 128 bytes of hot state per customer (key, profile, timers apart).
+        // README "Performance": ≤ 128 bytes of hot state per customer (key, profile, timers apart).
         assert!(
             std::mem::size_of::<Customer>() <= 128,
             "Customer is {} bytes",

@@ -1,4 +1,4 @@
-//! Guards decided on event time (SPEC §5), in order: suppression, holdout, cooldown,
+//! Guards decided on event time (docs/design.md §7 Decisions), in order: suppression, holdout, cooldown,
 //! cap, staleness. Each outcome is recorded in the alert and counted.
 
 use sha2::{Digest, Sha256};

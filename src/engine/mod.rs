@@ -232,7 +232,7 @@ impl Engine {
         ))
     }
 
-    /// The CRR numbers over the `period_days` before the clock's day (SPEC §1); `None`
+    /// The CRR numbers over the `period_days` before the clock's day (docs/design.md §6 State and rules); `None`
     /// until the engine has seen that much time.
     pub fn retention(&self, period_days: u16) -> Option<retention::Crr> {
         self.retention.over(self.clock?.day(), period_days)
@@ -601,7 +601,7 @@ impl Engine {
         c.at_risk_hours = risk::at_risk_hours(c, &s.risk);
     }
 
-    /// Why the customer may not be emailed now, if so (SPEC §5: suppression is checked
+    /// Why the customer may not be emailed now, if so (docs/design.md §10 Sender: suppression is checked
     /// again at send time). A customer the engine does not know was erased.
     pub fn suppression(&self, customer_id: &str) -> Option<crate::alert::Suppression> {
         let Some(slot) = self.find(customer_id) else {
@@ -684,7 +684,7 @@ impl Engine {
     }
 
     /// Bytes of hot state: every customer's fixed part plus the open tickets it owns.
-    /// (Keys, profiles and the timer index are counted apart, as SPEC §8 does.)
+    /// (Keys, profiles and the timer index are counted apart, as README "Performance" does.)
     pub fn hot_state_bytes(&self) -> usize {
         self.slots
             .iter()

@@ -1,4 +1,4 @@
-//! Customer retention rate (SPEC §1): CRR = (customers at end − new customers in the
+//! Customer retention rate (docs/design.md §6 State and rules): CRR = (customers at end − new customers in the
 //! period) / customers at start × 100, where a customer has purchased and is not
 //! `lapsed`. Kept as a running count plus one mark per event-time day, so the rate over
 //! any period up to [`MAX_PERIOD_DAYS`] is a lookup rather than a scan of every customer.

@@ -1,4 +1,4 @@
-//! churn_risk: the probability that a customer has stopped buying (SPEC §3).
+//! churn_risk: the probability that a customer has stopped buying (README "churn_risk").
 //!
 //! The model is the modified BG/NBD of the customer-base literature (Batislam et al.
 //! 2007), which needs only what hot state already holds: repeat purchases `x`, the time

@@ -1,4 +1,4 @@
-//! The five rules by name (SPEC §4).
+//! The five rules by name (docs/design.md §6 State and rules).
 
 /// A rule that can emit alerts.
 #[derive(

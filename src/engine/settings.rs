@@ -207,7 +207,7 @@ pub struct WelcomeBackSettings {
     pub cooldown: Secs,
 }
 
-/// Guards the engine decides on event time (SPEC §5).
+/// Guards the engine decides on event time (docs/design.md §7 Decisions).
 #[derive(Clone, Debug)]
 pub struct DeliverySettings {
     /// Share of customers (0..=100, two decimals) kept out of emails to measure lift.

@@ -1,4 +1,4 @@
-//! Customer stages (SPEC §3) and the recorded cause of the latest stage change.
+//! Customer stages (docs/design.md §6 State and rules) and the recorded cause of the latest stage change.
 
 /// Where a customer stands in their life cycle.
 #[derive(

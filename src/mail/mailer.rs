@@ -17,7 +17,7 @@ use crate::mail::template::Templates;
 use crate::mail::transport::FileTransport;
 use crate::outbox::Email;
 
-/// One line of `sends.jsonl`: what became of an email (SPEC §5 send results).
+/// One line of `sends.jsonl`: what became of an email (README "Email delivery (SMTP)" send results).
 #[derive(Serialize, Default)]
 pub struct SendLine<'a> {
     /// When it was recorded (RFC 3339, UTC; absent in replay, whose clock is event time).

@@ -1,4 +1,4 @@
-//! Quiet hours (SPEC §5): a daily window of local time in which no email is sent. An
+//! Quiet hours (docs/design.md §10 Sender): a daily window of local time in which no email is sent. An
 //! email that falls in it is deferred to the window's end in the customer's own time
 //! zone, never dropped.
 

@@ -1,4 +1,4 @@
-//! The sender (SPEC §5, §6): takes emails the outbox handed over and sends them through
+//! The sender (docs/design.md §10 Sender): takes emails the outbox handed over and sends them through
 //! the SMTP pool on a thread of its own, applying what is decided at send time: quiet
 //! hours in the customer's time zone (deferred, not dropped), the global rate limit,
 //! retries of transient failures with capped exponential backoff, and a suppression that

@@ -1,4 +1,4 @@
-//! The SMTP transport (SPEC §5): lettre's async pooled transport on tokio, built from
+//! The SMTP transport (docs/design.md §10 Sender): lettre's async pooled transport on tokio, built from
 //! `[smtp]`, and how its outcomes are told apart (transient, to retry; permanent, to
 //! record).
 
@@ -112,7 +112,7 @@ pub fn reply_text(r: &Response) -> String {
     crate::mail::template::one_line(&format!("{} {}", r.code(), lines.join(" ")))
 }
 
-/// The message with its `Date` header set to `at` (SPEC §5: the send time over SMTP; the
+/// The message with its `Date` header set to `at` (docs/design.md §10 Sender: the send time over SMTP; the
 /// stored message carries the decision's time).
 pub fn with_date(message: &[u8], at: jiff::Timestamp) -> Vec<u8> {
     let head_end = find(message, b"\r\n\r\n").unwrap_or(message.len());

@@ -1,4 +1,4 @@
-//! Templates (SPEC §5): `templates/<name>/<locale>.subject.txt`, `.text.txt`, `.html`,
+//! Templates (README "Configuration"): `templates/<name>/<locale>.subject.txt`, `.text.txt`, `.html`,
 //! rendered with minijinja in strict mode; `.html` autoescapes customer data.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +12,7 @@ use crate::config::MailSettings;
 /// The three parts of every template, by file suffix.
 pub const PARTS: [&str; 3] = ["subject.txt", "text.txt", "html"];
 
-/// Locales every template must have (SPEC §5).
+/// Locales every template must have (README "Configuration").
 pub const REQUIRED_LOCALES: [&str; 2] = ["en", "ar"];
 
 /// One rendered email.

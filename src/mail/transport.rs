@@ -7,7 +7,7 @@
 //! a power cut cannot lose an `.eml` whose entry is gone. Batching per hand-over lets the
 //! file system write the batch together instead of one flush per email.
 //!
-//! lettre's own `FileTransport` names files by a random UUID; SPEC §5 wants them named by
+//! lettre's own `FileTransport` names files by a random UUID; docs/design.md §7 Decisions wants them named by
 //! the deterministic Message-ID, so this writes lettre's formatted bytes itself.
 
 use std::fs;

@@ -1,4 +1,4 @@
-//! JSONL files as an event source: several files merged by `occurred_at` (SPEC §2).
+//! JSONL files as an event source: several files merged by `occurred_at` (docs/design.md §3 Input).
 //!
 //! Each file is read in order; the merge always takes the earliest head among the files
 //! (ties: the earlier file), so a file's own out-of-order lines stay out of order, as they

@@ -1,10 +1,10 @@
-//! Kafka as the event source (SPEC §2, §6): client settings, the consumer context that
+//! Kafka as the event source (docs/design.md §4 Tasks, §11 Restart): client settings, the consumer context that
 //! decides on each assignment which tasks may start, topic checks and partitioning.
 //!
 //! A task (partition `p` of every input topic) starts only where this worker's state
 //! can continue it: from the offsets its local state has reached, or from the group's
 //! start when nobody has committed anything for it. A task with committed offsets but
-//! no local state is refused (SPEC §6: never started empty) until state can be restored.
+//! no local state is refused (docs/design.md §11 Restart: never started empty) until state can be restored.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;

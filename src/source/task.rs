@@ -1,4 +1,4 @@
-//! One task's partitions merged by event time (SPEC §2).
+//! One task's partitions merged by event time (docs/design.md §4 Tasks).
 //!
 //! A task is partition `p` of every input topic (one *lane* per topic). Records are
 //! taken in `occurred_at` order across the lanes (ties: the earlier topic in

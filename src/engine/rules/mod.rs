@@ -1,4 +1,4 @@
-//! The five rules of SPEC §4, one module each. Each exposes what it reacts to (events or
+//! The five rules of docs/design.md §6 State and rules, one module each. Each exposes what it reacts to (events or
 //! a due timer) and, for timer-driven rules, when it is next due.
 
 pub mod frequency_drop;
