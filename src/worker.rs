@@ -1154,6 +1154,10 @@ impl<'a> Worker<'a> {
     /// none of them again — then one error line, and not ready.
     fn fail(&mut self, e: anyhow::Error) -> anyhow::Error {
         if disk::fault(&e).is_none() {
+            // Leave the group before the consumer is dropped: with no loop left to
+            // answer a rebalance, its close would wait for one forever and the error
+            // would never be reported.
+            self.leave_group();
             return e;
         }
         self.reserve.release();
@@ -1194,14 +1198,19 @@ impl<'a> Worker<'a> {
             }
             let _ = log.flush();
         }
-        // Leave the group now: no loop is left to answer a revoke (which would otherwise
-        // block the consumer's close), and another replica may take the tasks.
+        // Leave the group now: another replica may take the tasks.
+        self.leave_group();
+        stopped(self.cfg, &self.health, e, Some(left))
+    }
+
+    /// Gives up the group membership at once: no loop is left to answer a revoke, which
+    /// would otherwise block the consumer's close.
+    fn leave_group(&mut self) {
         self.shared
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .closing = true;
         self.consumer.unsubscribe();
-        stopped(self.cfg, &self.health, e, Some(left))
     }
 
     fn finish(&mut self, opts: &Options) -> anyhow::Result<()> {

@@ -23,7 +23,8 @@ impl Rng {
     }
 }
 
-/// `n` JSON event lines for `customers` customers over two years, in time order:
+/// `n` JSON event lines for `customers` customers over two years (2023–2024, in the past
+/// whatever day it is: later ones would be rejected by `engine.max_future_skew`), in time order:
 /// 85% purchases, the rest profiles, tickets, complaints and scores.
 #[allow(dead_code)]
 pub fn lines(n: usize, customers: u64, seed: u64) -> Vec<String> {
@@ -37,7 +38,7 @@ pub fn lines_part(n: usize, customers: u64, seed: u64, part: u64, parts: u64) ->
     let mut rng = Rng::new(seed);
     let whole: i64 = 2 * 365 * 86_400;
     let span: i64 = whole / parts.max(1) as i64;
-    let start: i64 = 1_735_689_600 + span * part as i64; // from 2025-01-01T00:00:00Z
+    let start: i64 = 1_672_531_200 + span * part as i64; // from 2023-01-01T00:00:00Z
     let mut out = Vec::with_capacity(n);
     // Tickets get closed a little later, as they are in a shop that answers them.
     let mut open_tickets: std::collections::VecDeque<u64> = Default::default();

@@ -77,7 +77,10 @@ impl FileTransport {
         bytes: &[u8],
     ) -> std::io::Result<(PathBuf, bool)> {
         let path = self.path_of(message_id);
-        if path.exists() {
+        // Written already, or earlier in this hand-over and not yet renamed into place
+        // (the same email handed over twice: a second temporary file would be renamed
+        // away from under the first).
+        if path.exists() || self.unsynced.iter().any(|(_, _, p)| *p == path) {
             return Ok((path, false));
         }
         let mut tmp = path.as_os_str().to_owned();
@@ -106,6 +109,18 @@ impl FileTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_email_twice_in_one_hand_over_is_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = FileTransport::new(dir.path(), true).unwrap();
+        assert!(t.write_once("a@x", b"hello").unwrap().1);
+        // Handed over again before the sync (an entry restored after a crash): a
+        // second temporary file would be renamed away from under the first.
+        assert!(!t.write_once("a@x", b"hello").unwrap().1);
+        t.sync().expect("one rename per file");
+        assert_eq!(fs::read(t.path_of("a@x")).unwrap(), b"hello");
+    }
 
     #[test]
     fn durable_files_are_in_place_only_after_sync() {
