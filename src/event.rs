@@ -290,7 +290,9 @@ fn clean_id(field: &str, s: &str, max: usize) -> Result<(), Reject> {
             ),
         ));
     }
-    if s.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+    // Printable ASCII (nearly every id) needs no character decoding.
+    let plain = s.bytes().all(|b| (0x20..0x7F).contains(&b));
+    if !plain && s.chars().any(|c| c.is_control() || is_bidi_control(c)) {
         return Err(Reject::new(
             "invalid_value",
             format!("field `{field}` contains a control character or a bidi override"),
