@@ -276,11 +276,17 @@ fn shown(s: &str) -> String {
 /// Bidirectional formatting characters (embeddings, overrides, isolates and marks): in
 /// an id they make two different ids look alike, in a header they reorder what is shown.
 pub fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}') || is_bidi_override(c)
 }
 
-/// Checks an identifier: no control characters or bidi controls, at most `max` bytes.
-fn clean_id(field: &str, s: &str, max: usize) -> Result<(), Reject> {
+/// Bidi embeddings, overrides and isolates: unlike the marks, never needed in a name.
+fn is_bidi_override(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Checks a field: at most `max` bytes, and no character that `bad` names (the value is
+/// not quoted: it may be personal data).
+fn clean(field: &str, s: &str, max: usize, bad: fn(char) -> bool) -> Result<(), Reject> {
     if s.len() > max {
         return Err(Reject::new(
             "invalid_value",
@@ -290,15 +296,20 @@ fn clean_id(field: &str, s: &str, max: usize) -> Result<(), Reject> {
             ),
         ));
     }
-    // Printable ASCII (nearly every id) needs no character decoding.
+    // Printable ASCII (nearly every value) needs no character decoding.
     let plain = s.bytes().all(|b| (0x20..0x7F).contains(&b));
-    if !plain && s.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+    if !plain && s.chars().any(bad) {
         return Err(Reject::new(
             "invalid_value",
             format!("field `{field}` contains a control character or a bidi override"),
         ));
     }
     Ok(())
+}
+
+/// Checks an identifier: no control characters or bidi controls, at most `max` bytes.
+fn clean_id(field: &str, s: &str, max: usize) -> Result<(), Reject> {
+    clean(field, s, max, |c| c.is_control() || is_bidi_control(c))
 }
 
 /// A display name as kept: line breaks, tabs and other controls become one space, bidi
@@ -310,7 +321,7 @@ pub fn neutral_name(s: &str) -> String {
     let mut out = String::with_capacity(s.len().min(MAX_NAME));
     for word in s
         .chars()
-        .filter(|c| !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+        .filter(|c| !is_bidi_override(*c))
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect::<String>()
         .split_whitespace()
@@ -328,26 +339,9 @@ pub fn neutral_name(s: &str) -> String {
 }
 
 /// Checks an address: no control characters and no bidi embeddings, overrides or
-/// isolates, at most `max` bytes. The value is not quoted: addresses are personal data.
+/// isolates, at most `max` bytes.
 fn clean_text(field: &str, s: &str, max: usize) -> Result<(), Reject> {
-    if s.len() > max {
-        return Err(Reject::new(
-            "invalid_value",
-            format!(
-                "field `{field}` is {} bytes, longer than the limit of {max}",
-                s.len()
-            ),
-        ));
-    }
-    let bad =
-        |c: char| c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
-    if s.chars().any(bad) {
-        return Err(Reject::new(
-            "invalid_value",
-            format!("field `{field}` contains a control character or a bidi override"),
-        ));
-    }
-    Ok(())
+    clean(field, s, max, |c| c.is_control() || is_bidi_override(c))
 }
 
 /// The wire shape of the fast path: every known field typed, strings borrowed from the
