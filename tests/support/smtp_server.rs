@@ -61,9 +61,12 @@ impl Server {
         Server { child, port, out }
     }
 
+    /// The server's records so far: only whole lines, since the server may be writing
+    /// the next one while a test polls.
     fn lines(&self, name: &str) -> Vec<Value> {
-        std::fs::read_to_string(self.out.path().join(name))
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(self.out.path().join(name)).unwrap_or_default();
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
