@@ -563,11 +563,6 @@ impl Engine {
         self.dedup_evicted
     }
 
-    /// Event ids remembered beyond the two inline ones of each customer (memory bench).
-    pub fn spilled_event_ids(&self) -> usize {
-        self.event_ids.values().map(Vec::len).sum()
-    }
-
     fn record_purchase(&mut self, slot: u32, t: Stamp, amount: crate::event::Amount) {
         let s = &self.settings;
         let c = &mut self.slots[slot as usize].c;
