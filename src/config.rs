@@ -849,9 +849,10 @@ fn key_problems(merged: &config::Config) -> Vec<(String, String)> {
             return;
         };
         let mut seen = Vec::new();
+        let first = out.len();
         loop {
             let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-                Ok(_) => return,
+                Ok(_) => break,
                 Err(e) => e,
             };
             let path = e.path().to_string();
@@ -883,7 +884,7 @@ fn key_problems(merged: &config::Config) -> Vec<(String, String)> {
                 .collect::<Vec<_>>()
                 .join(".");
             if seen.contains(&key) {
-                return;
+                break;
             }
             seen.push(key.clone());
             out.push((
@@ -895,7 +896,7 @@ fn key_problems(merged: &config::Config) -> Vec<(String, String)> {
                 },
             ));
             let (Ok(mut table), false) = (value.clone().into_table(), top.is_empty()) else {
-                return;
+                break;
             };
             match defaults.get::<config::Value>(&format!("{name}.{top}")) {
                 Ok(d) if !(unknown && top == field) => table.insert(top, d),
@@ -903,6 +904,9 @@ fn key_problems(merged: &config::Config) -> Vec<(String, String)> {
             };
             value = config::Value::new(None, table);
         }
+        // The walk meets a section's keys in hash order: sorted, `check` says the same
+        // thing twice.
+        out[first..].sort();
     }
     let defaults = config::Config::builder()
         .add_source(config::File::from_str(
