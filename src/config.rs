@@ -1043,6 +1043,42 @@ fn window_buckets(problems: &mut Vec<String>, key: &str, d: Duration) -> u8 {
     u8::try_from(d.0 / BUCKET_SECS).unwrap_or(u8::MAX)
 }
 
+/// The sections in the order of the defaults file: `check` lists problems in this order.
+const SECTIONS: [&str; 17] = [
+    "clock",
+    "shutdown_grace",
+    "kafka",
+    "state",
+    "engine",
+    "risk",
+    "templates",
+    "smtp",
+    "admin",
+    "delivery",
+    "loyal",
+    "rules.winback",
+    "rules.frequency_drop",
+    "rules.support_recovery",
+    "rules.thank_you",
+    "rules.welcome_back",
+    "metrics",
+];
+
+/// Orders problems by the section their key is in (file order), keeping the order of
+/// the checks within a section, so an operator reads them as the file is laid out.
+fn group_by_section(problems: &mut [String]) {
+    let rank = |m: &String| {
+        let key = m.split([':', ',', ' ']).next().unwrap_or_default();
+        SECTIONS
+            .iter()
+            .position(|s| {
+                key == *s || key.starts_with(&format!("{s}.")) || key.starts_with(&format!("{s}["))
+            })
+            .unwrap_or(SECTIONS.len())
+    };
+    problems.sort_by_key(rank);
+}
+
 /// Checks consistency and builds the validated [`Config`]; every problem is reported.
 pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigError> {
     let mut p = Vec::new();
@@ -1400,6 +1436,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         p.push("templates.default_locale: must not be empty".to_string());
     }
     if !p.is_empty() {
+        group_by_section(&mut p);
         let where_ = path
             .as_ref()
             .map(|x| x.display().to_string())
