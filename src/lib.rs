@@ -19,6 +19,7 @@ pub mod mail;
 pub mod metrics;
 pub mod outbox;
 pub mod preview;
+pub mod problems;
 pub mod progress;
 pub mod publisher;
 pub mod reload;

@@ -212,6 +212,19 @@ pub fn parse_duration(s: &str) -> Result<Secs, String> {
     u32::try_from(d.as_secs()).map_err(|_| format!("`{s}` is longer than 136 years"))
 }
 
+/// A duration as the config file writes it (`"60d"`, `"48h"`), read into whole seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span(pub Secs);
+
+impl<'de> serde::Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(Span)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// Formats seconds back into the shortest human form used in the config (`"14d"`).
 pub fn format_duration(secs: Secs) -> String {
     if secs.is_multiple_of(DAY) {

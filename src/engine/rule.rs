@@ -1,45 +1,38 @@
-//! The five rules by name (docs/design.md §6 State and rules).
+//! The rules by name (docs/design.md §6 State and rules); the list itself is
+//! [`crate::engine::rules::registry!`].
 
-/// A rule that can emit alerts.
-#[derive(
-    Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub enum Rule {
-    /// Inactivity → win-back sequence.
-    Winback = 0,
-    /// Purchases well below the customer's own baseline.
-    FrequencyDrop = 1,
-    /// Complaint, low score or ticket over SLA → apology.
-    SupportRecovery = 2,
-    /// Milestones, loyal promotion, anniversary → thanks.
-    ThankYou = 3,
-    /// A lapsed or recently won-back customer buys again.
-    WelcomeBack = 4,
+macro_rules! declare_rule {
+    ($($variant:ident = $index:literal => $module:ident,)*) => {
+        /// A rule that can emit alerts.
+        #[derive(
+            Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize,
+            serde::Deserialize,
+        )]
+        pub enum Rule {
+            $(
+                #[doc = concat!("`", stringify!($module), "` (engine/rules/", stringify!($module), ".rs).")]
+                $variant = $index,
+            )*
+        }
+
+        impl Rule {
+            /// Number of rules.
+            pub const COUNT: usize = [$(Rule::$variant),*].len();
+            /// All rules in a fixed order.
+            pub const ALL: [Rule; Rule::COUNT] = [$(Rule::$variant),*];
+
+            /// The rule's name in config and alerts.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Rule::$variant => stringify!($module),)*
+                }
+            }
+        }
+    };
 }
+super::rules::registry!(declare_rule);
 
 impl Rule {
-    /// Number of rules.
-    pub const COUNT: usize = 5;
-    /// All rules in a fixed order.
-    pub const ALL: [Rule; Rule::COUNT] = [
-        Rule::Winback,
-        Rule::FrequencyDrop,
-        Rule::SupportRecovery,
-        Rule::ThankYou,
-        Rule::WelcomeBack,
-    ];
-
-    /// The rule's name in config and alerts.
-    pub fn name(self) -> &'static str {
-        match self {
-            Rule::Winback => "winback",
-            Rule::FrequencyDrop => "frequency_drop",
-            Rule::SupportRecovery => "support_recovery",
-            Rule::ThankYou => "thank_you",
-            Rule::WelcomeBack => "welcome_back",
-        }
-    }
-
     /// Looks a rule up by its config name.
     pub fn from_name(name: &str) -> Option<Rule> {
         Rule::ALL.into_iter().find(|r| r.name() == name)

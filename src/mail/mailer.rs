@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Serialize;
 
+use super::settings::MailSettings;
 use crate::alert::Alert;
-use crate::config::MailSettings;
 use crate::disk::PathError;
 use crate::mail::message;
 use crate::mail::template::Templates;

@@ -8,9 +8,9 @@ use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::Message;
 
+use super::settings::MailSettings;
 use super::template::{one_line, Rendered};
 use crate::alert::Alert;
-use crate::config::MailSettings;
 
 /// Why a message could not be built (a permanent failure for this alert).
 #[derive(Debug, thiserror::Error)]

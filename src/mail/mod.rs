@@ -4,6 +4,7 @@ pub mod mailer;
 pub mod message;
 pub mod quiet_hours;
 pub mod sender;
+pub mod settings;
 pub mod smtp;
 pub mod template;
 pub mod transport;

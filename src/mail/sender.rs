@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::settings::{SendSettings, SmtpSettings};
 use super::smtp::{self, Failure, Pool};
-use crate::config::{SendSettings, SmtpSettings};
 use crate::outbox::Email;
 
 /// One email to send: its outbox entry and the message.

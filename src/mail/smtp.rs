@@ -11,7 +11,7 @@ use lettre::transport::smtp::response::Response;
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 
-use crate::config::{SmtpSettings, TlsMode};
+use super::settings::{SmtpSettings, TlsMode};
 
 /// The pooled transport to the relay.
 pub type Pool = AsyncSmtpTransport<Tokio1Executor>;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 
+use super::settings::MailSettings;
 use crate::alert::MailContext;
-use crate::config::MailSettings;
 
 /// The three parts of every template, by file suffix.
 pub const PARTS: [&str; 3] = ["subject.txt", "text.txt", "html"];

@@ -2,14 +2,132 @@
 //! baseline predicts — a ratio test and a Poisson lower-tail test, checked at each
 //! 30-day bucket boundary.
 
+use serde::Deserialize;
+
 use crate::alert::Inputs;
-use crate::engine::clock::Stamp;
+use crate::engine::clock::{format_duration, Secs, Span, Stamp};
 use crate::engine::customer::{flag, Buckets, Customer};
 use crate::engine::guards::{emit, Candidate};
 use crate::engine::rule::Rule;
-use crate::engine::settings::{FrequencyDropSettings, Settings};
+use crate::engine::settings::{Settings, BUCKETS, BUCKET_SECS};
 use crate::engine::stage::{Cause, Stage};
 use crate::engine::Ctx;
+use crate::problems::Problems;
+
+/// `[rules.frequency_drop]` as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    /// See the defaults file.
+    pub enabled: bool,
+    /// See the defaults file.
+    pub recent_window: Span,
+    /// See the defaults file.
+    pub baseline_window: Span,
+    /// See the defaults file.
+    pub max_ratio: f64,
+    /// See the defaults file.
+    pub significance: f64,
+    /// See the defaults file.
+    pub min_baseline_purchases: u32,
+    /// See the defaults file.
+    pub template: String,
+    /// See the defaults file.
+    pub offer_code: String,
+    /// See the defaults file.
+    pub cooldown: Span,
+}
+
+/// `frequency_drop` settings.
+#[derive(Clone, Debug)]
+pub struct FrequencyDropSettings {
+    /// Emit alerts.
+    pub enabled: bool,
+    /// Recent window in buckets.
+    pub recent_buckets: u8,
+    /// Baseline window in buckets (just before the recent one).
+    pub baseline_buckets: u8,
+    /// Fire only when recent / expected is below this.
+    pub max_ratio: f64,
+    /// … and the Poisson lower tail P(X ≤ recent) is below this.
+    pub significance: f64,
+    /// Only for customers with at least this many purchases in the baseline window.
+    pub min_baseline_purchases: u32,
+    /// Template name.
+    pub template: String,
+    /// Offer code ("" for none).
+    pub offer_code: String,
+    /// Minimum time between alerts.
+    pub cooldown: Secs,
+}
+
+/// The rule's entry in the registry.
+pub struct Spec;
+
+impl super::RuleSpec for Spec {
+    type Raw = Raw;
+    type Settings = FrequencyDropSettings;
+
+    fn validate(f: &Raw, key: &str, p: &mut Problems) -> FrequencyDropSettings {
+        let recent_buckets = window_buckets(p, &format!("{key}.recent_window"), f.recent_window);
+        let baseline_buckets =
+            window_buckets(p, &format!("{key}.baseline_window"), f.baseline_window);
+        p.when(
+            usize::from(recent_buckets) + usize::from(baseline_buckets) >= BUCKETS,
+            || {
+                format!(
+                    "{key}: recent_window + baseline_window must be at most {}d",
+                    (BUCKETS - 1) * 30
+                )
+            },
+        );
+        p.when(!(f.max_ratio > 0.0 && f.max_ratio <= 1.0), || {
+            format!("{key}.max_ratio: must be in (0, 1], got {}", f.max_ratio)
+        });
+        p.when(!(f.significance > 0.0 && f.significance < 1.0), || {
+            format!("{key}.significance: must be in (0, 1), got {}", f.significance)
+        });
+        p.when(f.min_baseline_purchases == 0, || {
+            format!("{key}.min_baseline_purchases: must be at least 1")
+        });
+        p.template_name(&format!("{key}.template"), &f.template);
+        FrequencyDropSettings {
+            enabled: f.enabled,
+            recent_buckets,
+            baseline_buckets,
+            max_ratio: f.max_ratio,
+            significance: f.significance,
+            min_baseline_purchases: f.min_baseline_purchases,
+            template: f.template.clone(),
+            offer_code: f.offer_code.clone(),
+            cooldown: f.cooldown.0,
+        }
+    }
+
+    fn cooldown(s: &FrequencyDropSettings) -> Secs {
+        s.cooldown
+    }
+
+    fn templates(s: &FrequencyDropSettings) -> Vec<&str> {
+        vec![s.template.as_str()]
+    }
+
+    fn offer_code<'s>(s: &'s FrequencyDropSettings, template: &str) -> Option<&'s str> {
+        (s.template == template).then_some(s.offer_code.as_str())
+    }
+}
+
+/// A window as a number of whole 30-day buckets (activity is counted per bucket).
+fn window_buckets(p: &mut Problems, key: &str, d: Span) -> u8 {
+    if d.0 == 0 || !d.0.is_multiple_of(BUCKET_SECS) {
+        p.push(format!(
+            "{key}: must be a positive multiple of 30d (activity is counted in 30-day buckets), got {}",
+            format_duration(d.0)
+        ));
+        return 1;
+    }
+    u8::try_from(d.0 / BUCKET_SECS).unwrap_or(u8::MAX)
+}
 
 /// P(X ≤ k) for X ~ Poisson(mean).
 pub fn poisson_cdf(k: u32, mean: f64) -> f64 {

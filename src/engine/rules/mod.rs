@@ -1,13 +1,57 @@
-//! The five rules of docs/design.md §6 State and rules, one module each. Each exposes what it reacts to (events or
-//! a due timer) and, for timer-driven rules, when it is next due.
+//! The rules (docs/design.md §6 State and rules), one module each. A rule's module owns
+//! everything about it: its `[rules.NAME]` section as read from the file, the validated
+//! settings and their checks, when its timers are due, and what it does on an event or a
+//! due timer. [`registry!`] is the one list of rules: adding a rule is its module plus
+//! one line there (CONTRIBUTING.md "Adding a rule").
 
-pub mod frequency_drop;
-pub mod support_recovery;
-pub mod thank_you;
-pub mod welcome_back;
-pub mod winback;
+use serde::de::DeserializeOwned;
 
-use super::clock::Stamp;
+use super::clock::{Secs, Stamp};
+use crate::problems::Problems;
+
+/// The one list of rules: `Variant = index => module`. The index is the rule's place in
+/// per-rule arrays and in stored state, so a rule keeps its number for good.
+///
+/// Called with a macro name, it hands that macro the list; the rule enum, the modules,
+/// the rule settings, the `[rules]` section and the per-rule lookups are all built
+/// from it.
+macro_rules! registry {
+    ($then:ident) => {
+        $then! {
+            Winback = 0 => winback,
+            FrequencyDrop = 1 => frequency_drop,
+            SupportRecovery = 2 => support_recovery,
+            ThankYou = 3 => thank_you,
+            WelcomeBack = 4 => welcome_back,
+        }
+    };
+}
+pub(crate) use registry;
+
+macro_rules! declare_modules {
+    ($($variant:ident = $index:literal => $module:ident,)*) => {
+        $(pub mod $module;)*
+    };
+}
+registry!(declare_modules);
+
+/// What the registry needs of every rule: its config section, how that section is
+/// checked, and what the guards and templates need to know of it.
+pub trait RuleSpec {
+    /// The `[rules.NAME]` section as written (serde layer; unknown keys refused).
+    type Raw: DeserializeOwned + Clone + std::fmt::Debug;
+    /// The validated settings the engine runs with.
+    type Settings: Clone + std::fmt::Debug;
+    /// Checks the section (`key` is `rules.NAME`) and builds the settings; every
+    /// problem goes to `p` so that `check` lists them all.
+    fn validate(raw: &Self::Raw, key: &str, p: &mut Problems) -> Self::Settings;
+    /// No new alert of the rule for a customer within this long of the previous one.
+    fn cooldown(s: &Self::Settings) -> Secs;
+    /// Every template the rule may send.
+    fn templates(s: &Self::Settings) -> Vec<&str>;
+    /// The offer code sent with `template`, when the rule sends it with one.
+    fn offer_code<'s>(s: &'s Self::Settings, template: &str) -> Option<&'s str>;
+}
 
 /// The purchase an inactivity or drop episode is counted from.
 pub(crate) fn purchase_episode(last: Option<Stamp>) -> String {

@@ -1,13 +1,87 @@
 //! `support_recovery`: a complaint, a low satisfaction score, or a ticket open past its
 //! SLA → apology. The step number names the trigger so each gets its own alert id.
 
+use serde::Deserialize;
+
 use crate::alert::Inputs;
-use crate::engine::clock::{Stamp, DAY};
+use crate::engine::clock::{Secs, Span, Stamp, DAY};
 use crate::engine::customer::{Customer, OpenTicket, MAX_OPEN_TICKETS};
 use crate::engine::guards::{emit, Candidate};
 use crate::engine::rule::Rule;
 use crate::engine::settings::Settings;
 use crate::engine::Ctx;
+use crate::problems::Problems;
+
+/// `[rules.support_recovery]` as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    /// See the defaults file.
+    pub enabled: bool,
+    /// See the defaults file.
+    pub max_score: u8,
+    /// See the defaults file.
+    pub sla: Span,
+    /// See the defaults file.
+    pub template: String,
+    /// See the defaults file.
+    pub offer_code: String,
+    /// See the defaults file.
+    pub cooldown: Span,
+}
+
+/// `support_recovery` settings.
+#[derive(Clone, Debug)]
+pub struct SupportSettings {
+    /// Emit alerts.
+    pub enabled: bool,
+    /// A satisfaction score at or below this fires.
+    pub max_score: u8,
+    /// A ticket open longer than this fires.
+    pub sla: Secs,
+    /// Template name.
+    pub template: String,
+    /// Offer code ("" for none).
+    pub offer_code: String,
+    /// Minimum time between alerts.
+    pub cooldown: Secs,
+}
+
+/// The rule's entry in the registry.
+pub struct Spec;
+
+impl super::RuleSpec for Spec {
+    type Raw = Raw;
+    type Settings = SupportSettings;
+
+    fn validate(sr: &Raw, key: &str, p: &mut Problems) -> SupportSettings {
+        p.when(!(1..=5).contains(&sr.max_score), || {
+            format!("{key}.max_score: must be 1–5, got {}", sr.max_score)
+        });
+        p.when(sr.sla.0 == 0, || format!("{key}.sla: must be positive"));
+        p.template_name(&format!("{key}.template"), &sr.template);
+        SupportSettings {
+            enabled: sr.enabled,
+            max_score: sr.max_score,
+            sla: sr.sla.0,
+            template: sr.template.clone(),
+            offer_code: sr.offer_code.clone(),
+            cooldown: sr.cooldown.0,
+        }
+    }
+
+    fn cooldown(s: &SupportSettings) -> Secs {
+        s.cooldown
+    }
+
+    fn templates(s: &SupportSettings) -> Vec<&str> {
+        vec![s.template.as_str()]
+    }
+
+    fn offer_code<'s>(s: &'s SupportSettings, template: &str) -> Option<&'s str> {
+        (s.template == template).then_some(s.offer_code.as_str())
+    }
+}
 
 /// Step for a complaint.
 pub const STEP_COMPLAINT: u8 = 0;

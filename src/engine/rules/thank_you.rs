@@ -1,14 +1,108 @@
 //! `thank_you`: purchase-count milestones, promotion to loyal, and the yearly
 //! anniversary of a loyal customer's first purchase.
 
+use serde::Deserialize;
+
 use crate::alert::Inputs;
-use crate::engine::clock::{Stamp, DAY};
+use crate::engine::clock::{Secs, Span, Stamp, DAY};
 use crate::engine::customer::{flag, Customer};
 use crate::engine::guards::{emit, Candidate};
 use crate::engine::rule::Rule;
 use crate::engine::settings::Settings;
 use crate::engine::stage::{Cause, Stage};
 use crate::engine::Ctx;
+use crate::problems::Problems;
+
+/// `[rules.thank_you]` as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    /// See the defaults file.
+    pub enabled: bool,
+    /// See the defaults file.
+    pub milestones: Vec<u32>,
+    /// See the defaults file.
+    pub on_loyal: bool,
+    /// See the defaults file.
+    pub anniversary: bool,
+    /// See the defaults file.
+    pub milestone_template: String,
+    /// See the defaults file.
+    pub loyal_template: String,
+    /// See the defaults file.
+    pub anniversary_template: String,
+    /// See the defaults file.
+    pub cooldown: Span,
+}
+
+/// `thank_you` settings.
+#[derive(Clone, Debug)]
+pub struct ThankYouSettings {
+    /// Emit alerts.
+    pub enabled: bool,
+    /// Purchase counts that earn a thank-you, ascending.
+    pub milestones: Vec<u32>,
+    /// Thank on promotion to loyal.
+    pub on_loyal: bool,
+    /// Thank loyal customers on the anniversary of their first purchase.
+    pub anniversary: bool,
+    /// Template for milestones.
+    pub milestone_template: String,
+    /// Template for the loyal promotion.
+    pub loyal_template: String,
+    /// Template for anniversaries.
+    pub anniversary_template: String,
+    /// Minimum time between alerts.
+    pub cooldown: Secs,
+}
+
+/// The rule's entry in the registry.
+pub struct Spec;
+
+impl super::RuleSpec for Spec {
+    type Raw = Raw;
+    type Settings = ThankYouSettings;
+
+    fn validate(ty: &Raw, key: &str, p: &mut Problems) -> ThankYouSettings {
+        p.when(
+            ty.milestones.windows(2).any(|m| m[1] <= m[0]) || ty.milestones.contains(&0),
+            || format!("{key}.milestones: must be positive and strictly ascending"),
+        );
+        p.template_name(&format!("{key}.milestone_template"), &ty.milestone_template);
+        p.template_name(&format!("{key}.loyal_template"), &ty.loyal_template);
+        p.template_name(
+            &format!("{key}.anniversary_template"),
+            &ty.anniversary_template,
+        );
+        ThankYouSettings {
+            enabled: ty.enabled,
+            milestones: ty.milestones.clone(),
+            on_loyal: ty.on_loyal,
+            anniversary: ty.anniversary,
+            milestone_template: ty.milestone_template.clone(),
+            loyal_template: ty.loyal_template.clone(),
+            anniversary_template: ty.anniversary_template.clone(),
+            cooldown: ty.cooldown.0,
+        }
+    }
+
+    fn cooldown(s: &ThankYouSettings) -> Secs {
+        s.cooldown
+    }
+
+    fn templates(s: &ThankYouSettings) -> Vec<&str> {
+        vec![
+            s.milestone_template.as_str(),
+            s.loyal_template.as_str(),
+            s.anniversary_template.as_str(),
+        ]
+    }
+
+    fn offer_code<'s>(_: &'s ThankYouSettings, _: &str) -> Option<&'s str> {
+        // Thanks carry no offer.
+        None
+    }
+}
 
 /// Whether the customer meets the loyal criteria at `t`.
 pub fn meets_loyal(s: &Settings, c: &Customer, t: Stamp) -> bool {

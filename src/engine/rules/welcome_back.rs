@@ -1,12 +1,77 @@
 //! `welcome_back`: a lapsed customer, or one recently sent a win-back, buys again.
 
+use serde::Deserialize;
+
 use crate::alert::Inputs;
-use crate::engine::clock::{Stamp, DAY};
+use crate::engine::clock::{Secs, Span, Stamp, DAY};
 use crate::engine::customer::flag;
 use crate::engine::guards::{emit, Candidate};
 use crate::engine::rule::Rule;
 use crate::engine::stage::{Cause, Stage};
 use crate::engine::Ctx;
+use crate::problems::Problems;
+
+/// `[rules.welcome_back]` as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    /// See the defaults file.
+    pub enabled: bool,
+    /// See the defaults file.
+    pub attribution_window: Span,
+    /// See the defaults file.
+    pub template: String,
+    /// See the defaults file.
+    pub offer_code: String,
+    /// See the defaults file.
+    pub cooldown: Span,
+}
+
+/// `welcome_back` settings.
+#[derive(Clone, Debug)]
+pub struct WelcomeBackSettings {
+    /// Emit alerts.
+    pub enabled: bool,
+    /// A purchase this soon after a win-back email counts as a conversion.
+    pub attribution_window: Secs,
+    /// Template name.
+    pub template: String,
+    /// Offer code ("" for none).
+    pub offer_code: String,
+    /// Minimum time between alerts.
+    pub cooldown: Secs,
+}
+
+/// The rule's entry in the registry.
+pub struct Spec;
+
+impl super::RuleSpec for Spec {
+    type Raw = Raw;
+    type Settings = WelcomeBackSettings;
+
+    fn validate(wb: &Raw, key: &str, p: &mut Problems) -> WelcomeBackSettings {
+        p.template_name(&format!("{key}.template"), &wb.template);
+        WelcomeBackSettings {
+            enabled: wb.enabled,
+            attribution_window: wb.attribution_window.0,
+            template: wb.template.clone(),
+            offer_code: wb.offer_code.clone(),
+            cooldown: wb.cooldown.0,
+        }
+    }
+
+    fn cooldown(s: &WelcomeBackSettings) -> Secs {
+        s.cooldown
+    }
+
+    fn templates(s: &WelcomeBackSettings) -> Vec<&str> {
+        vec![s.template.as_str()]
+    }
+
+    fn offer_code<'s>(s: &'s WelcomeBackSettings, template: &str) -> Option<&'s str> {
+        (s.template == template).then_some(s.offer_code.as_str())
+    }
+}
 
 /// Called for a purchase at `t` before counters change; returns true when the customer
 /// came back (stage → `won_back`).

@@ -1,0 +1,170 @@
+//! `[kafka]`: the cluster, the group, the topics and librdkafka's own properties.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::values::{ClientValue, Wait};
+use crate::problems::Problems;
+
+/// `[kafka]` as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// See the defaults file.
+    pub bootstrap_servers: String,
+    /// See the defaults file.
+    pub group_id: String,
+    /// See the defaults file.
+    pub topics: Vec<String>,
+    /// See the defaults file.
+    pub dlq_topic: String,
+    /// See the defaults file.
+    pub alerts_topic: String,
+    /// See the defaults file.
+    pub max_task_idle: Wait,
+    /// See the defaults file.
+    pub commit_interval: Wait,
+    /// See the defaults file.
+    pub max_batch: usize,
+    /// See the defaults file.
+    pub max_buffered_records: usize,
+    /// librdkafka properties for every client.
+    #[serde(default)]
+    pub client: BTreeMap<String, ClientValue>,
+    /// librdkafka properties for the consumer only.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, ClientValue>,
+    /// librdkafka properties for the producer only.
+    #[serde(default)]
+    pub producer: BTreeMap<String, ClientValue>,
+}
+
+/// Kafka settings of the service (README "Running the service (Kafka)", README "Config reference").
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaSettings {
+    /// `host:port,…`
+    pub bootstrap_servers: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Input topics; partition `p` of each forms task `p`.
+    pub topics: Vec<String>,
+    /// Where rejected records go.
+    pub dlq_topic: String,
+    /// Where alerts go.
+    pub alerts_topic: String,
+    /// How long a task waits for an empty partition that is not caught up.
+    pub max_task_idle: std::time::Duration,
+    /// How often processed offsets are committed.
+    pub commit_interval: std::time::Duration,
+    /// Records taken per batch before effects are flushed.
+    pub max_batch: usize,
+    /// Records a task may hold in memory before its partitions are paused.
+    pub max_buffered_records: usize,
+    /// librdkafka properties for every client (flattened, dotted keys).
+    pub client: Vec<(String, String)>,
+    /// librdkafka properties for the consumer only.
+    pub consumer: Vec<(String, String)>,
+    /// librdkafka properties for the producer only.
+    pub producer: Vec<(String, String)>,
+}
+
+/// Properties churnwatch sets itself: offsets are stored only after effects.
+const OWN_PROPERTIES: [&str; 4] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+];
+
+impl RawKafka {
+    /// Checks the section and builds its settings.
+    pub fn validate(&self, p: &mut Problems) -> KafkaSettings {
+        let k = self;
+        p.when(k.bootstrap_servers.trim().is_empty(), || {
+            "kafka.bootstrap_servers: must name at least one host:port".into()
+        });
+        p.when(k.group_id.trim().is_empty(), || {
+            "kafka.group_id: must not be empty".into()
+        });
+        p.when(k.topics.is_empty(), || {
+            "kafka.topics: must name at least one input topic".into()
+        });
+        for (i, t) in k.topics.iter().enumerate() {
+            if t.trim().is_empty() {
+                p.push("kafka.topics: a topic name is empty");
+            } else if k.topics[..i].contains(t) {
+                p.push(format!("kafka.topics: `{t}` is listed twice"));
+            }
+        }
+        for (key, t) in [
+            ("kafka.dlq_topic", &k.dlq_topic),
+            ("kafka.alerts_topic", &k.alerts_topic),
+        ] {
+            if t.trim().is_empty() {
+                p.push(format!("{key}: must not be empty"));
+            } else if k.topics.contains(t) {
+                p.push(format!(
+                    "{key}: `{t}` is also an input topic (the worker would read its own output)"
+                ));
+            }
+        }
+        p.when(k.dlq_topic == k.alerts_topic, || {
+            "kafka.dlq_topic and kafka.alerts_topic: must differ".into()
+        });
+        p.when(k.max_batch == 0, || {
+            "kafka.max_batch: must be at least 1".into()
+        });
+        p.when(k.max_buffered_records == 0, || {
+            "kafka.max_buffered_records: must be at least 1".into()
+        });
+        p.when(k.commit_interval.0.is_zero(), || {
+            "kafka.commit_interval: must be positive".into()
+        });
+        let client = flatten(&k.client);
+        let consumer = flatten(&k.consumer);
+        let producer = flatten(&k.producer);
+        for (key, _) in client.iter().chain(&consumer).chain(&producer) {
+            p.when(OWN_PROPERTIES.contains(&key.as_str()), || format!(
+                "kafka.client: `{key}` is set by churnwatch itself (use kafka.bootstrap_servers / kafka.group_id; offsets are stored only after effects)"
+            ));
+        }
+        KafkaSettings {
+            bootstrap_servers: k.bootstrap_servers.clone(),
+            group_id: k.group_id.clone(),
+            topics: k.topics.clone(),
+            dlq_topic: k.dlq_topic.clone(),
+            alerts_topic: k.alerts_topic.clone(),
+            max_task_idle: k.max_task_idle.0,
+            commit_interval: k.commit_interval.0,
+            max_batch: k.max_batch,
+            max_buffered_records: k.max_buffered_records,
+            client,
+            consumer,
+            producer,
+        }
+    }
+}
+
+/// A `kafka.client`-style table as librdkafka's dotted properties.
+fn flatten(table: &BTreeMap<String, ClientValue>) -> Vec<(String, String)> {
+    fn walk(prefix: &str, table: &BTreeMap<String, ClientValue>, out: &mut Vec<(String, String)>) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                ClientValue::Table(t) => walk(&key, t, out),
+                ClientValue::Bool(b) => out.push((key, b.to_string())),
+                ClientValue::Int(i) => out.push((key, i.to_string())),
+                ClientValue::Float(f) => out.push((key, f.to_string())),
+                ClientValue::Text(s) => out.push((key, s.clone())),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", table, &mut out);
+    out
+}

@@ -1,0 +1,134 @@
+//! Unknown keys and values of the wrong type, every one of them, for `check`.
+
+use super::admin::RawAdmin;
+use super::delivery::RawDelivery;
+use super::engine::{RawEngine, RawLoyal, RawRisk};
+use super::kafka::RawKafka;
+use super::metrics::RawMetrics;
+use super::smtp::RawSmtp;
+use super::state::RawState;
+use super::templates::RawTemplates;
+use super::values::Wait;
+use crate::engine::rule::Rule;
+use crate::engine::rules::RuleSpec;
+
+/// Every unknown key and every value of the wrong type, so that `check` lists them all
+/// at once: each section is read on its own, and after each problem the key at fault is
+/// dropped (unknown) or set back to its default (bad value) before reading again.
+pub(super) fn key_problems(merged: &config::Config) -> Vec<(String, String)> {
+    fn section<T: serde::de::DeserializeOwned>(
+        merged: &config::Config,
+        defaults: &config::Config,
+        name: &str,
+        out: &mut Vec<(String, String)>,
+    ) {
+        let Ok(mut value) = merged.get::<config::Value>(name) else {
+            return;
+        };
+        let mut seen = Vec::new();
+        let first = out.len();
+        loop {
+            let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+                Ok(_) => break,
+                Err(e) => e,
+            };
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // The config crate appends the key the path already names.
+            let message = message
+                .split(" for key `")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let unknown = message.starts_with("unknown field");
+            let field = match (unknown, message.split('`').nth(1)) {
+                (true, Some(f)) => f.to_string(),
+                _ => path
+                    .split(['.', '['])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            let top = match path.split(['.', '[']).next() {
+                Some(t) if !t.is_empty() && t != "." => t.to_string(),
+                _ => field.clone(),
+            };
+            let named = unknown && (path.is_empty() || path == ".");
+            let key = [name, &path, if named { &field } else { "" }]
+                .iter()
+                .filter(|p| !p.is_empty() && **p != ".")
+                .copied()
+                .collect::<Vec<_>>()
+                .join(".");
+            if seen.contains(&key) {
+                break;
+            }
+            seen.push(key.clone());
+            out.push((
+                key,
+                if unknown {
+                    "unknown key".into()
+                } else {
+                    message
+                },
+            ));
+            let (Ok(mut table), false) = (value.clone().into_table(), top.is_empty()) else {
+                break;
+            };
+            match defaults.get::<config::Value>(&format!("{name}.{top}")) {
+                Ok(d) if !(unknown && top == field) => table.insert(top, d),
+                _ => table.remove(&top),
+            };
+            value = config::Value::new(None, table);
+        }
+        // The walk meets a section's keys in hash order: sorted, `check` says the same
+        // thing twice.
+        out[first..].sort();
+    }
+    let defaults = config::Config::builder()
+        .add_source(config::File::from_str(
+            super::DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ))
+        .build()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let known = super::SECTIONS;
+    if let Ok(top) = merged
+        .clone()
+        .try_deserialize::<std::collections::BTreeMap<String, config::Value>>()
+    {
+        for key in top.keys().filter(|k| !known.contains(&k.as_str())) {
+            out.push((key.clone(), "unknown key".to_string()));
+        }
+    }
+    section::<String>(merged, &defaults, "clock", &mut out);
+    section::<Wait>(merged, &defaults, "shutdown_grace", &mut out);
+    section::<RawKafka>(merged, &defaults, "kafka", &mut out);
+    section::<RawState>(merged, &defaults, "state", &mut out);
+    section::<RawEngine>(merged, &defaults, "engine", &mut out);
+    section::<RawRisk>(merged, &defaults, "risk", &mut out);
+    section::<RawTemplates>(merged, &defaults, "templates", &mut out);
+    section::<RawSmtp>(merged, &defaults, "smtp", &mut out);
+    section::<RawAdmin>(merged, &defaults, "admin", &mut out);
+    section::<RawDelivery>(merged, &defaults, "delivery", &mut out);
+    section::<RawLoyal>(merged, &defaults, "loyal", &mut out);
+    macro_rules! rule_sections {
+        ($($variant:ident = $index:literal => $module:ident,)*) => {
+            $(section::<<crate::engine::rules::$module::Spec as RuleSpec>::Raw>(
+                merged,
+                &defaults,
+                concat!("rules.", stringify!($module)),
+                &mut out,
+            );)*
+        };
+    }
+    crate::engine::rules::registry!(rule_sections);
+    if let Ok(rules) = merged.get::<std::collections::BTreeMap<String, config::Value>>("rules") {
+        for key in rules.keys().filter(|k| Rule::from_name(k).is_none()) {
+            out.push((format!("rules.{key}"), "unknown key".to_string()));
+        }
+    }
+    section::<RawMetrics>(merged, &defaults, "metrics", &mut out);
+    out
+}
