@@ -10,6 +10,11 @@ use crate::engine::clock::Stamp;
 use crate::engine::rule::Rule;
 use crate::engine::stage::Stage;
 
+/// Rounds to four decimals, the precision alerts and exports carry.
+pub fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
 /// A number (or label) that triggered an alert, as reported in `inputs`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Num {
@@ -25,7 +30,7 @@ impl Serialize for Num {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Num::Int(i) => s.serialize_i64(*i),
-            Num::Real(x) => s.serialize_f64(crate::engine::risk::round4(*x)),
+            Num::Real(x) => s.serialize_f64(round4(*x)),
             Num::Text(t) => s.serialize_str(t),
         }
     }
@@ -294,7 +299,7 @@ impl Alert {
             at: self.at.to_rfc3339(),
             stage_from: self.stage_from.name(),
             stage_to: self.stage_to.name(),
-            churn_risk: self.churn_risk.map(crate::engine::risk::round4),
+            churn_risk: self.churn_risk.map(round4),
             inputs: &self.inputs,
             delivery: Delivery {
                 decision: self.decision.label(),

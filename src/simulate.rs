@@ -217,7 +217,7 @@ fn sample(alert: &Alert, domain: &str) -> Sample {
         step: alert.step,
         decision: alert.decision.label(),
         stage: format!("{} → {}", alert.stage_from.name(), alert.stage_to.name()),
-        churn_risk: alert.churn_risk.map(crate::engine::risk::round4),
+        churn_risk: alert.churn_risk.map(crate::alert::round4),
         inputs: wire["inputs"].clone(),
     }
 }

@@ -123,7 +123,7 @@ pub(super) fn key_problems(merged: &config::Config) -> Vec<(String, String)> {
             );)*
         };
     }
-    crate::engine::rules::registry!(rule_sections);
+    crate::engine::rule::registry!(rule_sections);
     if let Ok(rules) = merged.get::<std::collections::BTreeMap<String, config::Value>>("rules") {
         for key in rules.keys().filter(|k| Rule::from_name(k).is_none()) {
             out.push((format!("rules.{key}"), "unknown key".to_string()));

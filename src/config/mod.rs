@@ -96,7 +96,7 @@ macro_rules! declare_raw_rules {
         }
     };
 }
-crate::engine::rules::registry!(declare_raw_rules);
+crate::engine::rule::registry!(declare_raw_rules);
 
 /// The whole file as written.
 #[derive(Clone, Debug, Deserialize)]
@@ -357,7 +357,7 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
             }
         };
     }
-    let engine = crate::engine::rules::registry!(build_settings);
+    let engine = crate::engine::rule::registry!(build_settings);
     // A customer must outlive every rule's horizon, or a sequence would be cut short.
     let longest = engine.winback.longest_sequence();
     p.when(engine.retention <= longest, || format!(

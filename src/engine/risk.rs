@@ -178,11 +178,6 @@ pub fn at_risk_hours(c: &Customer, s: &RiskSettings) -> u16 {
     u16::try_from(at_risk_after(c, s).div_ceil(3600)).unwrap_or(u16::MAX)
 }
 
-/// Rounds to four decimals, the precision alerts and exports carry.
-pub fn round4(x: f64) -> f64 {
-    (x * 10_000.0).round() / 10_000.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,24 @@
-//! The rules by name (docs/design.md §6 State and rules); the list itself is
-//! [`crate::engine::rules::registry!`].
+//! The rules by name (docs/design.md §6 State and rules), and the registry: the one
+//! list of rules every per-rule table is built from.
+
+/// The one list of rules: `Variant = index => module`. The index is the rule's place in
+/// per-rule arrays and in stored state, so a rule keeps its number for good.
+///
+/// Called with a macro name, it hands that macro the list; the rule enum, the modules,
+/// the rule settings, the `[rules]` section and the per-rule lookups are all built
+/// from it.
+macro_rules! registry {
+    ($then:ident) => {
+        $then! {
+            Winback = 0 => winback,
+            FrequencyDrop = 1 => frequency_drop,
+            SupportRecovery = 2 => support_recovery,
+            ThankYou = 3 => thank_you,
+            WelcomeBack = 4 => welcome_back,
+        }
+    };
+}
+pub(crate) use registry;
 
 macro_rules! declare_rule {
     ($($variant:ident = $index:literal => $module:ident,)*) => {
@@ -30,7 +49,7 @@ macro_rules! declare_rule {
         }
     };
 }
-super::rules::registry!(declare_rule);
+registry!(declare_rule);
 
 impl Rule {
     /// Looks a rule up by its config name.

@@ -72,7 +72,7 @@ macro_rules! declare_settings {
         }
     };
 }
-super::rules::registry!(declare_settings);
+super::rule::registry!(declare_settings);
 
 impl Settings {
     /// A hash of every setting (the id secret aside), so that a checkpoint can tell

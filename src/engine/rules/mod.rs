@@ -1,7 +1,7 @@
 //! The rules (docs/design.md §6 State and rules), one module each. A rule's module owns
 //! everything about it: its `[rules.NAME]` section as read from the file, the validated
 //! settings and their checks, when its timers are due, and what it does on an event or a
-//! due timer. [`registry!`] is the one list of rules: adding a rule is its module plus
+//! due timer. `engine::rule::registry!` is the one list of rules: adding a rule is its module plus
 //! one line there (CONTRIBUTING.md "Adding a rule").
 
 use serde::de::DeserializeOwned;
@@ -9,31 +9,12 @@ use serde::de::DeserializeOwned;
 use super::clock::{Secs, Stamp};
 use crate::problems::Problems;
 
-/// The one list of rules: `Variant = index => module`. The index is the rule's place in
-/// per-rule arrays and in stored state, so a rule keeps its number for good.
-///
-/// Called with a macro name, it hands that macro the list; the rule enum, the modules,
-/// the rule settings, the `[rules]` section and the per-rule lookups are all built
-/// from it.
-macro_rules! registry {
-    ($then:ident) => {
-        $then! {
-            Winback = 0 => winback,
-            FrequencyDrop = 1 => frequency_drop,
-            SupportRecovery = 2 => support_recovery,
-            ThankYou = 3 => thank_you,
-            WelcomeBack = 4 => welcome_back,
-        }
-    };
-}
-pub(crate) use registry;
-
 macro_rules! declare_modules {
     ($($variant:ident = $index:literal => $module:ident,)*) => {
         $(pub mod $module;)*
     };
 }
-registry!(declare_modules);
+super::rule::registry!(declare_modules);
 
 /// What the registry needs of every rule: its config section, how that section is
 /// checked, and what the guards and templates need to know of it.
