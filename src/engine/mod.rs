@@ -32,10 +32,26 @@ use customer::{flag, Customer};
 use profile::Profile;
 use risk::Population;
 use rule::Rule;
-use rules::{frequency_drop, support_recovery, thank_you, welcome_back, winback};
+use rules::{frequency_drop, winback};
 use settings::Settings;
 use stage::{Cause, Stage};
 use timers::{TimerIndex, TimerKind};
+
+/// A purchase moves a customer to `new`, `active` or back to `loyal`, unless it brought
+/// them back from `lapsed` (then they are `won_back`) or they are loyal already.
+fn stage_after_purchase(ctx: &mut Ctx<'_>, t: Stamp, returned: bool) {
+    if returned || ctx.c.stage == Stage::Loyal {
+        return;
+    }
+    let base = if ctx.c.has(flag::LOYAL) {
+        Stage::Loyal
+    } else if ctx.c.purchases == 1 {
+        Stage::New
+    } else {
+        Stage::Active
+    };
+    ctx.c.move_to(base, Cause::Purchase, t);
+}
 
 /// What happened to an applied event.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -90,20 +106,20 @@ impl Stats {
 }
 
 /// What a rule sees while deciding about one customer.
-pub(crate) struct Ctx<'a> {
-    pub s: &'a Settings,
-    pub id: &'a str,
-    pub c: &'a mut Customer,
+pub struct Ctx<'a> {
+    pub(crate) s: &'a Settings,
+    pub(crate) id: &'a str,
+    pub(crate) c: &'a mut Customer,
     /// Looked up only when an alert needs it (most timer work does not).
     profiles: &'a HashMap<u32, Profile>,
     categories: &'a HashMap<u32, category::TopCategories>,
     category_names: &'a category::Interner,
     slot: u32,
-    pub clock: Stamp,
+    pub(crate) clock: Stamp,
     /// A late event: update state, emit nothing.
-    pub quiet: bool,
-    pub out: &'a mut Vec<Alert>,
-    pub stats: &'a mut Stats,
+    pub(crate) quiet: bool,
+    pub(crate) out: &'a mut Vec<Alert>,
+    pub(crate) stats: &'a mut Stats,
 }
 
 impl<'a> Ctx<'a> {
@@ -373,13 +389,10 @@ impl Engine {
                 break;
             }
             self.with_ctx(slot, false, out, |ctx| match kind {
-                TimerKind::Sla => support_recovery::fire(ctx, due),
+                TimerKind::Rule(rule) => rules::fire(rule, ctx, due),
                 TimerKind::AtRisk => {
                     ctx.c.move_to(Stage::AtRisk, Cause::RiskCrossed, due);
                 }
-                TimerKind::FrequencyDrop => frequency_drop::fire(ctx, due),
-                TimerKind::Winback => winback::fire(ctx, due),
-                TimerKind::Anniversary => thank_you::fire(ctx, due),
                 TimerKind::Expire => {}
             });
             if kind == TimerKind::Expire {
@@ -452,66 +465,23 @@ impl Engine {
         if quiet {
             self.stats.late += 1;
         }
-        match ev.kind {
-            EventKind::Purchase { amount, categories } => {
-                let returned =
-                    self.with_ctx(slot, quiet, out, |ctx| welcome_back::on_purchase(ctx, t));
-                self.record_purchase(slot, t, amount);
-                for name in &categories {
-                    if let Some(id) = self.category_names.intern(name) {
-                        let top = self.categories.entry(slot).or_default();
-                        let (held, released) = top.count(id);
-                        self.category_names.track(held, released);
-                    }
-                }
-                self.with_ctx(slot, quiet, out, |ctx| {
-                    if !returned && ctx.c.stage != Stage::Loyal {
-                        let base = if ctx.c.has(flag::LOYAL) {
-                            Stage::Loyal
-                        } else if ctx.c.purchases == 1 {
-                            Stage::New
-                        } else {
-                            Stage::Active
-                        };
-                        ctx.c.move_to(base, Cause::Purchase, t);
-                    }
-                    thank_you::on_purchase(ctx, t, returned);
-                });
+        let incoming = rules::Incoming {
+            kind: &ev.kind,
+            at: t,
+            id_hash: ev.id_hash,
+            returned: matches!(ev.kind, EventKind::Purchase { .. })
+                && self.slots[slot as usize].c.stage == Stage::Lapsed,
+        };
+        self.with_ctx(slot, quiet, out, |ctx| rules::before_event(ctx, &incoming));
+        self.take_in(slot, &ev.kind, t);
+        self.with_ctx(slot, quiet, out, |ctx| {
+            if let EventKind::Purchase { .. } = incoming.kind {
+                stage_after_purchase(ctx, t, incoming.returned);
             }
-            EventKind::Refund { amount } => {
-                let c = &mut self.slots[slot as usize].c;
-                if c.currency == amount.currency {
-                    c.spend_minor = c.spend_minor.saturating_sub(amount.minor);
-                }
-            }
-            EventKind::TicketOpened { ticket_id, .. } => {
-                support_recovery::on_opened(&mut self.slots[slot as usize].c, t, &ticket_id);
-            }
-            EventKind::TicketClosed { ticket_id, .. } => {
-                support_recovery::on_closed(&mut self.slots[slot as usize].c, &ticket_id);
-            }
-            EventKind::Complaint { ticket_id } => {
-                self.with_ctx(slot, quiet, out, |ctx| {
-                    support_recovery::on_complaint(ctx, t, ticket_id.as_deref(), ev.id_hash)
-                });
-            }
-            EventKind::Satisfaction { score, ticket_id } => {
-                self.with_ctx(slot, quiet, out, |ctx| {
-                    support_recovery::on_score(ctx, t, score, ticket_id.as_deref(), ev.id_hash)
-                });
-            }
-            EventKind::Profile(update) => {
-                self.profiles.entry(slot).or_default().update(update, t);
-            }
-            EventKind::Unsubscribed => {
-                self.profiles.entry(slot).or_default().unsubscribe(t);
-            }
-            EventKind::Bounced { hard } => {
-                if hard {
-                    self.profiles.entry(slot).or_default().bounce(t);
-                }
-            }
-            EventKind::Erased => {}
+            rules::on_event(ctx, &incoming);
+        });
+        if let EventKind::Profile(update) = ev.kind {
+            self.profiles.entry(slot).or_default().update(update, t);
         }
         self.reschedule(slot);
         // A late event can leave this customer with a timer already overdue; decide it
@@ -522,6 +492,36 @@ impl Engine {
             Applied::Late
         } else {
             Applied::Applied
+        }
+    }
+
+    /// Updates the customer's counters, categories and suppressions with an event (what
+    /// the rules then see; a profile update is taken in after them, by value).
+    fn take_in(&mut self, slot: u32, kind: &EventKind, t: Stamp) {
+        match kind {
+            EventKind::Purchase { amount, categories } => {
+                self.record_purchase(slot, t, *amount);
+                for name in categories {
+                    if let Some(id) = self.category_names.intern(name) {
+                        let top = self.categories.entry(slot).or_default();
+                        let (held, released) = top.count(id);
+                        self.category_names.track(held, released);
+                    }
+                }
+            }
+            EventKind::Refund { amount } => {
+                let c = &mut self.slots[slot as usize].c;
+                if c.currency == amount.currency {
+                    c.spend_minor = c.spend_minor.saturating_sub(amount.minor);
+                }
+            }
+            EventKind::Unsubscribed => {
+                self.profiles.entry(slot).or_default().unsubscribe(t);
+            }
+            EventKind::Bounced { hard: true } => {
+                self.profiles.entry(slot).or_default().bounce(t);
+            }
+            _ => {}
         }
     }
 

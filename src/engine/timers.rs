@@ -5,22 +5,17 @@ use std::collections::BTreeSet;
 
 use super::clock::Stamp;
 use super::customer::Customer;
-use super::rules::{frequency_drop, support_recovery, thank_you, winback};
+use super::rule::Rule;
+use super::rules::{self, AT_RISK_RANK};
 use super::settings::Settings;
 
-/// What a due time is for. The order breaks ties between kinds due at the same instant.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// What a due time is for: a rule's timer, or one of the engine's own.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum TimerKind {
-    /// A ticket passes its SLA.
-    Sla,
+    /// A rule's timer (see its module under `engine/rules/`).
+    Rule(Rule),
     /// churn_risk reaches `risk.at_risk`.
     AtRisk,
-    /// A bucket boundary to test for a frequency drop.
-    FrequencyDrop,
-    /// The next win-back step.
-    Winback,
-    /// A loyal customer's anniversary.
-    Anniversary,
     /// No event for `state.retention`: the customer is dropped.
     Expire,
 }
@@ -29,13 +24,36 @@ impl TimerKind {
     /// The kind's name for `inspect` and exports.
     pub fn name(self) -> &'static str {
         match self {
-            TimerKind::Sla => "support_sla",
+            TimerKind::Rule(r) => rules::timer(r).map_or(r.name(), |t| t.name),
             TimerKind::AtRisk => "at_risk",
-            TimerKind::FrequencyDrop => "frequency_drop_check",
-            TimerKind::Winback => "winback_step",
-            TimerKind::Anniversary => "anniversary",
             TimerKind::Expire => "expire",
         }
+    }
+
+    /// Its place among timers due at the same instant: the rules' ranks, the at-risk
+    /// move among them, and expiry last (nothing fires after a customer is dropped).
+    fn rank(self) -> u8 {
+        match self {
+            TimerKind::Rule(r) => rules::timer(r).map_or(u8::MAX - 1, |t| t.rank),
+            TimerKind::AtRisk => AT_RISK_RANK,
+            TimerKind::Expire => u8::MAX,
+        }
+    }
+}
+
+impl Ord for TimerKind {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |k: &TimerKind| match *k {
+            TimerKind::Rule(r) => (k.rank(), r.index()),
+            _ => (k.rank(), 0),
+        };
+        key(self).cmp(&key(other))
+    }
+}
+
+impl PartialOrd for TimerKind {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -48,33 +66,31 @@ fn at_risk_due(c: &Customer) -> Option<Stamp> {
     Some(last.plus(u32::from(c.at_risk_hours) * 3600))
 }
 
-fn candidates(s: &Settings, c: &Customer) -> [(Option<Stamp>, TimerKind); 6] {
-    [
-        (support_recovery::next_due(s, c), TimerKind::Sla),
+/// Every due time of a customer, of whatever kind.
+fn candidates<'a>(
+    s: &'a Settings,
+    c: &'a Customer,
+) -> impl Iterator<Item = (Stamp, TimerKind)> + 'a {
+    let rules = Rule::ALL
+        .into_iter()
+        .filter_map(|r| rules::next_due(r, s, c).map(|d| (d, TimerKind::Rule(r))));
+    let own = [
         (at_risk_due(c), TimerKind::AtRisk),
-        (frequency_drop::next_due(s, c), TimerKind::FrequencyDrop),
-        (winback::next_due(s, c), TimerKind::Winback),
-        (thank_you::next_due(s, c), TimerKind::Anniversary),
         (c.last_seen.map(|t| t.plus(s.retention)), TimerKind::Expire),
-    ]
+    ];
+    rules.chain(own.into_iter().filter_map(|(d, k)| d.map(|d| (d, k))))
 }
 
 /// Every pending due time of a customer, earliest first (for `inspect` and exports).
 pub fn pending(s: &Settings, c: &Customer) -> Vec<(Stamp, TimerKind)> {
-    let mut v: Vec<(Stamp, TimerKind)> = candidates(s, c)
-        .into_iter()
-        .filter_map(|(d, k)| d.map(|d| (d, k)))
-        .collect();
+    let mut v: Vec<(Stamp, TimerKind)> = candidates(s, c).collect();
     v.sort();
     v
 }
 
 /// The earliest pending due time of a customer.
 pub fn next(s: &Settings, c: &Customer) -> Option<(Stamp, TimerKind)> {
-    candidates(s, c)
-        .into_iter()
-        .filter_map(|(d, k)| d.map(|d| (d, k)))
-        .min()
+    candidates(s, c).min()
 }
 
 /// The ordered index of (due, customer slot).

@@ -115,6 +115,19 @@ impl super::RuleSpec for Spec {
     fn offer_code<'s>(s: &'s FrequencyDropSettings, template: &str) -> Option<&'s str> {
         (s.template == template).then_some(s.offer_code.as_str())
     }
+
+    const TIMER: Option<super::Timer> = Some(super::Timer {
+        name: "frequency_drop_check",
+        rank: 2,
+    });
+
+    fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
+        self::next_due(s, c)
+    }
+
+    fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
+        self::fire(ctx, due)
+    }
 }
 
 /// A window as a number of whole 30-day buckets (activity is counted per bucket).
@@ -191,7 +204,7 @@ pub fn test(f: &FrequencyDropSettings, buckets: &Buckets, b: u16) -> DropTest {
 }
 
 /// The next bucket boundary at which to test, while a drop is still possible.
-pub fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
+fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
     let f = &s.frequency_drop;
     if !f.enabled || c.purchases == 0 || c.has(flag::DROP_FIRED) {
         return None;
@@ -203,7 +216,7 @@ pub fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
 }
 
 /// Tests at the boundary `due`; on a drop, moves a buying customer to `at_risk`.
-pub(crate) fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
+fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
     let s = ctx.s;
     let b = Buckets::index(due);
     ctx.c.buckets.roll_to(b);

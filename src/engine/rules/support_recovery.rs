@@ -10,6 +10,8 @@ use crate::engine::guards::{emit, Candidate};
 use crate::engine::rule::Rule;
 use crate::engine::settings::Settings;
 use crate::engine::Ctx;
+use crate::event::EventKind;
+use super::Incoming;
 use crate::problems::Problems;
 
 /// `[rules.support_recovery]` as written.
@@ -81,6 +83,33 @@ impl super::RuleSpec for Spec {
     fn offer_code<'s>(s: &'s SupportSettings, template: &str) -> Option<&'s str> {
         (s.template == template).then_some(s.offer_code.as_str())
     }
+
+    const TIMER: Option<super::Timer> = Some(super::Timer {
+        name: "support_sla",
+        rank: 0,
+    });
+
+    fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
+        self::next_due(s, c)
+    }
+
+    fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
+        self::fire(ctx, due)
+    }
+
+    fn on_event(ctx: &mut Ctx<'_>, ev: &Incoming<'_>) {
+        match ev.kind {
+            EventKind::TicketOpened { ticket_id, .. } => on_opened(ctx.c, ev.at, ticket_id),
+            EventKind::TicketClosed { ticket_id, .. } => on_closed(ctx.c, ticket_id),
+            EventKind::Complaint { ticket_id } => {
+                on_complaint(ctx, ev.at, ticket_id.as_deref(), ev.id_hash)
+            }
+            EventKind::Satisfaction { score, ticket_id } => {
+                on_score(ctx, ev.at, *score, ticket_id.as_deref(), ev.id_hash)
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Step for a complaint.
@@ -145,13 +174,13 @@ fn raise(
 }
 
 /// A complaint arrived.
-pub(crate) fn on_complaint(ctx: &mut Ctx<'_>, at: Stamp, ticket: Option<&str>, id_hash: u64) {
+fn on_complaint(ctx: &mut Ctx<'_>, at: Stamp, ticket: Option<&str>, id_hash: u64) {
     let inputs = Inputs::default().text("trigger", "complaint");
     raise(ctx, at, STEP_COMPLAINT, ticket, id_hash, inputs);
 }
 
 /// A satisfaction score arrived.
-pub(crate) fn on_score(
+fn on_score(
     ctx: &mut Ctx<'_>,
     at: Stamp,
     score: u8,
@@ -171,7 +200,7 @@ pub(crate) fn on_score(
 }
 
 /// A ticket was opened (the oldest is forgotten beyond eight).
-pub fn on_opened(c: &mut Customer, at: Stamp, ticket: &str) {
+fn on_opened(c: &mut Customer, at: Stamp, ticket: &str) {
     // Most customers have one open ticket at a time: start with room for exactly one.
     let list = c
         .tickets
@@ -190,7 +219,7 @@ pub fn on_opened(c: &mut Customer, at: Stamp, ticket: &str) {
 }
 
 /// A ticket was closed.
-pub fn on_closed(c: &mut Customer, ticket: &str) {
+fn on_closed(c: &mut Customer, ticket: &str) {
     if let Some(list) = c.tickets.as_deref_mut() {
         list.retain(|o| &*o.id != ticket);
         if list.is_empty() {
@@ -200,7 +229,7 @@ pub fn on_closed(c: &mut Customer, ticket: &str) {
 }
 
 /// When the oldest open ticket without an alert passes its SLA.
-pub fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
+fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
     c.open_tickets()
         .iter()
         .filter(|o| !o.sla_fired)
@@ -209,7 +238,7 @@ pub fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
 }
 
 /// Decides SLA alerts for tickets due at `due`.
-pub(crate) fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
+fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
     let sla = ctx.s.support_recovery.sla;
     let overdue: Vec<(Box<str>, Stamp)> = ctx
         .c

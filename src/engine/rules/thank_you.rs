@@ -11,6 +11,8 @@ use crate::engine::rule::Rule;
 use crate::engine::settings::Settings;
 use crate::engine::stage::{Cause, Stage};
 use crate::engine::Ctx;
+use crate::event::EventKind;
+use super::Incoming;
 use crate::problems::Problems;
 
 /// `[rules.thank_you]` as written.
@@ -102,6 +104,25 @@ impl super::RuleSpec for Spec {
         // Thanks carry no offer.
         None
     }
+
+    const TIMER: Option<super::Timer> = Some(super::Timer {
+        name: "anniversary",
+        rank: 4,
+    });
+
+    fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
+        self::next_due(s, c)
+    }
+
+    fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
+        self::fire(ctx, due)
+    }
+
+    fn on_event(ctx: &mut Ctx<'_>, ev: &Incoming<'_>) {
+        if let EventKind::Purchase { .. } = ev.kind {
+            on_purchase(ctx, ev.at, ev.returned);
+        }
+    }
 }
 
 /// Whether the customer meets the loyal criteria at `t`.
@@ -119,7 +140,7 @@ fn years_between(first: Stamp, t: Stamp) -> u8 {
 }
 
 /// Called after a purchase at `t` updated the counters (`returned`: it was a comeback).
-pub(crate) fn on_purchase(ctx: &mut Ctx<'_>, t: Stamp, returned: bool) {
+fn on_purchase(ctx: &mut Ctx<'_>, t: Stamp, returned: bool) {
     let s = ctx.s;
     let ty = &s.thank_you;
     let n = ctx.c.purchases;
@@ -179,7 +200,7 @@ pub(crate) fn on_purchase(ctx: &mut Ctx<'_>, t: Stamp, returned: bool) {
 }
 
 /// The next anniversary of a loyal customer's first purchase.
-pub fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
+fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
     if !(s.thank_you.enabled && s.thank_you.anniversary && c.has(flag::LOYAL)) {
         return None;
     }
@@ -191,7 +212,7 @@ pub fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
 }
 
 /// Thanks a customer who is `loyal` on the anniversary due at `due`.
-pub(crate) fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
+fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
     ctx.c.anniversaries = ctx.c.anniversaries.saturating_add(1);
     if ctx.c.stage != Stage::Loyal {
         return;

@@ -9,6 +9,8 @@ use crate::engine::guards::{emit, Candidate};
 use crate::engine::rule::Rule;
 use crate::engine::stage::{Cause, Stage};
 use crate::engine::Ctx;
+use crate::event::EventKind;
+use super::Incoming;
 use crate::problems::Problems;
 
 /// `[rules.welcome_back]` as written.
@@ -71,11 +73,17 @@ impl super::RuleSpec for Spec {
     fn offer_code<'s>(s: &'s WelcomeBackSettings, template: &str) -> Option<&'s str> {
         (s.template == template).then_some(s.offer_code.as_str())
     }
+
+    fn before_event(ctx: &mut Ctx<'_>, ev: &Incoming<'_>) {
+        if let EventKind::Purchase { .. } = ev.kind {
+            on_purchase(ctx, ev.at);
+        }
+    }
 }
 
-/// Called for a purchase at `t` before counters change; returns true when the customer
-/// came back (stage → `won_back`).
-pub(crate) fn on_purchase(ctx: &mut Ctx<'_>, t: Stamp) -> bool {
+/// A purchase at `t`, before counters change: a lapsed customer comes back (stage →
+/// `won_back`), and a recent win-back touch is counted as converted.
+fn on_purchase(ctx: &mut Ctx<'_>, t: Stamp) {
     let s = ctx.s;
     let was_lapsed = ctx.c.stage == Stage::Lapsed;
     let touch = ctx
@@ -92,7 +100,7 @@ pub(crate) fn on_purchase(ctx: &mut Ctx<'_>, t: Stamp) -> bool {
     }
     let emailed = touch.is_some() && !holdout;
     if !was_lapsed && !emailed {
-        return false;
+        return;
     }
     let from = ctx.c.stage;
     if was_lapsed {
@@ -125,5 +133,4 @@ pub(crate) fn on_purchase(ctx: &mut Ctx<'_>, t: Stamp) -> bool {
             },
         );
     }
-    was_lapsed
 }

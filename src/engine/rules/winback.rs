@@ -168,6 +168,19 @@ impl super::RuleSpec for Spec {
             .find(|s| s.template == template)
             .map(|s| s.offer_code.as_str())
     }
+
+    const TIMER: Option<super::Timer> = Some(super::Timer {
+        name: "winback_step",
+        rank: 3,
+    });
+
+    fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
+        self::next_due(s, c)
+    }
+
+    fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
+        self::fire(ctx, due)
+    }
 }
 
 /// The threshold mode and the checks of the keys it uses.
@@ -229,14 +242,14 @@ pub fn threshold(s: &Settings, c: &Customer) -> Secs {
 }
 
 /// When the next step of the sequence is due, if any.
-pub fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
+fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
     let last = c.last_purchase?;
     let step = s.winback.steps.get(usize::from(c.winback_step))?;
     Some(last.plus(threshold(s, c)).plus(step.after))
 }
 
 /// Decides the due step at `due`: the first step also moves the customer to `lapsed`.
-pub(crate) fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
+fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
     let s = ctx.s;
     let k = ctx.c.winback_step;
     let Some(step) = s.winback.steps.get(usize::from(k)) else {
