@@ -121,12 +121,58 @@ impl super::RuleSpec for Spec {
         rank: 2,
     });
 
+    /// The next bucket boundary at which to test, while a drop is still possible.
     fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
-        self::next_due(s, c)
+        let f = &s.frequency_drop;
+        if !f.enabled || c.purchases == 0 || c.has(flag::DROP_FIRED) {
+            return None;
+        }
+        if c.buckets.total() < f.min_baseline_purchases {
+            return None;
+        }
+        Some(Buckets::start(c.buckets.head.saturating_add(1)))
     }
 
+    /// Tests at the boundary `due`; on a drop, moves a buying customer to `at_risk`.
     fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
-        self::fire(ctx, due)
+        let s = ctx.s;
+        let b = Buckets::index(due);
+        ctx.c.buckets.roll_to(b);
+        let t = test(&s.frequency_drop, &ctx.c.buckets, b);
+        if !t.fires {
+            return;
+        }
+        ctx.c.set(flag::DROP_FIRED, true);
+        let from = ctx.c.stage;
+        if from.is_buying() {
+            ctx.c.move_to(Stage::AtRisk, Cause::FrequencyDrop, due);
+        }
+        let f = &s.frequency_drop;
+        let inputs = Inputs::default()
+            .int("recent_purchases", t.recent)
+            .int("baseline_purchases", t.baseline)
+            .real("expected_recent", t.expected)
+            .real("ratio", t.ratio)
+            .real("p_value", t.p_value)
+            .int("recent_days", u32::from(f.recent_buckets) * 30)
+            .int("baseline_days", u32::from(f.baseline_buckets) * 30);
+        emit(
+            ctx,
+            Candidate {
+                rule: Rule::FrequencyDrop,
+                step: 0,
+                episode: super::purchase_episode(ctx.c.last_purchase),
+                at: due,
+                stage_from: from,
+                template: &f.template,
+                offer_code: &f.offer_code,
+                inputs,
+                milestone: 0,
+                years: 0,
+                ticket_id: None,
+                continues_episode: false,
+            },
+        );
     }
 }
 
@@ -203,59 +249,7 @@ pub fn test(f: &FrequencyDropSettings, buckets: &Buckets, b: u16) -> DropTest {
     }
 }
 
-/// The next bucket boundary at which to test, while a drop is still possible.
-fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
-    let f = &s.frequency_drop;
-    if !f.enabled || c.purchases == 0 || c.has(flag::DROP_FIRED) {
-        return None;
-    }
-    if c.buckets.total() < f.min_baseline_purchases {
-        return None;
-    }
-    Some(Buckets::start(c.buckets.head.saturating_add(1)))
-}
 
-/// Tests at the boundary `due`; on a drop, moves a buying customer to `at_risk`.
-fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
-    let s = ctx.s;
-    let b = Buckets::index(due);
-    ctx.c.buckets.roll_to(b);
-    let t = test(&s.frequency_drop, &ctx.c.buckets, b);
-    if !t.fires {
-        return;
-    }
-    ctx.c.set(flag::DROP_FIRED, true);
-    let from = ctx.c.stage;
-    if from.is_buying() {
-        ctx.c.move_to(Stage::AtRisk, Cause::FrequencyDrop, due);
-    }
-    let f = &s.frequency_drop;
-    let inputs = Inputs::default()
-        .int("recent_purchases", t.recent)
-        .int("baseline_purchases", t.baseline)
-        .real("expected_recent", t.expected)
-        .real("ratio", t.ratio)
-        .real("p_value", t.p_value)
-        .int("recent_days", u32::from(f.recent_buckets) * 30)
-        .int("baseline_days", u32::from(f.baseline_buckets) * 30);
-    emit(
-        ctx,
-        Candidate {
-            rule: Rule::FrequencyDrop,
-            step: 0,
-            episode: super::purchase_episode(ctx.c.last_purchase),
-            at: due,
-            stage_from: from,
-            template: &f.template,
-            offer_code: &f.offer_code,
-            inputs,
-            milestone: 0,
-            years: 0,
-            ticket_id: None,
-            continues_episode: false,
-        },
-    );
-}
 
 #[cfg(test)]
 mod tests {

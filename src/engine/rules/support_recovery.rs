@@ -89,12 +89,42 @@ impl super::RuleSpec for Spec {
         rank: 0,
     });
 
+    /// When the oldest open ticket without an alert passes its SLA.
     fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
-        self::next_due(s, c)
+        c.open_tickets()
+            .iter()
+            .filter(|o| !o.sla_fired)
+            .map(|o| o.opened.plus(s.support_recovery.sla))
+            .min()
     }
 
+    /// Decides SLA alerts for tickets due at `due`.
     fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
-        self::fire(ctx, due)
+        let sla = ctx.s.support_recovery.sla;
+        let overdue: Vec<(Box<str>, Stamp)> = ctx
+            .c
+            .open_tickets()
+            .iter()
+            .filter(|o| !o.sla_fired && o.opened.plus(sla) <= due)
+            .map(|o| (o.id.clone(), o.opened))
+            .collect();
+        for (id, opened) in overdue {
+            let at = opened.plus(sla);
+            let inputs = Inputs::default()
+                .text("trigger", "sla")
+                .real("open_days", f64::from(at.since(opened)) / f64::from(DAY))
+                .real("sla_days", f64::from(sla) / f64::from(DAY));
+            raise(ctx, at, STEP_SLA, Some(&id), 0, inputs);
+            // Disabled rule: still mark it so the timer does not fire again.
+            if let Some(o) = ctx
+                .c
+                .tickets
+                .as_deref_mut()
+                .and_then(|v| v.iter_mut().find(|o| o.id == id))
+            {
+                o.sla_fired = true;
+            }
+        }
     }
 
     fn on_event(ctx: &mut Ctx<'_>, ev: &Incoming<'_>) {
@@ -228,40 +258,4 @@ fn on_closed(c: &mut Customer, ticket: &str) {
     }
 }
 
-/// When the oldest open ticket without an alert passes its SLA.
-fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
-    c.open_tickets()
-        .iter()
-        .filter(|o| !o.sla_fired)
-        .map(|o| o.opened.plus(s.support_recovery.sla))
-        .min()
-}
 
-/// Decides SLA alerts for tickets due at `due`.
-fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
-    let sla = ctx.s.support_recovery.sla;
-    let overdue: Vec<(Box<str>, Stamp)> = ctx
-        .c
-        .open_tickets()
-        .iter()
-        .filter(|o| !o.sla_fired && o.opened.plus(sla) <= due)
-        .map(|o| (o.id.clone(), o.opened))
-        .collect();
-    for (id, opened) in overdue {
-        let at = opened.plus(sla);
-        let inputs = Inputs::default()
-            .text("trigger", "sla")
-            .real("open_days", f64::from(at.since(opened)) / f64::from(DAY))
-            .real("sla_days", f64::from(sla) / f64::from(DAY));
-        raise(ctx, at, STEP_SLA, Some(&id), 0, inputs);
-        // Disabled rule: still mark it so the timer does not fire again.
-        if let Some(o) = ctx
-            .c
-            .tickets
-            .as_deref_mut()
-            .and_then(|v| v.iter_mut().find(|o| o.id == id))
-        {
-            o.sla_fired = true;
-        }
-    }
-}

@@ -110,12 +110,46 @@ impl super::RuleSpec for Spec {
         rank: 4,
     });
 
+    /// The next anniversary of a loyal customer's first purchase.
     fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
-        self::next_due(s, c)
+        if !(s.thank_you.enabled && s.thank_you.anniversary && c.has(flag::LOYAL)) {
+            return None;
+        }
+        let first = c.first_purchase?;
+        if c.anniversaries == u8::MAX {
+            return None;
+        }
+        Some(first.plus_years(c.anniversaries + 1))
     }
 
+    /// Thanks a customer who is `loyal` on the anniversary due at `due`.
     fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
-        self::fire(ctx, due)
+        ctx.c.anniversaries = ctx.c.anniversaries.saturating_add(1);
+        if ctx.c.stage != Stage::Loyal {
+            return;
+        }
+        let s = ctx.s;
+        let years = ctx.c.anniversaries;
+        let from = ctx.c.stage;
+        emit(
+            ctx,
+            Candidate {
+                rule: Rule::ThankYou,
+                step: 0,
+                episode: format!("anniversary:{years}"),
+                at: due,
+                stage_from: from,
+                template: &s.thank_you.anniversary_template,
+                offer_code: "",
+                inputs: Inputs::default()
+                    .int("years", years)
+                    .int("purchases", ctx.c.purchases),
+                milestone: 0,
+                years: u32::from(years),
+                ticket_id: None,
+                continues_episode: false,
+            },
+        );
     }
 
     fn on_event(ctx: &mut Ctx<'_>, ev: &Incoming<'_>) {
@@ -199,44 +233,4 @@ fn on_purchase(ctx: &mut Ctx<'_>, t: Stamp, returned: bool) {
     }
 }
 
-/// The next anniversary of a loyal customer's first purchase.
-fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
-    if !(s.thank_you.enabled && s.thank_you.anniversary && c.has(flag::LOYAL)) {
-        return None;
-    }
-    let first = c.first_purchase?;
-    if c.anniversaries == u8::MAX {
-        return None;
-    }
-    Some(first.plus_years(c.anniversaries + 1))
-}
 
-/// Thanks a customer who is `loyal` on the anniversary due at `due`.
-fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
-    ctx.c.anniversaries = ctx.c.anniversaries.saturating_add(1);
-    if ctx.c.stage != Stage::Loyal {
-        return;
-    }
-    let s = ctx.s;
-    let years = ctx.c.anniversaries;
-    let from = ctx.c.stage;
-    emit(
-        ctx,
-        Candidate {
-            rule: Rule::ThankYou,
-            step: 0,
-            episode: format!("anniversary:{years}"),
-            at: due,
-            stage_from: from,
-            template: &s.thank_you.anniversary_template,
-            offer_code: "",
-            inputs: Inputs::default()
-                .int("years", years)
-                .int("purchases", ctx.c.purchases),
-            milestone: 0,
-            years: u32::from(years),
-            ticket_id: None,
-            continues_episode: false,
-        },
-    );
-}

@@ -174,12 +174,75 @@ impl super::RuleSpec for Spec {
         rank: 3,
     });
 
+    /// When the next step of the sequence is due, if any.
     fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
-        self::next_due(s, c)
+        let last = c.last_purchase?;
+        let step = s.winback.steps.get(usize::from(c.winback_step))?;
+        Some(last.plus(threshold(s, c)).plus(step.after))
     }
 
+    /// Decides the due step at `due`: the first step also moves the customer to `lapsed`.
     fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
-        self::fire(ctx, due)
+        let s = ctx.s;
+        let k = ctx.c.winback_step;
+        let Some(step) = s.winback.steps.get(usize::from(k)) else {
+            return;
+        };
+        let from = ctx.c.stage;
+        if k == 0 {
+            ctx.c.move_to(Stage::Lapsed, Cause::Inactivity, due);
+            ctx.c.set(flag::WINBACK_MUTED, false);
+        }
+        ctx.c.winback_step = k + 1;
+        if !s.winback.enabled || ctx.c.has(flag::WINBACK_MUTED) {
+            return;
+        }
+        let inputs = Inputs::default()
+            .int("days_since_last_purchase", ctx.c.days_since_purchase(due))
+            .real(
+                "threshold_days",
+                f64::from(threshold(s, ctx.c)) / f64::from(DAY),
+            )
+            .real("typical_gap_days", typical_gap_days(s, ctx.c))
+            .int("purchases", ctx.c.purchases)
+            .text(
+                "mode",
+                match s.winback.mode {
+                    WinbackMode::Fixed { .. } => "fixed",
+                    WinbackMode::Adaptive { .. } => "adaptive",
+                },
+            );
+        let decision = emit(
+            ctx,
+            Candidate {
+                rule: Rule::Winback,
+                step: k,
+                episode: super::purchase_episode(ctx.c.last_purchase),
+                at: due,
+                stage_from: from,
+                template: &step.template,
+                offer_code: &step.offer_code,
+                inputs,
+                milestone: 0,
+                years: 0,
+                ticket_id: None,
+                continues_episode: k > 0,
+            },
+        );
+        match decision {
+            Some(Decision::Cooldown) => {
+                // A sequence that may not start stays silent to its end.
+                ctx.c.set(flag::WINBACK_MUTED, true);
+            }
+            Some(d @ (Decision::Email | Decision::Holdout)) => {
+                if ctx.c.winback_touch.is_none() {
+                    ctx.stats.winback_touched[usize::from(d == Decision::Holdout)] += 1;
+                }
+                ctx.c.winback_touch = Some(due);
+                ctx.c.set(flag::TOUCH_HOLDOUT, d == Decision::Holdout);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -241,73 +304,4 @@ pub fn threshold(s: &Settings, c: &Customer) -> Secs {
     }
 }
 
-/// When the next step of the sequence is due, if any.
-fn next_due(s: &Settings, c: &Customer) -> Option<Stamp> {
-    let last = c.last_purchase?;
-    let step = s.winback.steps.get(usize::from(c.winback_step))?;
-    Some(last.plus(threshold(s, c)).plus(step.after))
-}
 
-/// Decides the due step at `due`: the first step also moves the customer to `lapsed`.
-fn fire(ctx: &mut Ctx<'_>, due: Stamp) {
-    let s = ctx.s;
-    let k = ctx.c.winback_step;
-    let Some(step) = s.winback.steps.get(usize::from(k)) else {
-        return;
-    };
-    let from = ctx.c.stage;
-    if k == 0 {
-        ctx.c.move_to(Stage::Lapsed, Cause::Inactivity, due);
-        ctx.c.set(flag::WINBACK_MUTED, false);
-    }
-    ctx.c.winback_step = k + 1;
-    if !s.winback.enabled || ctx.c.has(flag::WINBACK_MUTED) {
-        return;
-    }
-    let inputs = Inputs::default()
-        .int("days_since_last_purchase", ctx.c.days_since_purchase(due))
-        .real(
-            "threshold_days",
-            f64::from(threshold(s, ctx.c)) / f64::from(DAY),
-        )
-        .real("typical_gap_days", typical_gap_days(s, ctx.c))
-        .int("purchases", ctx.c.purchases)
-        .text(
-            "mode",
-            match s.winback.mode {
-                WinbackMode::Fixed { .. } => "fixed",
-                WinbackMode::Adaptive { .. } => "adaptive",
-            },
-        );
-    let decision = emit(
-        ctx,
-        Candidate {
-            rule: Rule::Winback,
-            step: k,
-            episode: super::purchase_episode(ctx.c.last_purchase),
-            at: due,
-            stage_from: from,
-            template: &step.template,
-            offer_code: &step.offer_code,
-            inputs,
-            milestone: 0,
-            years: 0,
-            ticket_id: None,
-            continues_episode: k > 0,
-        },
-    );
-    match decision {
-        Some(Decision::Cooldown) => {
-            // A sequence that may not start stays silent to its end.
-            ctx.c.set(flag::WINBACK_MUTED, true);
-        }
-        Some(d @ (Decision::Email | Decision::Holdout)) => {
-            if ctx.c.winback_touch.is_none() {
-                ctx.stats.winback_touched[usize::from(d == Decision::Holdout)] += 1;
-            }
-            ctx.c.winback_touch = Some(due);
-            ctx.c.set(flag::TOUCH_HOLDOUT, d == Decision::Holdout);
-        }
-        _ => {}
-    }
-}
