@@ -13,10 +13,10 @@
 //! the stored offsets, whatever the group committed) and effects at-least-once with
 //! stable ids: a crash re-hands what the outbox still holds.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ffi::CString;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
@@ -41,7 +41,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Entry;
 use crate::publisher::Publisher;
 use crate::shutdown::Shutdown;
-use crate::source::kafka::{self, Rebalanced, Shared, Start, TopicError, WorkerContext};
+use crate::source::kafka::{self, Rebalanced, Rebalances, Start, TopicError, WorkerContext};
 use crate::source::task::TaskMerge;
 use crate::store::{self, TaskStore};
 
@@ -173,7 +173,11 @@ struct Worker<'a> {
     health: Arc<Health>,
     consumer: kafka::WorkerConsumer,
     publisher: Publisher<Covered>,
-    shared: Arc<Mutex<Shared>>,
+    /// What the consumer's rebalance callback forwarded; the worker answers each.
+    rebalances: Rebalances,
+    /// Per task this worker has state for, the offset each lane's state has reached
+    /// (its last checkpoint): what decides, on assignment, whether and where it starts.
+    positions: BTreeMap<i32, Vec<Option<i64>>>,
     topics: Vec<String>,
     topics_c: Vec<CString>,
     partitions: i32,
@@ -218,8 +222,7 @@ pub fn run(
     let reserve = disk::Reserve::take(&cfg.state.dir, disk::RESERVE_BYTES)
         .map_err(|e| stopped(cfg, &health, anyhow::Error::new(e), None))?;
     let k = &cfg.kafka;
-    let shared = Arc::new(Mutex::new(Shared::default()));
-    let ctx = WorkerContext::new(k.topics.clone(), health.clone(), shared.clone());
+    let (ctx, rebalances) = WorkerContext::new(health.clone());
     let consumer = kafka::consumer(k, ctx)?;
     let producer_cfg = kafka::producer_config(k);
     tracing::info!(config = %kafka::describe(&producer_cfg), "kafka producer");
@@ -245,16 +248,13 @@ pub fn run(
     // The positions of every task this worker has state for decide, on assignment,
     // which tasks it may run and from where (docs/design.md §11 Restart).
     let mut stores = BTreeMap::new();
+    let mut positions = BTreeMap::new();
     for p in store::tasks_in(&cfg.state.dir)? {
         let st = TaskStore::open(&cfg.state.dir, p)?;
         if let Some(offsets) = st.offsets()? {
             let lanes = k.topics.iter().map(|t| offsets.get(t).copied()).collect();
             tracing::info!(task = p, offsets = ?offsets, store = %st.path().display(), "state found");
-            shared
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .positions
-                .insert(p, lanes);
+            positions.insert(p, lanes);
         }
         stores.insert(p, st);
     }
@@ -302,7 +302,8 @@ pub fn run(
         health,
         consumer,
         publisher,
-        shared,
+        rebalances,
+        positions,
         topics_c: k
             .topics
             .iter()
@@ -618,11 +619,7 @@ impl<'a> Worker<'a> {
         let entries = std::mem::take(&mut task.pending);
         task.next_entry = first + entries.len() as u64;
         task.checkpointed = lanes.clone();
-        self.shared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .positions
-            .insert(p, lanes.clone());
+        self.positions.insert(p, lanes.clone());
         let numbered: Vec<(u64, Entry)> = (first..).zip(entries).collect();
         let blocked = blocked(&self.delivery, &task.engine, &numbered);
         self.hand_over(p, numbered, &blocked, lane_offsets(&lanes))
@@ -871,16 +868,10 @@ impl<'a> Worker<'a> {
 
     /// Applies what rebalances decided since the last look.
     fn take_rebalances(&mut self) -> anyhow::Result<()> {
-        let events = std::mem::take(
-            &mut self
-                .shared
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .events,
-        );
-        for ev in events {
+        for ev in self.rebalances.take() {
             match ev {
                 Rebalanced::Revoked => {
+                    self.health.set_tasks(0, 0);
                     // Checkpoint first, let what it handed over settle and commit its
                     // offsets while the partitions are still ours, so the group shows
                     // the next owner where this worker's state stands; then give them
@@ -906,16 +897,59 @@ impl<'a> Worker<'a> {
                     self.resume_all();
                     self.parked.append(&mut self.tasks);
                 }
-                Rebalanced::Assigned(starts) => {
-                    for (p, start) in starts {
-                        let fresh = start == Start::Fresh;
-                        let task = self.start_task(p, start)?;
-                        self.tasks.insert(p, task);
-                        if fresh {
-                            self.claim(p)?;
-                        }
-                    }
+                Rebalanced::Assigned(partitions) => self.assign(&partitions)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides where each assigned task starts, or refuses it, and answers the group
+    /// with the assignment; then starts the tasks and claims the fresh ones.
+    fn assign(&mut self, partitions: &[(String, i32)]) -> anyhow::Result<()> {
+        let timeout = Duration::from_secs(10);
+        let committed = kafka::committed_lanes(&self.consumer, &self.topics, partitions, timeout);
+        let lookup_ok = committed.is_ok();
+        let committed = committed.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the group's committed offsets; tasks without local state are refused until the next rebalance");
+            let tasks: BTreeSet<i32> = partitions.iter().map(|(_, p)| *p).collect();
+            tasks.into_iter().map(|p| (p, vec![None; self.topics.len()])).collect()
+        });
+        let mut accepted = BTreeMap::new();
+        let mut refused = BTreeSet::new();
+        for (task, committed) in &committed {
+            let start = decide_start(self.positions.get(task), committed, || {
+                kafka::nothing_processed(&self.consumer, &self.topics, *task, committed, timeout)
+            });
+            match start {
+                // Without the group's offsets neither "nobody processed it" nor "nobody
+                // moved it past our state" can be told.
+                Some(s) if lookup_ok => {
+                    accepted.insert(*task, s);
                 }
+                _ => {
+                    refused.insert(*task);
+                }
+            }
+        }
+        kafka::assign(&self.consumer, &self.topics, partitions, &accepted);
+        for task in &refused {
+            tracing::error!(
+                task,
+                "task refused: its partitions have committed offsets but this worker has no state for them (state is restored from a changelog only in a later version); it stays unprocessed and the worker not ready"
+            );
+        }
+        tracing::info!(
+            tasks = ?accepted.keys().collect::<Vec<_>>(),
+            refused = ?refused,
+            "tasks assigned"
+        );
+        self.health.set_tasks(accepted.len(), refused.len());
+        for (p, start) in accepted {
+            let fresh = start == Start::Fresh;
+            let task = self.start_task(p, start)?;
+            self.tasks.insert(p, task);
+            if fresh {
+                self.claim(p)?;
             }
         }
         Ok(())
@@ -1206,11 +1240,18 @@ impl<'a> Worker<'a> {
     /// Gives up the group membership at once: no loop is left to answer a revoke, which
     /// would otherwise block the consumer's close.
     fn leave_group(&mut self) {
-        self.shared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .closing = true;
+        self.stop_answering();
         self.consumer.unsubscribe();
+    }
+
+    /// From now on the callback answers rebalances itself; one forwarded and not yet
+    /// answered is answered with nothing (the group would wait for it forever).
+    fn stop_answering(&mut self) {
+        for ev in self.rebalances.close() {
+            if let Rebalanced::Assigned(_) = ev {
+                kafka::assign_nothing(&self.consumer);
+            }
+        }
     }
 
     fn finish(&mut self, opts: &Options) -> anyhow::Result<()> {
@@ -1221,10 +1262,7 @@ impl<'a> Worker<'a> {
             sender.stop(grace);
         }
         self.take_reports()?;
-        self.shared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .closing = true;
+        self.stop_answering();
         if self.out.clean {
             match self.consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) => {}
@@ -1442,6 +1480,29 @@ fn record_report(
         locale: &r.locale,
         ..SendLine::default()
     })
+}
+
+/// Where a task assigned to this worker starts, or None when it must be refused
+/// (docs/design.md §11 Restart): from its local state (`local`, per lane the offset that
+/// state has reached) unless the group has `committed` a lane beyond it — someone else
+/// moved the task on; with no local state, fresh only if `nothing_processed` (nothing
+/// committed, or only a claim at the partitions' start), since a task someone processed
+/// is never started empty.
+fn decide_start(
+    local: Option<&Vec<Option<i64>>>,
+    committed: &[Option<i64>],
+    nothing_processed: impl FnOnce() -> bool,
+) -> Option<Start> {
+    match local {
+        Some(local) => {
+            let moved_on = local.iter().zip(committed).any(|(l, c)| match c {
+                Some(c) => l.is_none_or(|l| *c > l),
+                None => false,
+            });
+            (!moved_on).then(|| Start::Local(local.clone()))
+        }
+        None => nothing_processed().then_some(Start::Fresh),
+    }
 }
 
 /// (lane, offset) for every lane whose offset is known.
