@@ -1,14 +1,13 @@
-//! Kafka as the event source (docs/design.md §4 Tasks, §11 Restart): client settings, the consumer context that
-//! decides on each assignment which tasks may start, topic checks and partitioning.
-//!
-//! A task (partition `p` of every input topic) starts only where this worker's state
-//! can continue it: from the offsets its local state has reached, or from the group's
-//! start when nobody has committed anything for it. A task with committed offsets but
-//! no local state is refused (docs/design.md §11 Restart: never started empty) until state can be restored.
+//! Kafka as the event source (docs/design.md §4 Tasks, §11 Restart): client settings, the
+//! consumer context that forwards rebalances to the worker, what the worker needs to
+//! answer them (the group's committed offsets, the assignment call), topic checks and
+//! partitioning. Which task starts, and from where, is the worker's decision
+//! (`worker::tasks`): it owns the stores whose offsets decide it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
@@ -199,13 +198,40 @@ pub enum Start {
     Fresh,
 }
 
-/// What happened to the assignment since the worker last looked.
+/// A rebalance as the consumer's callback forwards it to the worker. The callback
+/// decides nothing: librdkafka keeps the group waiting until the worker answers with
+/// [`assign`] or [`unassign`] (docs/design.md §11 Restart).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rebalanced {
-    /// These tasks were assigned and may run.
-    Assigned(BTreeMap<i32, Start>),
-    /// Every task was revoked (eager protocol): buffered records are dropped.
+    /// The group gave this member these (topic, partition)s; none is read until the
+    /// worker has decided where each task starts and assigned them.
+    Assigned(Vec<(String, i32)>),
+    /// Every partition was revoked (eager protocol): buffered records are dropped.
     Revoked,
+}
+
+/// The worker's end of the rebalance hand-off: what the callback forwarded, and the
+/// switch that makes the callback answer by itself once no loop is left to.
+#[derive(Debug)]
+pub struct Rebalances {
+    rx: mpsc::Receiver<Rebalanced>,
+    closing: Arc<AtomicBool>,
+}
+
+impl Rebalances {
+    /// The rebalances forwarded since the last call, oldest first.
+    pub fn take(&self) -> Vec<Rebalanced> {
+        self.rx.try_iter().collect()
+    }
+
+    /// No loop will answer from now on: the callback gives up a revoked assignment at
+    /// once, and a new one is not taken. The returned rebalances were forwarded but not
+    /// answered yet; the caller answers them ([`assign_nothing`]) so that the group
+    /// does not wait for them.
+    pub fn close(&self) -> Vec<Rebalanced> {
+        self.closing.store(true, Ordering::SeqCst);
+        self.take()
+    }
 }
 
 /// Gives up the assignment (the end of a revoke), logging a failure.
@@ -213,6 +239,96 @@ pub fn unassign<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
     if let Err(e) = consumer.unassign() {
         tracing::error!(error = %e, "unassign failed");
     }
+}
+
+/// Answers an assignment by taking none of it (nobody is left to read it).
+pub fn assign_nothing<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
+    if let Err(e) = consumer.assign(&TopicPartitionList::new()) {
+        tracing::error!(error = %e, "empty assignment failed");
+    }
+}
+
+/// Assigns `partitions` of the tasks in `starts`, each lane from its task's start (a
+/// fresh lane, or one without a local offset, from the group's committed offset or the
+/// earliest); the partitions of other tasks are not read.
+pub fn assign<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topics: &[String],
+    partitions: &[(String, i32)],
+    starts: &BTreeMap<i32, Start>,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p) in partitions {
+        let Some(start) = starts.get(p) else {
+            continue;
+        };
+        let lane = topics.iter().position(|t| t == topic);
+        let offset = match (start, lane) {
+            (Start::Local(pos), Some(lane)) => pos
+                .get(lane)
+                .copied()
+                .flatten()
+                .map_or(Offset::Invalid, Offset::Offset),
+            _ => Offset::Invalid,
+        };
+        if let Err(err) = tpl.add_partition_offset(topic, *p, offset) {
+            tracing::error!(error = %err, topic, partition = p, "cannot add partition to assignment");
+        }
+    }
+    if let Err(e) = consumer.assign(&tpl) {
+        tracing::error!(error = %e, "assignment failed");
+    }
+}
+
+/// The group's committed offset of every lane of the tasks in `partitions`, per task
+/// (None: nothing committed for that lane).
+pub fn committed_lanes<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topics: &[String],
+    partitions: &[(String, i32)],
+    timeout: Duration,
+) -> Result<BTreeMap<i32, Vec<Option<i64>>>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in partitions {
+        tpl.add_partition(t, *p);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let mut by_task: BTreeMap<i32, Vec<Option<i64>>> = BTreeMap::new();
+    for (_, p) in partitions {
+        by_task
+            .entry(*p)
+            .or_insert_with(|| vec![None; topics.len()]);
+    }
+    for e in committed.elements() {
+        let lane = topics.iter().position(|t| t == e.topic());
+        if let (Some(lane), Offset::Offset(o)) = (lane, e.offset()) {
+            if let Some(v) = by_task.get_mut(&e.partition()) {
+                v[lane] = Some(o);
+            }
+        }
+    }
+    Ok(by_task)
+}
+
+/// Whether every lane's committed offset (if any) is at or before the start of its
+/// partition: what a worker claiming a new task commits before reading it.
+pub fn nothing_processed<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topics: &[String],
+    task: i32,
+    committed: &[Option<i64>],
+    timeout: Duration,
+) -> bool {
+    committed.iter().zip(topics).all(|(c, topic)| match c {
+        None => true,
+        Some(c) => match consumer.fetch_watermarks(topic, task, timeout) {
+            Ok((low, _)) => *c <= low,
+            Err(e) => {
+                tracing::warn!(error = %e, topic, task, "cannot read where the partition starts");
+                false
+            }
+        },
+    })
 }
 
 /// Commits `offsets` (topic, partition, next offset) to the group and waits for the
@@ -231,167 +347,35 @@ pub fn commit_now<C: ConsumerContext>(
     consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
 }
 
-/// What the consumer context shares with the worker loop.
-#[derive(Debug, Default)]
-pub struct Shared {
-    /// Per task, the offset each lane's local state has reached (the next to read).
-    pub positions: BTreeMap<i32, Vec<Option<i64>>>,
-    /// Rebalance outcomes not yet seen by the loop.
-    pub events: Vec<Rebalanced>,
-    /// The worker is shutting down: a revoke unassigns at once.
-    pub closing: bool,
-}
-
-/// The consumer's context: rebalances, statistics, client errors.
+/// The consumer's context: forwards rebalances to the worker, watches statistics and
+/// client errors for health.
+///
+/// With a `BaseConsumer` the rebalance callback runs inside `poll` on the worker's own
+/// thread, so it cannot wait for the worker to answer: it forwards the rebalance and
+/// returns, and the worker answers (`assign`, `unassign`) right after that `poll`,
+/// while librdkafka holds the group waiting for the call.
 pub struct WorkerContext {
-    topics: Vec<String>,
     health: Arc<Health>,
-    shared: Arc<Mutex<Shared>>,
-    lookup_timeout: Duration,
+    forward: mpsc::Sender<Rebalanced>,
+    closing: Arc<AtomicBool>,
 }
 
 impl WorkerContext {
-    /// A context for the consumer of `topics`.
-    pub fn new(topics: Vec<String>, health: Arc<Health>, shared: Arc<Mutex<Shared>>) -> Self {
-        WorkerContext {
-            topics,
+    /// A context and the worker's end of its rebalance hand-off.
+    pub fn new(health: Arc<Health>) -> (WorkerContext, Rebalances) {
+        let (forward, rx) = mpsc::channel();
+        let closing = Arc::new(AtomicBool::new(false));
+        let ctx = WorkerContext {
             health,
-            shared,
-            lookup_timeout: Duration::from_secs(10),
-        }
-    }
-
-    fn lane(&self, topic: &str) -> Option<usize> {
-        self.topics.iter().position(|t| t == topic)
-    }
-
-    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let committed = consumer.committed_offsets(tpl.clone(), self.lookup_timeout);
-        let lookup_ok = committed.is_ok();
-        let committed = match committed {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the group's committed offsets; tasks without local state are refused until the next rebalance");
-                None
-            }
+            forward,
+            closing: closing.clone(),
         };
-        let mut committed_by_task: BTreeMap<i32, Vec<Option<i64>>> = BTreeMap::new();
-        for e in tpl.elements() {
-            committed_by_task
-                .entry(e.partition())
-                .or_insert_with(|| vec![None; self.topics.len()]);
-        }
-        if let Some(c) = &committed {
-            for e in c.elements() {
-                if let (Some(lane), Offset::Offset(o)) = (self.lane(e.topic()), e.offset()) {
-                    if let Some(v) = committed_by_task.get_mut(&e.partition()) {
-                        v[lane] = Some(o);
-                    }
-                }
-            }
-        }
-        let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut accepted = BTreeMap::new();
-        let mut refused = BTreeSet::new();
-        for (task, committed) in &committed_by_task {
-            let start = match shared.positions.get(task) {
-                // Our state continues the task unless someone else has moved it on.
-                Some(local) => {
-                    let stale = local.iter().zip(committed).any(|(l, c)| match c {
-                        Some(c) => l.is_none_or(|l| *c > l),
-                        None => false,
-                    });
-                    (!stale).then(|| Start::Local(local.clone()))
-                }
-                // No state here: fresh only if nobody processed anything still on the
-                // broker (nothing committed, or only a claim at the partition's start).
-                None => self
-                    .nothing_processed(consumer, *task, committed)
-                    .then_some(Start::Fresh),
-            };
-            match start {
-                // Without the group's offsets neither "nobody processed it" nor "nobody
-                // moved it past our state" can be told.
-                Some(_) if !lookup_ok => {
-                    refused.insert(*task);
-                }
-                Some(s) => {
-                    accepted.insert(*task, s);
-                }
-                None => {
-                    refused.insert(*task);
-                }
-            }
-        }
-        drop(shared);
-        let mut assign = TopicPartitionList::new();
-        for e in tpl.elements() {
-            let Some(start) = accepted.get(&e.partition()) else {
-                continue;
-            };
-            let offset = match (start, self.lane(e.topic())) {
-                (Start::Local(pos), Some(lane)) => {
-                    pos[lane].map_or(Offset::Invalid, Offset::Offset)
-                }
-                _ => Offset::Invalid,
-            };
-            if let Err(err) = assign.add_partition_offset(e.topic(), e.partition(), offset) {
-                tracing::error!(error = %err, topic = e.topic(), partition = e.partition(), "cannot add partition to assignment");
-            }
-        }
-        if let Err(e) = consumer.assign(&assign) {
-            tracing::error!(error = %e, "assignment failed");
-        }
-        for task in &refused {
-            tracing::error!(
-                task,
-                "task refused: its partitions have committed offsets but this worker has no state for them (state is restored from a changelog only in a later version); it stays unprocessed and the worker not ready"
-            );
-        }
-        tracing::info!(
-            tasks = ?accepted.keys().collect::<Vec<_>>(),
-            refused = ?refused,
-            "tasks assigned"
-        );
-        self.health.set_tasks(accepted.len(), refused.len());
-        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        shared.events.push(Rebalanced::Assigned(accepted));
+        (ctx, Rebalances { rx, closing })
     }
 
-    /// Whether every lane's committed offset (if any) is at or before the start of its
-    /// partition: what a worker claiming a new task commits before reading it.
-    fn nothing_processed(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        task: i32,
-        committed: &[Option<i64>],
-    ) -> bool {
-        committed.iter().zip(&self.topics).all(|(c, topic)| match c {
-            None => true,
-            Some(c) => match consumer.fetch_watermarks(topic, task, self.lookup_timeout) {
-                Ok((low, _)) => *c <= low,
-                Err(e) => {
-                    tracing::warn!(error = %e, topic, task, "cannot read where the partition starts");
-                    false
-                }
-            },
-        })
-    }
-
-    fn on_revoke(&self, consumer: &BaseConsumer<Self>) {
-        tracing::info!("tasks revoked");
-        self.health.set_tasks(0, 0);
-        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        if shared.closing {
-            // No loop left to finish the hand-over: it already checkpointed and committed.
-            drop(shared);
-            unassign(consumer);
-            return;
-        }
-        // The worker loop checkpoints, commits and only then unassigns (`unassign`): the
-        // group waits for that call, so the next owner of a task sees offsets that match
-        // the state this worker keeps for it.
-        shared.events.push(Rebalanced::Revoked);
+    /// Hands `ev` to the worker; false when no worker will answer it.
+    fn forward(&self, ev: Rebalanced) -> bool {
+        !self.closing.load(Ordering::SeqCst) && self.forward.send(ev).is_ok()
     }
 }
 
@@ -438,12 +422,27 @@ impl ConsumerContext for WorkerContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.on_assign(base_consumer, tpl)
+                let partitions = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                if !self.forward(Rebalanced::Assigned(partitions)) {
+                    assign_nothing(base_consumer);
+                }
             }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(base_consumer),
             other => {
-                tracing::error!(error = ?other, "rebalance error");
-                self.on_revoke(base_consumer);
+                if other != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tracing::error!(error = ?other, "rebalance error");
+                }
+                tracing::info!("tasks revoked");
+                // The worker checkpoints, commits and only then unassigns: the group
+                // waits for that call, so the next owner of a task sees offsets that
+                // match the state this worker keeps for it. With no loop left (it
+                // already checkpointed and committed), give them up at once.
+                if !self.forward(Rebalanced::Revoked) {
+                    unassign(base_consumer);
+                }
             }
         }
     }

@@ -1,0 +1,508 @@
+//! `churnwatch run`: the service loop (docs/design.md §2 Path of one event).
+//!
+//! One thread polls the consumer, feeds each record to its task (partition `p` of every
+//! input topic) and applies the task's merged records to the task's own engine. What
+//! the engine decides (alerts, emails) and the rejects (dead letters) wait in the task's
+//! pending list. Every `state.checkpoint_interval` each task that moved commits one
+//! checkpoint to its store: changed customers, the offsets that state reflects, and the
+//! pending effects as outbox entries. Only then are the effects handed over (alerts and
+//! dead letters to Kafka, emails to the transport); once they are acknowledged the
+//! entries are removed and the checkpoint's offsets stored for the group commit.
+//!
+//! So state is exactly-once (a restarted worker loads its store and seeks each task to
+//! the stored offsets, whatever the group committed) and effects at-least-once with
+//! stable ids: a crash re-hands what the outbox still holds.
+//!
+//! The worker is split by job: `input` (the consumer: records into tasks, pauses,
+//! topic checks), `tasks` (assignment decisions, restore, claim, checkpoint), `apply`
+//! (records through the engines into pending entries), `effects` (hand-over, settling,
+//! sender reports), `rebalance` (answering the group), and `settings` (what a reload
+//! changes, `Live`, against what only a restart does, `Startup`).
+
+mod apply;
+mod effects;
+mod input;
+mod rebalance;
+mod settings;
+mod tasks;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::consumer::{CommitMode, Consumer};
+
+use self::effects::{Delivery, Effects};
+use self::input::Input;
+use self::settings::{Live, Startup};
+use self::tasks::Tasks;
+use crate::config::Config;
+use crate::disk;
+use crate::health::Health;
+use crate::mail::mailer::{FileMailer, SendLog};
+use crate::mail::sender::Sender;
+use crate::mail::template::Templates;
+use crate::metrics::Metrics;
+use crate::publisher::Publisher;
+use crate::shutdown::Shutdown;
+use crate::source::kafka::{self, TopicError, WorkerContext};
+
+/// Options of `churnwatch run` beyond the config.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// At shutdown, write the state of every customer this worker holds (JSONL).
+    pub export_customers: Option<PathBuf>,
+    /// Where the worker counts what it does (served at `/metrics`).
+    pub metrics: Arc<Metrics>,
+    /// Set by SIGHUP and the file watcher: read the config again (docs/design.md §14 Hot reload).
+    pub reload: Arc<crate::reload::Reload>,
+    /// `GET /customers/{id}` questions, answered from this worker's stores.
+    pub queries: Arc<crate::admin::Queries>,
+}
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Records consumed.
+    pub records: u64,
+    /// Records rejected to the dead-letter topic.
+    pub rejected: u64,
+    /// Records whose partition is not murmur2 of their key.
+    pub misrouted: u64,
+    /// Alerts published.
+    pub alerts: u64,
+    /// Emails written (file transport) or accepted by the relay (SMTP).
+    pub emails: u64,
+    /// Emails found already written when handed over again after a crash.
+    pub emails_again: u64,
+    /// Emails failed for good (unbuildable, a 5xx reply, or expired).
+    pub emails_failed: u64,
+    /// Of those, emails still failing transiently at `smtp.max_retry_age`.
+    pub emails_expired: u64,
+    /// Emails suppressed at send time (an unsubscribe, bounce or erasure came first).
+    pub emails_suppressed: u64,
+    /// Times an email was deferred by quiet hours.
+    pub emails_deferred: u64,
+    /// Transient failures retried.
+    pub emails_retried: u64,
+    /// Emails that waited in the store for room in the sender (`smtp.queue_limit`).
+    pub emails_held_back: u64,
+    /// Checkpoints committed.
+    pub checkpoints: u64,
+    /// Alerts or dead letters the producer refused for good (too large).
+    pub dropped: u64,
+    /// From the first record taken to the last one done.
+    pub busy: Duration,
+    /// False when the grace period ran out with effects unacknowledged (their records
+    /// are read again next time).
+    pub clean: bool,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.busy.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.records as f64 / secs
+        } else {
+            0.0
+        };
+        write!(
+            f,
+            "consumed {} records ({} rejected to the dead-letter topic, {} misrouted) in {:.3}s from the first to the last: {:.0} records/s; {} alerts published, {} emails delivered ({} found already written, {} failed ({} expired), {} suppressed at send time, {} deferrals, {} retries, {} held back for room in the sender), {} records too large dropped; {} checkpoints",
+            self.records, self.rejected, self.misrouted, secs, rate, self.alerts, self.emails, self.emails_again, self.emails_failed, self.emails_expired, self.emails_suppressed, self.emails_deferred, self.emails_retried, self.emails_held_back, self.dropped, self.checkpoints
+        )
+    }
+}
+
+/// Pending effects across tasks past which a checkpoint is taken early (bounds memory).
+const MAX_PENDING: usize = 50_000;
+
+/// More closed batches than this in flight and the loop waits for acknowledgements.
+const MAX_UNSETTLED: usize = 16;
+
+/// What the run did so far, and when its records were first taken and last done.
+#[derive(Default)]
+struct Tally {
+    /// The counts the summary line reports.
+    out: Outcome,
+    /// When the first record was taken, and the last effect settled: the busy span.
+    first_record: Option<Instant>,
+    last_done: Option<Instant>,
+}
+
+/// The worker, split by job; each part owns what its job changes, so borrows split along
+/// the parts.
+struct Worker<'a> {
+    /// Restart-only settings: fixed for the life of the worker.
+    startup: Startup<'a>,
+    /// What a reload changes: the only source of engine and mail settings and templates.
+    live: Live<'a>,
+    reload: Arc<crate::reload::Reload>,
+    queries: Arc<crate::admin::Queries>,
+    metrics: Arc<Metrics>,
+    shutdown: &'a Shutdown,
+    health: Arc<Health>,
+    input: Input,
+    tasks: Tasks,
+    effects: Effects<'a>,
+    tally: Tally,
+    last_checkpoint: Instant,
+    /// Space on the state volume given back on a disk fault.
+    reserve: disk::Reserve,
+}
+
+/// Runs the service until `shutdown` is requested. Blocking: call it from a thread of
+/// its own.
+pub fn run(
+    cfg: &Config,
+    templates: &Templates,
+    shutdown: &Shutdown,
+    health: Arc<Health>,
+    opts: &Options,
+) -> anyhow::Result<Outcome> {
+    // Space for the last outbox removals should the volume fill up; a volume that is
+    // full or read-only already stops the worker here, before anything is handed over.
+    let reserve = disk::Reserve::take(&cfg.state.dir, disk::RESERVE_BYTES)
+        .map_err(|e| stopped(cfg, &health, anyhow::Error::new(e)))?;
+    // Every part takes its restart-only values from here, once.
+    let startup = Startup::new(cfg);
+    let k = startup.kafka();
+    let (ctx, rebalances) = WorkerContext::new(health.clone());
+    let consumer = kafka::consumer(k, ctx)?;
+    let producer_cfg = kafka::producer_config(k);
+    tracing::info!(config = %kafka::describe(&producer_cfg), "kafka producer");
+    let publisher = Publisher::new(&producer_cfg)?;
+    let Some(partitions) = wait_for_topics(&consumer, cfg, shutdown)? else {
+        return Ok(Outcome {
+            clean: true,
+            ..Outcome::default()
+        });
+    };
+    // The positions of every task this worker has state for decide, on assignment,
+    // which tasks it may run and from where (docs/design.md §11 Restart).
+    let tasks = Tasks::open(&startup.state().dir, &k.topics, opts.metrics.clone())?;
+    let topic_refs: Vec<&str> = k.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    tracing::info!(topics = ?k.topics, partitions, group = %k.group_id, "subscribed");
+    let effects = Effects::new(
+        publisher,
+        delivery(cfg, templates)?,
+        (&k.alerts_topic, &k.dlq_topic),
+        startup.smtp_queue_limit(),
+        opts.metrics.clone(),
+    );
+    let input = Input::new(
+        (consumer, rebalances),
+        &k.topics,
+        (partitions, k.max_batch),
+        startup.limits(),
+        (health.clone(), opts.metrics.clone()),
+    )?;
+    let mut w = Worker {
+        startup,
+        live: Live::new(cfg, templates),
+        reload: opts.reload.clone(),
+        queries: opts.queries.clone(),
+        metrics: opts.metrics.clone(),
+        shutdown,
+        health,
+        input,
+        tasks,
+        effects,
+        tally: Tally::default(),
+        last_checkpoint: Instant::now(),
+        reserve,
+    };
+    let clean = match w.main_loop() {
+        Ok(clean) => clean,
+        Err(e) => return Err(w.fail(e)),
+    };
+    w.tally.out.clean = clean;
+    w.finish(opts)?;
+    Ok(w.tally.out)
+}
+
+/// Checks the topics until the cluster answers; returns the input partition count, or
+/// None when shutdown was requested first.
+fn wait_for_topics(
+    consumer: &kafka::WorkerConsumer,
+    cfg: &Config,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<i32>> {
+    loop {
+        match kafka::check_topics(consumer, &cfg.kafka, Duration::from_secs(10)) {
+            Ok(n) => return Ok(Some(n)),
+            Err(TopicError::Invalid(problems)) => {
+                bail!("cannot start: {}", problems.join("; "))
+            }
+            Err(e @ TopicError::Unreachable(_)) => {
+                tracing::warn!(error = %e, "waiting for the Kafka cluster");
+                if shutdown.requested() {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// The email delivery `delivery.transport` names, started.
+fn delivery<'a>(cfg: &'a Config, templates: &'a Templates) -> anyhow::Result<Delivery<'a>> {
+    if cfg.transport != "smtp" {
+        return Ok(Delivery::File(FileMailer::new(
+            &cfg.mail,
+            templates,
+            &cfg.file_dir,
+            true,
+            cfg.state.sends_log_max_bytes,
+        )?));
+    }
+    let from: lettre::message::Mailbox = cfg
+        .mail
+        .from
+        .parse()
+        .with_context(|| format!("smtp.from `{}` is not a mailbox", cfg.mail.from))?;
+    let sender = Sender::start(&cfg.smtp, &cfg.send, from.email)?;
+    tracing::info!(host = %cfg.smtp.host, port = cfg.smtp.port, tls = ?cfg.smtp.tls, pool = cfg.smtp.pool_size, "sending emails over SMTP");
+    Ok(Delivery::Smtp {
+        sender,
+        log: SendLog::open(
+            &cfg.state.dir.join("sends.jsonl"),
+            true,
+            cfg.state.sends_log_max_bytes,
+        )?,
+    })
+}
+
+/// When the loop last logged its progress, and the record count then.
+struct ProgressLog {
+    at: Instant,
+    records: u64,
+}
+
+impl<'a> Worker<'a> {
+    /// The loop: each round is these steps, in this order. Returns false when the
+    /// shutdown grace period ran out with effects unacknowledged.
+    fn main_loop(&mut self) -> anyhow::Result<bool> {
+        let mut progress = ProgressLog {
+            at: Instant::now(),
+            records: 0,
+        };
+        while !self.shutdown.requested() {
+            self.reload_if_due();
+            self.tasks.answer(&self.queries, self.live.engine());
+            self.input.poll_batch(&mut self.tasks, &mut self.tally);
+            self.take_rebalances()?;
+            self.input.check_topics();
+            self.apply_tasks();
+            self.checkpoint_if_due()?;
+            self.settle_effects()?;
+            if !self.wait_for_acknowledgements()? {
+                return Ok(false);
+            }
+            self.log_progress(&mut progress);
+        }
+        self.checkpoint_all()?;
+        self.settle_all()
+    }
+
+    /// Takes a requested reload (docs/design.md §14 Hot reload): new engine settings go
+    /// to every running and parked task.
+    fn reload_if_due(&mut self) {
+        if !self.reload.take_due() {
+            return;
+        }
+        if let Some(engine) = self.live.reload(&self.startup, &self.metrics) {
+            self.tasks.set_settings(&engine);
+        }
+    }
+
+    /// A checkpoint of every task that moved, every `state.checkpoint_interval` or at
+    /// once when too many effects wait.
+    fn checkpoint_if_due(&mut self) -> anyhow::Result<()> {
+        if self.tasks.pending() >= MAX_PENDING
+            || self.last_checkpoint.elapsed() >= self.startup.state().checkpoint_interval
+        {
+            self.checkpoint_all()?;
+        }
+        Ok(())
+    }
+
+    /// Settled batches removed and their offsets stored, sender reports recorded,
+    /// held-back emails handed to the sender as it has room.
+    fn settle_effects(&mut self) -> anyhow::Result<()> {
+        self.store_settled()?;
+        self.effects
+            .take_reports(&self.tasks, &mut self.tally.out)?;
+        self.effects.refill(&self.tasks, &mut self.tally.out)
+    }
+
+    /// With too many batches in flight, waits for acknowledgements; false when the
+    /// shutdown grace period ran out first.
+    fn wait_for_acknowledgements(&mut self) -> anyhow::Result<bool> {
+        while self.effects.unsettled() > MAX_UNSETTLED {
+            if self.shutdown.expired() {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            self.store_settled()?;
+        }
+        Ok(true)
+    }
+
+    /// Every 10 s, one progress line.
+    fn log_progress(&self, last: &mut ProgressLog) {
+        if last.at.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        let secs = last.at.elapsed().as_secs_f64();
+        let out = &self.tally.out;
+        tracing::info!(
+            records = out.records,
+            per_sec = ((out.records - last.records) as f64 / secs).round(),
+            lag = self.tasks.lag(),
+            tasks = self.tasks.running.len(),
+            alerts = out.alerts,
+            "progress"
+        );
+        last.records = out.records;
+        last.at = Instant::now();
+    }
+
+    /// Waits until every closed batch is settled and stored; false when the shutdown
+    /// grace period ran out first.
+    fn settle_all(&mut self) -> anyhow::Result<bool> {
+        loop {
+            self.store_settled()?;
+            self.effects
+                .take_reports(&self.tasks, &mut self.tally.out)?;
+            if self.effects.unsettled() == 0 {
+                return Ok(true);
+            }
+            if self.shutdown.expired() {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Removes the outbox entries of every settled batch and stores its checkpoint's
+    /// offsets for the periodic group commit.
+    fn store_settled(&mut self) -> anyhow::Result<()> {
+        let Some(latest) = self.effects.settled(&self.tasks)? else {
+            return Ok(());
+        };
+        let running = &self.tasks.running;
+        self.input
+            .store_offsets(&latest, |p| running.contains_key(&p));
+        self.tally.last_done = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Commits a checkpoint of every task that moved, then hands its effects over.
+    fn checkpoint_all(&mut self) -> anyhow::Result<()> {
+        let ps: Vec<i32> = self.tasks.running.keys().copied().collect();
+        for p in ps {
+            self.checkpoint(p)?;
+        }
+        self.tasks.set_outcome_metrics(self.live.crr_days());
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// One task's checkpoint, then the hand-over of what it made durable.
+    fn checkpoint(&mut self, p: i32) -> anyhow::Result<()> {
+        match self.tasks.checkpoint(p, &mut self.tally.out)? {
+            Some(h) => self.effects.hand_over(&self.tasks, h, &mut self.tally.out),
+            None => Ok(()),
+        }
+    }
+
+    /// The loop failed. On a disk fault: no new send starts, emails in flight finish,
+    /// the reserve is freed and the outbox removals of every finished email are written
+    /// (reopening a store that redb closed after its failed write) — so a restart sends
+    /// none of them again — then one error line, and not ready.
+    fn fail(&mut self, e: anyhow::Error) -> anyhow::Error {
+        if disk::fault(&e).is_none() {
+            // Leave the group before the consumer is dropped: with no loop left to
+            // answer a rebalance, its close would wait for one forever and the error
+            // would never be reported.
+            self.leave_group();
+            return e;
+        }
+        self.reserve.release();
+        let grace = self.startup.shutdown_grace();
+        let left = self
+            .effects
+            .after_fault(&mut self.tasks, grace, &mut self.tally.out);
+        // Leave the group now: another replica may take the tasks.
+        self.leave_group();
+        let line = stopped_line(&self.startup.state().dir, &e, left);
+        self.health.set_stopped(&line);
+        anyhow::Error::new(Stopped(line))
+    }
+
+    /// Gives up the group membership at once: no loop is left to answer a revoke, which
+    /// would otherwise block the consumer's close.
+    fn leave_group(&mut self) {
+        self.stop_answering();
+        self.input.consumer.unsubscribe();
+    }
+
+    /// After a clean or graceless stop: the sender stopped, its last reports recorded,
+    /// the final commit if clean, the export, and the group left.
+    fn finish(&mut self, opts: &Options) -> anyhow::Result<()> {
+        // Emails in flight get what is left of the grace period; waiting ones stay in
+        // the outbox for the next start.
+        let grace = self.shutdown.remaining().unwrap_or(Duration::from_secs(5));
+        self.effects.stop_sender(grace);
+        self.effects
+            .take_reports(&self.tasks, &mut self.tally.out)?;
+        self.stop_answering();
+        if self.tally.out.clean {
+            if let Err(e) = self.input.consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "final commit");
+            }
+        }
+        self.tally.out.busy = match (self.tally.first_record, self.tally.last_done) {
+            (Some(a), Some(b)) if b > a => b - a,
+            _ => Duration::ZERO,
+        };
+        if let Some(path) = &opts.export_customers {
+            crate::replay::write_snapshots(&self.tasks.snapshots(), path)?;
+        }
+        self.input.consumer.unsubscribe();
+        Ok(())
+    }
+}
+
+/// The worker stopped for good: a full or read-only volume, already logged (one line)
+/// and shown at `/readyz`. `main` keeps serving until SIGTERM instead of exiting into a
+/// restart loop.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Stopped(pub String);
+
+/// Turns a disk fault into [`Stopped`] (logging its one line and setting not-ready);
+/// other errors pass.
+fn stopped(cfg: &Config, health: &Health, e: anyhow::Error) -> anyhow::Error {
+    if disk::fault(&e).is_none() {
+        return e;
+    }
+    let line = stopped_line(&cfg.state.dir, &e, 0);
+    health.set_stopped(&line);
+    anyhow::Error::new(Stopped(line))
+}
+
+/// Logs the one line of a disk fault `e` and returns it; `unmarked` counts sent emails
+/// whose outbox removal failed anyway.
+fn stopped_line(dir: &std::path::Path, e: &anyhow::Error, unmarked: usize) -> String {
+    let line = disk::fault(e).map_or_else(|| e.to_string(), |f| f.line(dir));
+    if unmarked > 0 {
+        let n = unmarked;
+        tracing::error!(error = %format!("{e:#}"), unmarked = n, "{line} ({n} finished emails could not be removed from the outbox and go again after a restart)");
+    } else {
+        tracing::error!(error = %format!("{e:#}"), "{line}");
+    }
+    line
+}
