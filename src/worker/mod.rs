@@ -37,7 +37,7 @@ use self::effects::{Delivery, Effects};
 use self::input::Input;
 use self::settings::{Live, Startup};
 use self::tasks::Tasks;
-use crate::config::Config;
+use crate::config::{Config, Transport};
 use crate::disk;
 use crate::health::Health;
 use crate::mail::mailer::{FileMailer, SendLog};
@@ -248,7 +248,7 @@ fn wait_for_topics(
 
 /// The email delivery `delivery.transport` names, started.
 fn delivery<'a>(cfg: &'a Config, templates: &'a Templates) -> anyhow::Result<Delivery<'a>> {
-    if cfg.transport != "smtp" {
+    if cfg.transport == Transport::File {
         return Ok(Delivery::File(FileMailer::new(
             &cfg.mail,
             templates,

@@ -83,12 +83,13 @@ pub(super) struct Live<'a> {
 impl<'a> Live<'a> {
     /// The live part of the config the worker starts with.
     pub(super) fn new(cfg: &Config, templates: &'a Templates) -> Live<'a> {
+        let live = cfg.live();
         Live {
-            engine: Arc::new(cfg.engine.clone()),
-            mail: cfg.mail.clone(),
+            engine: Arc::new(live.engine),
+            mail: live.mail,
             templates: None,
             started_with: templates,
-            crr_days: cfg.crr_days,
+            crr_days: live.crr_days,
         }
     }
 
@@ -141,10 +142,11 @@ impl<'a> Live<'a> {
         if !fixed.is_empty() {
             tracing::warn!(keys = ?fixed, "config reload: these settings change only at a restart; the running values stay until then");
         }
-        self.engine = Arc::new(new.engine.clone());
-        self.mail = new.mail.clone();
+        let live = new.live();
+        self.engine = Arc::new(live.engine);
+        self.mail = live.mail;
         self.templates = Some(templates);
-        self.crr_days = new.crr_days;
+        self.crr_days = live.crr_days;
         Metrics::inc(&metrics.reloads, &[("result", "applied")]);
         tracing::info!(
             "config reloaded: thresholds, guards and templates in force from the next decision"
