@@ -17,6 +17,7 @@ pub mod health;
 pub mod inspect;
 pub mod mail;
 pub mod metrics;
+pub mod observe;
 pub mod outbox;
 pub mod preview;
 pub mod problems;

@@ -167,8 +167,8 @@ pub fn render(mail: &MailSettings, t: &Templates, alert: &mut Alert) -> Email {
 /// What the file transport did with one email, for its `sends.jsonl` line.
 #[derive(Clone, Debug)]
 pub struct Written {
-    /// `written`, `already_written` or `failed`.
-    pub status: &'static str,
+    /// `Written`, `AlreadyWritten` or `Failed`.
+    pub outcome: super::EmailOutcome,
     /// The `.eml` file name.
     pub file: Option<String>,
     /// Why it could not be built.
@@ -233,16 +233,16 @@ impl<'a> FileMailer<'a> {
                         path: self.transport.path_of(&email.message_id),
                         source,
                     })?;
-                let status = if fresh {
+                let outcome = if fresh {
                     self.written += 1;
-                    "written"
+                    super::EmailOutcome::Written
                 } else {
                     self.already_written += 1;
-                    "already_written"
+                    super::EmailOutcome::AlreadyWritten
                 };
                 let file = path.file_name().map(|n| n.to_string_lossy().into_owned());
                 Written {
-                    status,
+                    outcome,
                     file,
                     reason: None,
                 }
@@ -251,7 +251,7 @@ impl<'a> FileMailer<'a> {
                 self.failed += 1;
                 tracing::warn!(alert_id = %email.alert_id, %reason, "email not written");
                 Written {
-                    status: "failed",
+                    outcome: super::EmailOutcome::Failed,
                     file: None,
                     reason: Some(reason.clone()),
                 }
@@ -276,7 +276,7 @@ impl<'a> FileMailer<'a> {
         self.sends.record(&SendLine {
             alert_id: &email.alert_id,
             message_id: format!("<{}>", email.message_id),
-            status: w.status,
+            status: w.outcome.label(),
             file: w.file.clone(),
             reason: w.reason.clone(),
             locale: &email.locale,

@@ -353,7 +353,6 @@ impl Core {
         match result {
             Ok(reply) => self.report(&w.job, Status::Sent(reply)),
             Err(Failure::Permanent(reply)) => {
-                tracing::warn!(alert_id = %w.job.email.alert_id, "email refused for good by the relay (5xx); recorded in sends.jsonl");
                 self.report(&w.job, Status::Failed(reply));
             }
             Err(Failure::Transient(reason)) => {
@@ -363,7 +362,6 @@ impl Core {
                 let age = Duration::try_from(now.duration_since(since)).unwrap_or_default();
                 let left = self.smtp.max_retry_age.saturating_sub(age);
                 if left.is_zero() {
-                    tracing::warn!(alert_id = %w.job.email.alert_id, attempts = w.failures, "email still not accepted after smtp.max_retry_age; recorded as failed (expired)");
                     self.report(
                         &w.job,
                         Status::Expired {
@@ -384,7 +382,6 @@ impl Core {
                 let next = now
                     .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or_default())
                     .unwrap_or(now);
-                tracing::info!(alert_id = %w.job.email.alert_id, attempt = w.failures, retry_in = ?delay, "email not accepted yet; will retry");
                 self.report(
                     &w.job,
                     Status::Retrying {

@@ -16,6 +16,7 @@ use crate::event::EventKind;
 use crate::mail::mailer;
 use crate::mail::sender::Sender;
 use crate::metrics::Metrics;
+use crate::observe::AlertDecided;
 use crate::outbox::Entry;
 
 impl Worker<'_> {
@@ -126,13 +127,11 @@ fn apply_event(
 fn pend_alerts(task: &mut Task, alerts: &mut Vec<Alert>, live: &Live<'_>, metrics: &Metrics) {
     let domain = live.mail().message_id_domain.as_str();
     for mut alert in alerts.drain(..) {
-        metrics.alert(alert.rule, alert.decision);
-        if let Decision::Suppressed(why) = alert.decision {
-            Metrics::inc(
-                &metrics.emails_suppressed,
-                &[("reason", why.name()), ("at", "decision")],
-            );
+        AlertDecided {
+            rule: alert.rule,
+            decision: alert.decision,
         }
+        .emit(metrics);
         if alert.decision == Decision::Email {
             let email = mailer::render(live.mail(), live.templates(), &mut alert);
             task.pending.push(Entry::Email(email));

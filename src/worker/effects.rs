@@ -16,6 +16,10 @@ use crate::disk;
 use crate::mail::mailer::{FileMailer, SendLine, SendLog, Written};
 use crate::mail::sender::{Job, Report, Sender, Status};
 use crate::metrics::Metrics;
+use crate::observe::{
+    AlertPublished, EmailHeldBack, EmailRefused, EmailReported, EmailWritten, Observed,
+    RecordDropped,
+};
 use crate::outbox::{Email, Entry};
 use crate::publisher::{Publisher, QueueError};
 
@@ -222,11 +226,11 @@ impl<'a> Effects<'a> {
             }
             Entry::Email(_) => return Ok(()),
         };
-        if refused(sent, n, out, &mut handed.done_now)? {
+        if refused(sent, n, &self.metrics, out, &mut handed.done_now)? {
             return Ok(());
         }
         if matches!(entry, Entry::Alert { .. }) {
-            out.alerts += 1;
+            AlertPublished.emit(&self.metrics, out);
         }
         handed.published.push(n);
         Ok(())
@@ -246,7 +250,7 @@ impl<'a> Effects<'a> {
         match &mut self.delivery {
             Delivery::File(m) => {
                 let w = m.write(&email)?;
-                Metrics::inc(&self.metrics.emails, &[("outcome", w.status)]);
+                EmailWritten { outcome: w.outcome }.emit(&self.metrics, out);
                 handed.written.push((email, w));
                 handed.done_now.push(n);
             }
@@ -258,7 +262,7 @@ impl<'a> Effects<'a> {
                 None if sender.held() >= self.queue_limit || !self.held_back.is_empty() => {
                     // It stays in the store; `refill` hands it over later.
                     self.held_back.push_back((p, n));
-                    out.emails_held_back += 1;
+                    EmailHeldBack.emit(&self.metrics, out);
                 }
                 None => sender.send(Job {
                     task: p,
@@ -297,9 +301,6 @@ impl<'a> Effects<'a> {
                     m.log(email, w)?;
                 }
                 m.flush()?;
-                out.emails = m.written;
-                out.emails_again = m.already_written;
-                out.emails_failed = m.failed;
             }
             Delivery::Smtp { log, .. } => {
                 for (email, refusal) in refusals {
@@ -530,14 +531,14 @@ fn first_failure(failures: &BTreeMap<u64, i64>, n: u64) -> Option<jiff::Timestam
 fn refused(
     sent: Result<(), QueueError>,
     entry: u64,
+    metrics: &Metrics,
     out: &mut Outcome,
     done: &mut Vec<u64>,
 ) -> anyhow::Result<bool> {
     match sent {
         Ok(()) => Ok(false),
         Err(e) if e.is_permanent() => {
-            tracing::error!(error = %e, entry, "record refused by the producer; dropped");
-            out.dropped += 1;
+            RecordDropped { entry, error: &e }.emit(metrics, out);
             done.push(entry);
             Ok(true)
         }
@@ -555,19 +556,23 @@ fn record_refusal(
     refusal: Refusal,
 ) -> Result<(), disk::PathError> {
     let status = refusal.status();
-    Metrics::inc(&metrics.emails, &[("outcome", status)]);
     let reason = match refusal {
         Refusal::Unbuildable(reason) => {
-            out.emails_failed += 1;
-            tracing::warn!(alert_id = %email.alert_id, %reason, "email not built");
+            EmailRefused {
+                alert_id: &email.alert_id,
+                unbuildable: Some(&reason),
+                suppressed: None,
+            }
+            .emit(metrics, out);
             reason
         }
         Refusal::Suppressed(why) => {
-            out.emails_suppressed += 1;
-            Metrics::inc(
-                &metrics.emails_suppressed,
-                &[("reason", why), ("at", "send")],
-            );
+            EmailRefused {
+                alert_id: &email.alert_id,
+                unbuildable: None,
+                suppressed: Some(why),
+            }
+            .emit(metrics, out);
             why.to_string()
         }
     };
@@ -582,62 +587,38 @@ fn record_refusal(
     })
 }
 
-/// What a sender report is written as: (status, reason, until, attempt), counted in
-/// `out` as it goes.
+/// What a sender report is written as in `sends.jsonl`: (status, reason, until, attempt).
 type ReportLine = (&'static str, Option<String>, Option<String>, Option<u32>);
 
-/// A report's send-log fields, counted in `out`.
-fn report_line(status: &Status, out: &mut Outcome, metrics: &Metrics) -> ReportLine {
+/// A report's send-log fields.
+fn report_line(status: &Status) -> ReportLine {
     match status {
-        Status::Sent(reply) => {
-            out.emails += 1;
-            ("sent", Some(reply.clone()), None, None)
-        }
-        Status::Failed(reply) => {
-            out.emails_failed += 1;
-            ("failed", Some(reply.clone()), None, None)
-        }
-        Status::Suppressed(why) => {
-            out.emails_suppressed += 1;
-            Metrics::inc(
-                &metrics.emails_suppressed,
-                &[("reason", why), ("at", "send")],
-            );
-            ("suppressed", Some((*why).to_string()), None, None)
-        }
-        Status::Deferred(t) => {
-            out.emails_deferred += 1;
-            (
-                "deferred",
-                Some("quiet hours".into()),
-                Some(t.to_string()),
-                None,
-            )
-        }
-        Status::Expired { attempts, reason } => {
-            out.emails_failed += 1;
-            out.emails_expired += 1;
-            (
-                "failed",
-                Some(format!("expired: {reason}")),
-                None,
-                Some(*attempts),
-            )
-        }
+        Status::Sent(reply) => ("sent", Some(reply.clone()), None, None),
+        Status::Failed(reply) => ("failed", Some(reply.clone()), None, None),
+        Status::Suppressed(why) => ("suppressed", Some((*why).to_string()), None, None),
+        Status::Deferred(t) => (
+            "deferred",
+            Some("quiet hours".into()),
+            Some(t.to_string()),
+            None,
+        ),
+        Status::Expired { attempts, reason } => (
+            "failed",
+            Some(format!("expired: {reason}")),
+            None,
+            Some(*attempts),
+        ),
         Status::Retrying {
             attempt,
             reason,
             next,
             ..
-        } => {
-            out.emails_retried += 1;
-            (
-                "retrying",
-                Some(reason.clone()),
-                Some(next.to_string()),
-                Some(*attempt),
-            )
-        }
+        } => (
+            "retrying",
+            Some(reason.clone()),
+            Some(next.to_string()),
+            Some(*attempt),
+        ),
     }
 }
 
@@ -648,13 +629,12 @@ fn record_report(
     out: &mut Outcome,
     metrics: &Metrics,
 ) -> Result<(), disk::PathError> {
-    let (status, reason, until, attempt) = report_line(&r.status, out, metrics);
-    let outcome = match &r.status {
-        Status::Retrying { .. } => "retried",
-        Status::Expired { .. } => "expired",
-        _ => status,
-    };
-    Metrics::inc(&metrics.emails, &[("outcome", outcome)]);
+    EmailReported {
+        alert_id: &r.alert_id,
+        status: &r.status,
+    }
+    .emit(metrics, out);
+    let (status, reason, until, attempt) = report_line(&r.status);
     log.record(&SendLine {
         at: Some(jiff::Timestamp::now().to_string()),
         alert_id: &r.alert_id,

@@ -18,6 +18,7 @@ use super::Tally;
 use crate::event::Limits;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::observe::{Observed, RecordMisrouted, RecordRejected, RecordTaken};
 use crate::outbox::Entry;
 use crate::source::kafka::{self, Rebalances, WorkerConsumer};
 use crate::source::task::TaskMerge;
@@ -45,7 +46,6 @@ struct Router {
     topics: Vec<String>,
     partitions: i32,
     limits: Limits,
-    misrouted_warned: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -83,7 +83,6 @@ impl Input {
                 topics: topics.to_vec(),
                 partitions,
                 limits: *limits,
-                misrouted_warned: false,
                 metrics,
             },
             watch: TopicWatch {
@@ -239,8 +238,7 @@ impl Router {
             return;
         };
         tally.first_record.get_or_insert_with(Instant::now);
-        tally.out.records += 1;
-        self.metrics.records.inc();
+        RecordTaken.emit(&self.metrics, &mut tally.out);
         let checked = kafka::check_record(
             msg.key(),
             msg.payload(),
@@ -249,12 +247,12 @@ impl Router {
             crate::source::wall_now(),
         );
         if checked.misrouted {
-            tally.out.misrouted += 1;
-            self.metrics.misrouted.inc();
-            if !self.misrouted_warned {
-                self.misrouted_warned = true;
-                tracing::warn!(topic, partition, offset, "record's partition is not murmur2 of its customer id (its key, or the payload's when the key is null): its customer's events may be split across tasks (producers must use partitioner=murmur2_random); counted, further ones not logged");
+            RecordMisrouted {
+                topic,
+                partition,
+                offset,
             }
+            .emit(&self.metrics, &mut tally.out);
         }
         match checked.event {
             Ok(ev) => {
@@ -262,9 +260,14 @@ impl Router {
                 task.merge.push(lane, offset, ev)
             }
             Err(rej) => {
-                tally.out.rejected += 1;
-                Metrics::inc(&self.metrics.rejects, &[("class", rej.class)]);
-                tracing::info!(topic, partition, offset, class = rej.class, reason = %rej.reason, "record rejected to the dead-letter topic");
+                RecordRejected {
+                    topic,
+                    partition,
+                    offset,
+                    class: rej.class,
+                    reason: &rej.reason,
+                }
+                .emit(&self.metrics, &mut tally.out);
                 task.pending.push(Entry::DeadLetter {
                     key: msg.key().map(<[u8]>::to_vec),
                     payload: msg.payload().unwrap_or_default().to_vec(),

@@ -60,59 +60,9 @@ pub struct Options {
     /// `GET /customers/{id}` questions, answered from this worker's stores.
     pub queries: Arc<crate::admin::Queries>,
 }
-/// What a run did.
-#[derive(Clone, Debug, Default)]
-pub struct Outcome {
-    /// Records consumed.
-    pub records: u64,
-    /// Records rejected to the dead-letter topic.
-    pub rejected: u64,
-    /// Records whose partition is not murmur2 of their key.
-    pub misrouted: u64,
-    /// Alerts published.
-    pub alerts: u64,
-    /// Emails written (file transport) or accepted by the relay (SMTP).
-    pub emails: u64,
-    /// Emails found already written when handed over again after a crash.
-    pub emails_again: u64,
-    /// Emails failed for good (unbuildable, a 5xx reply, or expired).
-    pub emails_failed: u64,
-    /// Of those, emails still failing transiently at `smtp.max_retry_age`.
-    pub emails_expired: u64,
-    /// Emails suppressed at send time (an unsubscribe, bounce or erasure came first).
-    pub emails_suppressed: u64,
-    /// Times an email was deferred by quiet hours.
-    pub emails_deferred: u64,
-    /// Transient failures retried.
-    pub emails_retried: u64,
-    /// Emails that waited in the store for room in the sender (`smtp.queue_limit`).
-    pub emails_held_back: u64,
-    /// Checkpoints committed.
-    pub checkpoints: u64,
-    /// Alerts or dead letters the producer refused for good (too large).
-    pub dropped: u64,
-    /// From the first record taken to the last one done.
-    pub busy: Duration,
-    /// False when the grace period ran out with effects unacknowledged (their records
-    /// are read again next time).
-    pub clean: bool,
-}
 
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secs = self.busy.as_secs_f64();
-        let rate = if secs > 0.0 {
-            self.records as f64 / secs
-        } else {
-            0.0
-        };
-        write!(
-            f,
-            "consumed {} records ({} rejected to the dead-letter topic, {} misrouted) in {:.3}s from the first to the last: {:.0} records/s; {} alerts published, {} emails delivered ({} found already written, {} failed ({} expired), {} suppressed at send time, {} deferrals, {} retries, {} held back for room in the sender), {} records too large dropped; {} checkpoints",
-            self.records, self.rejected, self.misrouted, secs, rate, self.alerts, self.emails, self.emails_again, self.emails_failed, self.emails_expired, self.emails_suppressed, self.emails_deferred, self.emails_retried, self.emails_held_back, self.dropped, self.checkpoints
-        )
-    }
-}
+/// What a run did (counted by the events of `crate::observe`).
+pub use crate::observe::Outcome;
 
 /// Pending effects across tasks past which a checkpoint is taken early (bounds memory).
 const MAX_PENDING: usize = 50_000;

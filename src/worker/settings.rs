@@ -15,6 +15,7 @@ use crate::engine::settings::Settings;
 use crate::event::Limits;
 use crate::mail::template::Templates;
 use crate::metrics::Metrics;
+use crate::observe::Reloaded;
 
 /// The settings of the config the worker started with that only a restart changes. It
 /// gives no access to what a reload changes: that is [`Live`]'s.
@@ -122,8 +123,7 @@ impl<'a> Live<'a> {
         metrics: &Metrics,
     ) -> Option<Arc<Settings>> {
         let refuse = |why: String| {
-            Metrics::inc(&metrics.reloads, &[("result", "refused")]);
-            tracing::error!(problems = %why, "config reload refused; the running config stays in force");
+            Reloaded::Refused { problems: &why }.emit(metrics);
             None
         };
         let new = match crate::config::load(startup.path()) {
@@ -139,18 +139,15 @@ impl<'a> Live<'a> {
             return refuse(problems.join("; "));
         }
         let fixed = startup.restart_only_changes(&new);
-        if !fixed.is_empty() {
-            tracing::warn!(keys = ?fixed, "config reload: these settings change only at a restart; the running values stay until then");
-        }
         let live = new.live();
         self.engine = Arc::new(live.engine);
         self.mail = live.mail;
         self.templates = Some(templates);
         self.crr_days = live.crr_days;
-        Metrics::inc(&metrics.reloads, &[("result", "applied")]);
-        tracing::info!(
-            "config reloaded: thresholds, guards and templates in force from the next decision"
-        );
+        Reloaded::Applied {
+            restart_only: &fixed,
+        }
+        .emit(metrics);
         Some(self.engine.clone())
     }
 }

@@ -17,6 +17,7 @@ use super::Outcome;
 use crate::engine::settings::Settings;
 use crate::engine::{Engine, Snapshot};
 use crate::metrics::Metrics;
+use crate::observe::{CheckpointCommitted, Observed};
 use crate::outbox::Entry;
 use crate::source::kafka::Start;
 use crate::source::task::TaskMerge;
@@ -260,8 +261,7 @@ impl Tasks {
         let first = task.next_entry;
         st.checkpoint(&mut task.engine, &offsets, &task.pending, first)
             .with_context(|| format!("checkpoint of task {p} failed; stopping so that a restart resumes from the last good one"))?;
-        out.checkpoints += 1;
-        self.metrics.checkpoints.inc();
+        CheckpointCommitted.emit(&self.metrics, out);
         let entries = std::mem::take(&mut task.pending);
         task.next_entry = first + entries.len() as u64;
         task.checkpointed = lanes.clone();
