@@ -112,126 +112,187 @@ enum Format {
     Json,
 }
 
+/// What the worker thread hands back: its outcome, or why it stopped.
+type WorkerResult = anyhow::Result<worker::Outcome>;
+
 /// Runs the worker on its own thread; signals ask it to stop within the grace period.
 fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let runtime = match service_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let shutdown = Arc::new(Shutdown::new());
     let health = Arc::new(Health::new());
     if let Some(listen) = cfg.admin_listen {
-        match runtime.block_on(churnwatch::admin::bind(listen)) {
-            Ok(listener) => {
-                let shared = churnwatch::admin::Shared {
-                    health: health.clone(),
-                    metrics: opts.metrics.clone(),
-                    queries: opts.queries.clone(),
-                };
-                runtime.spawn(async move {
-                    if let Err(e) = churnwatch::admin::serve(listener, shared).await {
-                        tracing::error!(error = %e, "admin endpoint stopped");
-                    }
-                });
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::from(1);
-            }
+        if let Err(code) = start_admin(&runtime, listen, &health, &opts) {
+            return code;
         }
     }
     // Hot reload: SIGHUP, and any change to the config file's folder or the templates.
     let reload = opts.reload.clone();
-    runtime.spawn({
-        let reload = reload.clone();
-        async move {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(mut hup) => {
-                    while hup.recv().await.is_some() {
-                        tracing::info!("SIGHUP: reloading the config");
-                        reload.request();
-                    }
+    reload_on_sighup(&runtime, reload.clone());
+    let _watcher = watch_for_changes(&cfg, reload);
+    let grace = cfg.shutdown_grace;
+    let done_rx = start_worker(cfg, templates, &shutdown, health, opts);
+    stop_on_signal(&runtime, &shutdown, grace);
+    let result = wait_for_worker(&done_rx, &shutdown);
+    if matches!(&result, Some(Err(e)) if e.downcast_ref::<worker::Stopped>().is_some()) {
+        stay_up_until_asked_to_stop(&shutdown);
+    }
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    service_exit(result, &shutdown)
+}
+
+/// One runtime thread is enough for the admin endpoint and the signals: the worker has
+/// its own thread.
+fn service_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
+}
+
+/// Binds `admin.listen` before the worker starts, so a taken port stops the service at once.
+fn start_admin(
+    runtime: &tokio::runtime::Runtime,
+    listen: std::net::SocketAddr,
+    health: &Arc<Health>,
+    opts: &worker::Options,
+) -> Result<(), ExitCode> {
+    match runtime.block_on(churnwatch::admin::bind(listen)) {
+        Ok(listener) => {
+            let shared = churnwatch::admin::Shared {
+                health: health.clone(),
+                metrics: opts.metrics.clone(),
+                queries: opts.queries.clone(),
+            };
+            runtime.spawn(async move {
+                if let Err(e) = churnwatch::admin::serve(listener, shared).await {
+                    tracing::error!(error = %e, "admin endpoint stopped");
                 }
-                Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
+            });
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// SIGHUP asks for a reload (docs/design.md §14 Hot reload).
+fn reload_on_sighup(runtime: &tokio::runtime::Runtime, reload: Arc<churnwatch::reload::Reload>) {
+    runtime.spawn(async move {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the config");
+                    reload.request();
+                }
             }
+            Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
         }
     });
-    let _watcher = match churnwatch::reload::watch(
-        cfg.path.as_deref(),
-        &cfg.mail.templates_dir,
-        reload,
-    ) {
+}
+
+/// A changed config or template file asks for a reload too; without a watcher SIGHUP
+/// still works, so its failure is only a warning.
+fn watch_for_changes(
+    cfg: &config::Config,
+    reload: Arc<churnwatch::reload::Reload>,
+) -> Option<notify::RecommendedWatcher> {
+    match churnwatch::reload::watch(cfg.path.as_deref(), &cfg.mail.templates_dir, reload) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the config and templates for changes; reload with SIGHUP");
             None
         }
-    };
-    let grace = cfg.shutdown_grace;
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    {
-        let shutdown = shutdown.clone();
-        std::thread::Builder::new()
-            .name("churnwatch-worker".into())
-            .spawn(move || {
-                let r = worker::run(&cfg, &templates, &shutdown, health, &opts);
-                // The receiver may be gone if main already gave up; nothing to do then.
-                let _ = done_tx.send(r);
-            })
-            .map_or_else(
-                |e| eprintln!("error: cannot start the worker thread: {e}"),
-                |_| (),
-            );
     }
-    runtime.spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            let mut term = match tokio::signal::unix::signal(
-                tokio::signal::unix::SignalKind::terminate(),
-            ) {
+}
+
+/// The worker blocks, so it gets a thread of its own; its result arrives on the channel.
+fn start_worker(
+    cfg: config::Config,
+    templates: Templates,
+    shutdown: &Arc<Shutdown>,
+    health: Arc<Health>,
+    opts: worker::Options,
+) -> std::sync::mpsc::Receiver<WorkerResult> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let shutdown = shutdown.clone();
+    std::thread::Builder::new()
+        .name("churnwatch-worker".into())
+        .spawn(move || {
+            let r = worker::run(&cfg, &templates, &shutdown, health, &opts);
+            // The receiver may be gone if main already gave up; nothing to do then.
+            let _ = done_tx.send(r);
+        })
+        .map_or_else(
+            |e| eprintln!("error: cannot start the worker thread: {e}"),
+            |_| (),
+        );
+    done_rx
+}
+
+/// SIGTERM or SIGINT starts the grace period: the batch in hand is finished, not dropped.
+fn stop_on_signal(
+    runtime: &tokio::runtime::Runtime,
+    shutdown: &Arc<Shutdown>,
+    grace: std::time::Duration,
+) {
+    let shutdown = shutdown.clone();
+    runtime.spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot listen for SIGTERM");
                     return;
                 }
             };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: finishing the batch in hand"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing the batch in hand"),
-            }
-            shutdown.request(grace);
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing the batch in hand"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing the batch in hand"),
         }
+        shutdown.request(grace);
     });
-    // Wait for the worker; once a stop is asked for, at most the grace period (+ a
-    // second for the final commit) before exiting regardless.
-    let result = loop {
+}
+
+/// Waits for the worker; once a stop is asked for, at most the grace period (+ a second
+/// for the final commit) before giving up on it (`None`).
+fn wait_for_worker(
+    done_rx: &std::sync::mpsc::Receiver<WorkerResult>,
+    shutdown: &Shutdown,
+) -> Option<WorkerResult> {
+    loop {
         match done_rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(r) => break Some(r),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
+            Ok(r) => return Some(r),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if shutdown.remaining().is_some_and(|r| r.is_zero()) {
                     std::thread::sleep(std::time::Duration::from_secs(1));
-                    break done_rx.try_recv().ok();
+                    return done_rx.try_recv().ok();
                 }
             }
         }
-    };
-    if matches!(&result, Some(Err(e)) if e.downcast_ref::<worker::Stopped>().is_some()) {
-        // A full or read-only volume: the admin endpoint stays up, not ready, until
-        // SIGTERM, so an orchestrator does not restart the worker into the same fault
-        // again and again (liveness stays 200).
-        while !shutdown.requested() {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
     }
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+}
+
+/// After a full or read-only volume the admin endpoint stays up, not ready, until
+/// SIGTERM, so an orchestrator does not restart the worker into the same fault again
+/// and again (liveness stays 200).
+fn stay_up_until_asked_to_stop(shutdown: &Shutdown) {
+    while !shutdown.requested() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The exit summary and status: 75 (try again) when records will be read again.
+fn service_exit(result: Option<WorkerResult>, shutdown: &Shutdown) -> ExitCode {
     match result {
         Some(Ok(outcome)) => {
             println!("{outcome}");
