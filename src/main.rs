@@ -387,29 +387,7 @@ fn templates_for_sending(cfg: &config::Config) -> Result<Templates, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Run { .. }) {
-        "info"
-    } else {
-        "warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // The service logs JSON lines for the log collector, unless a person is watching;
-    // CHURNWATCH_LOG_FORMAT=json|human decides instead when set.
-    let json = match std::env::var("CHURNWATCH_LOG_FORMAT").as_deref() {
-        Ok("json") => true,
-        Ok("human") => false,
-        _ => matches!(cli.command, Command::Run { .. }) && !terminal,
-    };
-    if json {
-        logs.json().init();
-    } else {
-        logs.with_ansi(terminal).init();
-    }
+    init_logs(&cli.command);
     let cfg = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -418,28 +396,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check => {
-            let (t, mut problems) = Templates::scan(&cfg.mail);
-            problems.extend(t.check(&cfg.engine.template_names()));
-            if problems.is_empty() {
-                println!(
-                    "config OK ({}); {} templates OK in {}",
-                    cfg.path
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "embedded defaults".into()),
-                    t.names().count(),
-                    cfg.mail.templates_dir.display()
-                );
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("error: templates are not valid");
-                for p in problems {
-                    eprintln!("{p}");
-                }
-                ExitCode::from(1)
-            }
-        }
+        Command::Check => check(&cfg),
         Command::Simulate {
             events,
             until,
@@ -452,41 +409,7 @@ fn main() -> ExitCode {
                 until,
                 samples,
             };
-            let one = |cfg: &config::Config| -> Result<churnwatch::simulate::Report, ExitCode> {
-                let templates = templates_for_sending(cfg)?;
-                churnwatch::simulate::run(cfg, &templates, &opts).map_err(|e| {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                })
-            };
-            let a = match one(&cfg) {
-                Ok(r) => r,
-                Err(code) => return code,
-            };
-            let b = match compare {
-                None => None,
-                Some(path) => {
-                    let other = match config::load(Some(&path)) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            eprintln!("error: invalid configuration to compare with\n{e}");
-                            return ExitCode::from(2);
-                        }
-                    };
-                    match one(&other) {
-                        Ok(r) => Some(r),
-                        Err(code) => return code,
-                    }
-                }
-            };
-            let text = match (format, &b) {
-                (Format::Table, None) => a.table(),
-                (Format::Table, Some(b)) => churnwatch::simulate::compare_table(&a, b),
-                (Format::Json, None) => json_text(&a),
-                (Format::Json, Some(b)) => json_text(&churnwatch::simulate::compare_json(&a, b)),
-            };
-            print!("{text}");
-            ExitCode::SUCCESS
+            simulate(&cfg, &opts, format, compare)
         }
         Command::Preview {
             template,
@@ -494,119 +417,20 @@ fn main() -> ExitCode {
             customer,
             state,
             html,
-        } => {
-            let templates = match templates_for_sending(&cfg) {
-                Ok(t) => t,
-                Err(code) => return code,
-            };
-            let found = match &customer {
-                None => None,
-                Some(id) => {
-                    let dir = state.unwrap_or_else(|| cfg.state.dir.clone());
-                    match churnwatch::preview::customer_context(&cfg, &dir, id) {
-                        Ok(Some(ctx)) => Some((id.as_str(), ctx)),
-                        Ok(None) => {
-                            eprintln!(
-                                "error: no customer {id:?} in the store at {}",
-                                dir.display()
-                            );
-                            return ExitCode::from(3);
-                        }
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return ExitCode::from(1);
-                        }
-                    }
-                }
-            };
-            let to = found.as_ref().map_or_else(
-                || "sample@example.com".to_string(),
-                |(_, c)| c.email.clone(),
-            );
-            match churnwatch::preview::render(&cfg, &templates, &template, locale.as_deref(), found)
-            {
-                Ok(r) => {
-                    println!(
-                        "From: {}\nTo: {to}\nSubject: {}\nLocale: {}\n\n{}",
-                        cfg.mail.from, r.subject, r.locale, r.text
-                    );
-                    if let Some(path) = html {
-                        if let Err(e) = std::fs::write(&path, &r.html) {
-                            eprintln!("error: cannot write {}: {e}", path.display());
-                            return ExitCode::from(1);
-                        }
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        } => preview(
+            &cfg,
+            &template,
+            locale.as_deref(),
+            customer.as_deref(),
+            state,
+            html,
+        ),
         Command::Inspect {
             customer_id,
             state,
             personal,
-        } => {
-            let dir = state.unwrap_or_else(|| cfg.state.dir.clone());
-            match churnwatch::inspect::inspect(&cfg.engine, &dir, &customer_id, personal) {
-                Ok(Some(v)) => match serde_json::to_string_pretty(&v) {
-                    Ok(s) => {
-                        println!("{s}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::from(1)
-                    }
-                },
-                Ok(None) => {
-                    eprintln!(
-                        "error: no customer {customer_id:?} in the store at {}",
-                        dir.display()
-                    );
-                    ExitCode::from(3)
-                }
-                // A running worker holds the store: ask it instead (README "Admin endpoint and logs").
-                Err(e @ churnwatch::store::StoreError::InUse { .. }) => {
-                    match ask_worker(cfg.admin_listen, &customer_id, personal) {
-                        Ok(Some(text)) => {
-                            print!("{text}");
-                            ExitCode::SUCCESS
-                        }
-                        Ok(None) => {
-                            eprintln!("error: no customer {customer_id:?} in the running worker");
-                            ExitCode::from(3)
-                        }
-                        Err(why) => {
-                            eprintln!(
-                                "error: {e}, and the running worker could not be asked: {why}"
-                            );
-                            ExitCode::from(1)
-                        }
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Command::Run { export_customers } => {
-            let templates = match templates_for_sending(&cfg) {
-                Ok(t) => t,
-                Err(code) => return code,
-            };
-            run_service(
-                cfg,
-                templates,
-                worker::Options {
-                    export_customers,
-                    ..worker::Options::default()
-                },
-            )
-        }
+        } => inspect(&cfg, &customer_id, state, personal),
+        Command::Run { export_customers } => run(cfg, export_customers),
         Command::Replay {
             events,
             outbox,
@@ -614,10 +438,6 @@ fn main() -> ExitCode {
             export_customers,
             batch_size,
         } => {
-            let templates = match templates_for_sending(&cfg) {
-                Ok(t) => t,
-                Err(code) => return code,
-            };
             let opts = replay::Options {
                 outbox,
                 until,
@@ -625,16 +445,270 @@ fn main() -> ExitCode {
                 batch_size,
                 ..replay::Options::new(events)
             };
-            match replay::run(&cfg, Some(&templates), &opts) {
-                Ok(summary) => {
-                    print!("{summary}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
+            replay(&cfg, &opts)
+        }
+    }
+}
+
+/// Logs go to stderr, so stdout stays the command's output; the service logs at info,
+/// the one-shot commands only warnings.
+fn init_logs(command: &Command) {
+    let service = matches!(command, Command::Run { .. });
+    let default_level = if service { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // The service logs JSON lines for the log collector, unless a person is watching;
+    // CHURNWATCH_LOG_FORMAT=json|human decides instead when set.
+    let json = match std::env::var("CHURNWATCH_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("human") => false,
+        _ => service && !terminal,
+    };
+    if json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(terminal).init();
+    }
+}
+
+/// `churnwatch check`: every template problem at once, so one run finds them all.
+fn check(cfg: &config::Config) -> ExitCode {
+    let (t, mut problems) = Templates::scan(&cfg.mail);
+    problems.extend(t.check(&cfg.engine.template_names()));
+    if problems.is_empty() {
+        println!(
+            "config OK ({}); {} templates OK in {}",
+            cfg.path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "embedded defaults".into()),
+            t.names().count(),
+            cfg.mail.templates_dir.display()
+        );
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: templates are not valid");
+        for p in problems {
+            eprintln!("{p}");
+        }
+        ExitCode::from(1)
+    }
+}
+
+/// `churnwatch simulate`: one report, or two side by side under `--compare`.
+fn simulate(
+    cfg: &config::Config,
+    opts: &churnwatch::simulate::Options,
+    format: Format,
+    compare: Option<PathBuf>,
+) -> ExitCode {
+    let a = match simulate_one(cfg, opts) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let b = match compare {
+        None => None,
+        Some(path) => match simulate_other(&path, opts) {
+            Ok(r) => Some(r),
+            Err(code) => return code,
+        },
+    };
+    let text = match (format, &b) {
+        (Format::Table, None) => a.table(),
+        (Format::Table, Some(b)) => churnwatch::simulate::compare_table(&a, b),
+        (Format::Json, None) => json_text(&a),
+        (Format::Json, Some(b)) => json_text(&churnwatch::simulate::compare_json(&a, b)),
+    };
+    print!("{text}");
+    ExitCode::SUCCESS
+}
+
+/// One simulation under `cfg`, with the templates it would send.
+fn simulate_one(
+    cfg: &config::Config,
+    opts: &churnwatch::simulate::Options,
+) -> Result<churnwatch::simulate::Report, ExitCode> {
+    let templates = templates_for_sending(cfg)?;
+    churnwatch::simulate::run(cfg, &templates, opts).map_err(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(1)
+    })
+}
+
+/// The simulation under the `--compare` config; its own config errors exit 2 like the first's.
+fn simulate_other(
+    path: &std::path::Path,
+    opts: &churnwatch::simulate::Options,
+) -> Result<churnwatch::simulate::Report, ExitCode> {
+    let other = config::load(Some(path)).map_err(|e| {
+        eprintln!("error: invalid configuration to compare with\n{e}");
+        ExitCode::from(2)
+    })?;
+    simulate_one(&other, opts)
+}
+
+/// `churnwatch preview`: the email as the customer (or the sample) would get it.
+fn preview(
+    cfg: &config::Config,
+    template: &str,
+    locale: Option<&str>,
+    customer: Option<&str>,
+    state: Option<PathBuf>,
+    html: Option<PathBuf>,
+) -> ExitCode {
+    let templates = match templates_for_sending(cfg) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let found = match customer {
+        None => None,
+        Some(id) => match stored_context(cfg, id, state) {
+            Ok(ctx) => Some((id, ctx)),
+            Err(code) => return code,
+        },
+    };
+    let to = found.as_ref().map_or_else(
+        || "sample@example.com".to_string(),
+        |(_, c)| c.email.clone(),
+    );
+    match churnwatch::preview::render(cfg, &templates, template, locale, found) {
+        Ok(r) => {
+            println!(
+                "From: {}\nTo: {to}\nSubject: {}\nLocale: {}\n\n{}",
+                cfg.mail.from, r.subject, r.locale, r.text
+            );
+            if let Some(path) = html {
+                if let Err(e) = std::fs::write(&path, &r.html) {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    return ExitCode::from(1);
                 }
             }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A stored customer's mail context for `preview --customer`; exit 3 when there is none.
+fn stored_context(
+    cfg: &config::Config,
+    id: &str,
+    state: Option<PathBuf>,
+) -> Result<churnwatch::alert::MailContext, ExitCode> {
+    let dir = state.unwrap_or_else(|| cfg.state.dir.clone());
+    match churnwatch::preview::customer_context(cfg, &dir, id) {
+        Ok(Some(ctx)) => Ok(ctx),
+        Ok(None) => {
+            eprintln!(
+                "error: no customer {id:?} in the store at {}",
+                dir.display()
+            );
+            Err(ExitCode::from(3))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// `churnwatch inspect`: one customer from the store, or from the worker holding it.
+fn inspect(
+    cfg: &config::Config,
+    customer_id: &str,
+    state: Option<PathBuf>,
+    personal: bool,
+) -> ExitCode {
+    let dir = state.unwrap_or_else(|| cfg.state.dir.clone());
+    match churnwatch::inspect::inspect(&cfg.engine, &dir, customer_id, personal) {
+        Ok(Some(v)) => match serde_json::to_string_pretty(&v) {
+            Ok(s) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Ok(None) => {
+            eprintln!(
+                "error: no customer {customer_id:?} in the store at {}",
+                dir.display()
+            );
+            ExitCode::from(3)
+        }
+        // A running worker holds the store: ask it instead (README "Admin endpoint and logs").
+        Err(e @ churnwatch::store::StoreError::InUse { .. }) => {
+            inspect_in_worker(cfg, customer_id, personal, &e)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `inspect` when a running worker holds the store: its answer, or both reasons it failed.
+fn inspect_in_worker(
+    cfg: &config::Config,
+    customer_id: &str,
+    personal: bool,
+    in_use: &churnwatch::store::StoreError,
+) -> ExitCode {
+    match ask_worker(cfg.admin_listen, customer_id, personal) {
+        Ok(Some(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!("error: no customer {customer_id:?} in the running worker");
+            ExitCode::from(3)
+        }
+        Err(why) => {
+            eprintln!("error: {in_use}, and the running worker could not be asked: {why}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `churnwatch run`: the service, once its templates are valid.
+fn run(cfg: config::Config, export_customers: Option<PathBuf>) -> ExitCode {
+    let templates = match templates_for_sending(&cfg) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    run_service(
+        cfg,
+        templates,
+        worker::Options {
+            export_customers,
+            ..worker::Options::default()
+        },
+    )
+}
+
+/// `churnwatch replay`: the pipeline over files, then its summary.
+fn replay(cfg: &config::Config, opts: &replay::Options) -> ExitCode {
+    let templates = match templates_for_sending(cfg) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    match replay::run(cfg, Some(&templates), opts) {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
         }
     }
 }
