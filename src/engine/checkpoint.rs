@@ -458,6 +458,18 @@ mod tests {
     }
 
     #[test]
+    fn a_free_list_out_of_range_or_with_a_slot_twice_is_refused() {
+        let marks = free_slots(&[2, 0], 3).expect("distinct slots in range");
+        assert_eq!(marks, [true, false, true]);
+        for free in [&[3][..], &[1, 1][..]] {
+            let Err(RestoreError::Inconsistent(why)) = free_slots(free, 3) else {
+                panic!("{free:?} must be refused");
+            };
+            assert!(why.contains("out of range or listed twice"), "{why}");
+        }
+    }
+
+    #[test]
     fn a_format_3_record_keeps_its_suppression_dated_at_the_latest_event() {
         #[derive(Serialize)]
         struct P3 {
