@@ -669,71 +669,61 @@ pub fn parse(bytes: &[u8]) -> Result<Event, Reject> {
     build(wire)
 }
 
-fn build(w: Wire<'_>) -> Result<Event, Reject> {
-    let event_id = required("event_id", w.event_id)?;
-    let type_name = required("type", w.kind)?;
-    let customer_id = required("customer_id", w.customer_id)?;
-    clean_id("event_id", &event_id, MAX_ID)?;
-    clean_id("customer_id", &customer_id, MAX_CUSTOMER_ID)?;
+/// The typed wire shape as an event: the fields every event has, checked in the order
+/// a producer reads the reasons, then the part its `type` names.
+fn build(mut w: Wire<'_>) -> Result<Event, Reject> {
+    let event_id = required("event_id", w.event_id.take())?;
+    let type_name = required("type", w.kind.take())?;
+    let customer_id = required("customer_id", w.customer_id.take())?;
+    clean_ids(&event_id, &customer_id, &w)?;
+    let at = occurred_at(w.occurred_at.take())?;
+    let kind = kind(&type_name, w)?;
+    Ok(Event {
+        id_hash: hash_event_id(&event_id),
+        customer_id: customer_id.into(),
+        at,
+        kind,
+    })
+}
+
+/// Every id of the event, before its type is looked at: a bad id is refused whatever
+/// the event says.
+fn clean_ids(event_id: &str, customer_id: &str, w: &Wire<'_>) -> Result<(), Reject> {
+    clean_id("event_id", event_id, MAX_ID)?;
+    clean_id("customer_id", customer_id, MAX_CUSTOMER_ID)?;
     for (field, id) in [("order_id", &w.order_id), ("ticket_id", &w.ticket_id)] {
         if let Some(id) = id {
             clean_id(field, id, MAX_ID)?;
         }
     }
-    let occurred_at = required("occurred_at", w.occurred_at)?;
-    let at = Stamp::parse_rfc3339(&occurred_at).map_err(|why| {
+    Ok(())
+}
+
+/// The event time, the clock every rule runs on (docs/design.md §5 Clock).
+fn occurred_at(value: Option<Cow<'_, str>>) -> Result<Stamp, Reject> {
+    let occurred_at = required("occurred_at", value)?;
+    Stamp::parse_rfc3339(&occurred_at).map_err(|why| {
         Reject::new(
             "invalid_timestamp",
             format!("field `occurred_at` (`{}`): {why}", shown(&occurred_at)),
         )
-    })?;
-    let kind = match &*type_name {
-        "purchase" => {
-            required("order_id", w.order_id)?;
-            let categories = w.categories.unwrap_or_default();
-            if categories.len() > MAX_CATEGORIES {
-                return Err(Reject::new(
-                    "invalid_value",
-                    format!(
-                        "field `categories` has {} entries, more than the limit of {MAX_CATEGORIES}",
-                        categories.len()
-                    ),
-                ));
-            }
-            for c in &categories {
-                clean_id("categories", c, MAX_CATEGORY)?;
-            }
-            EventKind::Purchase {
-                amount: amount(w.amount, w.currency)?,
-                categories: categories.into_iter().map(Into::into).collect(),
-            }
-        }
+    })
+}
+
+/// The type-specific part: each type reads only its own fields.
+fn kind(type_name: &str, w: Wire<'_>) -> Result<EventKind, Reject> {
+    Ok(match type_name {
+        "purchase" => purchase(w)?,
         "refund" => {
             required("order_id", w.order_id)?;
             EventKind::Refund {
                 amount: amount(w.amount, w.currency)?,
             }
         }
-        "support_ticket_opened" => {
-            let severity = match w.severity.as_deref() {
-                None | Some("normal") => Severity::Normal,
-                Some("low") => Severity::Low,
-                Some("high") => Severity::High,
-                Some(other) => {
-                    return Err(Reject::new(
-                        "invalid_value",
-                        format!(
-                            "field `severity` must be low, normal or high, got `{}`",
-                            shown(other)
-                        ),
-                    ))
-                }
-            };
-            EventKind::TicketOpened {
-                ticket_id: required("ticket_id", w.ticket_id)?.into(),
-                severity,
-            }
-        }
+        "support_ticket_opened" => EventKind::TicketOpened {
+            severity: severity(w.severity.as_deref())?,
+            ticket_id: required("ticket_id", w.ticket_id)?.into(),
+        },
         "support_ticket_closed" => EventKind::TicketClosed {
             ticket_id: required("ticket_id", w.ticket_id)?.into(),
             resolved: w.resolved.unwrap_or(true),
@@ -741,83 +731,15 @@ fn build(w: Wire<'_>) -> Result<Event, Reject> {
         "complaint" => EventKind::Complaint {
             ticket_id: w.ticket_id.map(Into::into),
         },
-        "satisfaction" => {
-            let raw = w
-                .score
-                .filter(|r| r.get() != "null")
-                .ok_or_else(|| Reject::new("missing_field", "missing field `score`"))?;
-            let score = raw
-                .get()
-                .parse::<u8>()
-                .ok()
-                .filter(|s| (1..=5).contains(s))
-                .ok_or_else(|| {
-                    Reject::new(
-                        "invalid_value",
-                        format!(
-                            "field `score` must be an integer 1..5, got {}",
-                            describe(raw)
-                        ),
-                    )
-                })?;
-            EventKind::Satisfaction {
-                score,
-                ticket_id: w.ticket_id.map(Into::into),
-            }
-        }
-        "customer_profile" => {
-            if let Some(email) = &w.email {
-                clean_text("email", email, MAX_EMAIL)?;
-            }
-            if let Some(tz) = &w.timezone {
-                if tz.len() > 64 || jiff::tz::TimeZone::get(tz).is_err() {
-                    return Err(Reject::new(
-                        "invalid_value",
-                        format!("field `timezone`: `{}` is not an IANA time zone", shown(tz)),
-                    ));
-                }
-            }
-            if let Some(l) = &w.locale {
-                let ok = !l.is_empty()
-                    && l.len() <= 35
-                    && l.split('-').all(|p| {
-                        !p.is_empty()
-                            && p.len() <= 8
-                            && p.bytes().all(|b| b.is_ascii_alphanumeric())
-                    });
-                if !ok {
-                    return Err(Reject::new(
-                        "invalid_value",
-                        format!(
-                            "field `locale`: `{}` is not a BCP 47 tag like `en-GB`",
-                            shown(l)
-                        ),
-                    ));
-                }
-            }
-            EventKind::Profile(ProfileUpdate {
-                email: w.email.map(Cow::into_owned),
-                name: w.name.map(|n| neutral_name(&n)),
-                locale: w.locale.map(Cow::into_owned),
-                timezone: w.timezone.map(Cow::into_owned),
-                marketing_consent: w.marketing_consent,
-            })
-        }
+        "satisfaction" => EventKind::Satisfaction {
+            score: score(w.score)?,
+            ticket_id: w.ticket_id.map(Into::into),
+        },
+        "customer_profile" => profile(w)?,
         "email_unsubscribed" => EventKind::Unsubscribed,
-        "email_bounced" => {
-            let kind = required("kind", w.bounce_kind)?;
-            let hard = match &*kind {
-                "hard" => true,
-                "soft" => false,
-                other => {
-                    return Err(Reject::new(
-                        "invalid_value",
-                        format!("field `kind` must be hard or soft, got `{}`", shown(other)),
-                    ))
-                }
-            };
-            EventKind::Bounced { hard }
-        }
+        "email_bounced" => EventKind::Bounced {
+            hard: hard_bounce(w.bounce_kind)?,
+        },
         "customer_erased" => EventKind::Erased,
         other => {
             return Err(Reject::new(
@@ -825,11 +747,129 @@ fn build(w: Wire<'_>) -> Result<Event, Reject> {
                 format!("unknown event type `{}`", shown(other)),
             ));
         }
-    };
-    Ok(Event {
-        id_hash: hash_event_id(&event_id),
-        customer_id: customer_id.into(),
-        at,
-        kind,
     })
+}
+
+/// A purchase: its categories are bounded (README "Input: limits and reject classes")
+/// before the amount is read.
+fn purchase(w: Wire<'_>) -> Result<EventKind, Reject> {
+    required("order_id", w.order_id)?;
+    let categories = w.categories.unwrap_or_default();
+    if categories.len() > MAX_CATEGORIES {
+        return Err(Reject::new(
+            "invalid_value",
+            format!(
+                "field `categories` has {} entries, more than the limit of {MAX_CATEGORIES}",
+                categories.len()
+            ),
+        ));
+    }
+    for c in &categories {
+        clean_id("categories", c, MAX_CATEGORY)?;
+    }
+    Ok(EventKind::Purchase {
+        amount: amount(w.amount, w.currency)?,
+        categories: categories.into_iter().map(Into::into).collect(),
+    })
+}
+
+/// A ticket's severity; absent means `normal`, so producers that do not rate tickets
+/// need not say so.
+fn severity(value: Option<&str>) -> Result<Severity, Reject> {
+    match value {
+        None | Some("normal") => Ok(Severity::Normal),
+        Some("low") => Ok(Severity::Low),
+        Some("high") => Ok(Severity::High),
+        Some(other) => Err(Reject::new(
+            "invalid_value",
+            format!(
+                "field `severity` must be low, normal or high, got `{}`",
+                shown(other)
+            ),
+        )),
+    }
+}
+
+/// A survey score, 1..=5 as a JSON integer: `"5"` is refused for its value, not its type.
+fn score(raw: Option<&RawValue>) -> Result<u8, Reject> {
+    let raw = raw
+        .filter(|r| r.get() != "null")
+        .ok_or_else(|| Reject::new("missing_field", "missing field `score`"))?;
+    raw.get()
+        .parse::<u8>()
+        .ok()
+        .filter(|s| (1..=5).contains(s))
+        .ok_or_else(|| {
+            Reject::new(
+                "invalid_value",
+                format!(
+                    "field `score` must be an integer 1..5, got {}",
+                    describe(raw)
+                ),
+            )
+        })
+}
+
+/// A profile update: the address, zone and locale are checked because they reach
+/// headers and rendering; the name is neutralised instead (README "Input").
+fn profile(w: Wire<'_>) -> Result<EventKind, Reject> {
+    if let Some(email) = &w.email {
+        clean_text("email", email, MAX_EMAIL)?;
+    }
+    if let Some(tz) = &w.timezone {
+        check_timezone(tz)?;
+    }
+    if let Some(l) = &w.locale {
+        check_locale(l)?;
+    }
+    Ok(EventKind::Profile(ProfileUpdate {
+        email: w.email.map(Cow::into_owned),
+        name: w.name.map(|n| neutral_name(&n)),
+        locale: w.locale.map(Cow::into_owned),
+        timezone: w.timezone.map(Cow::into_owned),
+        marketing_consent: w.marketing_consent,
+    }))
+}
+
+/// A zone the quiet hours can be computed in; the length bound keeps the lookup cheap.
+fn check_timezone(tz: &str) -> Result<(), Reject> {
+    if tz.len() > 64 || jiff::tz::TimeZone::get(tz).is_err() {
+        return Err(Reject::new(
+            "invalid_value",
+            format!("field `timezone`: `{}` is not an IANA time zone", shown(tz)),
+        ));
+    }
+    Ok(())
+}
+
+/// The shape of a BCP 47 tag (not the registry): enough for the template fallback
+/// `en-GB` → `en` to work.
+fn check_locale(l: &str) -> Result<(), Reject> {
+    let ok = !l.is_empty()
+        && l.len() <= 35
+        && l.split('-')
+            .all(|p| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if !ok {
+        return Err(Reject::new(
+            "invalid_value",
+            format!(
+                "field `locale`: `{}` is not a BCP 47 tag like `en-GB`",
+                shown(l)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a bounce is hard: only a hard one suppresses the mailbox.
+fn hard_bounce(kind: Option<Cow<'_, str>>) -> Result<bool, Reject> {
+    let kind = required("kind", kind)?;
+    match &*kind {
+        "hard" => Ok(true),
+        "soft" => Ok(false),
+        other => Err(Reject::new(
+            "invalid_value",
+            format!("field `kind` must be hard or soft, got `{}`", shown(other)),
+        )),
+    }
 }

@@ -112,126 +112,187 @@ enum Format {
     Json,
 }
 
+/// What the worker thread hands back: its outcome, or why it stopped.
+type WorkerResult = anyhow::Result<worker::Outcome>;
+
 /// Runs the worker on its own thread; signals ask it to stop within the grace period.
 fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let runtime = match service_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let shutdown = Arc::new(Shutdown::new());
     let health = Arc::new(Health::new());
     if let Some(listen) = cfg.admin_listen {
-        match runtime.block_on(churnwatch::admin::bind(listen)) {
-            Ok(listener) => {
-                let shared = churnwatch::admin::Shared {
-                    health: health.clone(),
-                    metrics: opts.metrics.clone(),
-                    queries: opts.queries.clone(),
-                };
-                runtime.spawn(async move {
-                    if let Err(e) = churnwatch::admin::serve(listener, shared).await {
-                        tracing::error!(error = %e, "admin endpoint stopped");
-                    }
-                });
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::from(1);
-            }
+        if let Err(code) = start_admin(&runtime, listen, &health, &opts) {
+            return code;
         }
     }
     // Hot reload: SIGHUP, and any change to the config file's folder or the templates.
     let reload = opts.reload.clone();
-    runtime.spawn({
-        let reload = reload.clone();
-        async move {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(mut hup) => {
-                    while hup.recv().await.is_some() {
-                        tracing::info!("SIGHUP: reloading the config");
-                        reload.request();
-                    }
+    reload_on_sighup(&runtime, reload.clone());
+    let _watcher = watch_for_changes(&cfg, reload);
+    let grace = cfg.shutdown_grace;
+    let done_rx = start_worker(cfg, templates, &shutdown, health, opts);
+    stop_on_signal(&runtime, &shutdown, grace);
+    let result = wait_for_worker(&done_rx, &shutdown);
+    if matches!(&result, Some(Err(e)) if e.downcast_ref::<worker::Stopped>().is_some()) {
+        stay_up_until_asked_to_stop(&shutdown);
+    }
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    service_exit(result, &shutdown)
+}
+
+/// One runtime thread is enough for the admin endpoint and the signals: the worker has
+/// its own thread.
+fn service_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
+}
+
+/// Binds `admin.listen` before the worker starts, so a taken port stops the service at once.
+fn start_admin(
+    runtime: &tokio::runtime::Runtime,
+    listen: std::net::SocketAddr,
+    health: &Arc<Health>,
+    opts: &worker::Options,
+) -> Result<(), ExitCode> {
+    match runtime.block_on(churnwatch::admin::bind(listen)) {
+        Ok(listener) => {
+            let shared = churnwatch::admin::Shared {
+                health: health.clone(),
+                metrics: opts.metrics.clone(),
+                queries: opts.queries.clone(),
+            };
+            runtime.spawn(async move {
+                if let Err(e) = churnwatch::admin::serve(listener, shared).await {
+                    tracing::error!(error = %e, "admin endpoint stopped");
                 }
-                Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
+            });
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// SIGHUP asks for a reload (docs/design.md §14 Hot reload).
+fn reload_on_sighup(runtime: &tokio::runtime::Runtime, reload: Arc<churnwatch::reload::Reload>) {
+    runtime.spawn(async move {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the config");
+                    reload.request();
+                }
             }
+            Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
         }
     });
-    let _watcher = match churnwatch::reload::watch(
-        cfg.path.as_deref(),
-        &cfg.mail.templates_dir,
-        reload,
-    ) {
+}
+
+/// A changed config or template file asks for a reload too; without a watcher SIGHUP
+/// still works, so its failure is only a warning.
+fn watch_for_changes(
+    cfg: &config::Config,
+    reload: Arc<churnwatch::reload::Reload>,
+) -> Option<notify::RecommendedWatcher> {
+    match churnwatch::reload::watch(cfg.path.as_deref(), &cfg.mail.templates_dir, reload) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the config and templates for changes; reload with SIGHUP");
             None
         }
-    };
-    let grace = cfg.shutdown_grace;
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    {
-        let shutdown = shutdown.clone();
-        std::thread::Builder::new()
-            .name("churnwatch-worker".into())
-            .spawn(move || {
-                let r = worker::run(&cfg, &templates, &shutdown, health, &opts);
-                // The receiver may be gone if main already gave up; nothing to do then.
-                let _ = done_tx.send(r);
-            })
-            .map_or_else(
-                |e| eprintln!("error: cannot start the worker thread: {e}"),
-                |_| (),
-            );
     }
-    runtime.spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            let mut term = match tokio::signal::unix::signal(
-                tokio::signal::unix::SignalKind::terminate(),
-            ) {
+}
+
+/// The worker blocks, so it gets a thread of its own; its result arrives on the channel.
+fn start_worker(
+    cfg: config::Config,
+    templates: Templates,
+    shutdown: &Arc<Shutdown>,
+    health: Arc<Health>,
+    opts: worker::Options,
+) -> std::sync::mpsc::Receiver<WorkerResult> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let shutdown = shutdown.clone();
+    std::thread::Builder::new()
+        .name("churnwatch-worker".into())
+        .spawn(move || {
+            let r = worker::run(&cfg, &templates, &shutdown, health, &opts);
+            // The receiver may be gone if main already gave up; nothing to do then.
+            let _ = done_tx.send(r);
+        })
+        .map_or_else(
+            |e| eprintln!("error: cannot start the worker thread: {e}"),
+            |_| (),
+        );
+    done_rx
+}
+
+/// SIGTERM or SIGINT starts the grace period: the batch in hand is finished, not dropped.
+fn stop_on_signal(
+    runtime: &tokio::runtime::Runtime,
+    shutdown: &Arc<Shutdown>,
+    grace: std::time::Duration,
+) {
+    let shutdown = shutdown.clone();
+    runtime.spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot listen for SIGTERM");
                     return;
                 }
             };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: finishing the batch in hand"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing the batch in hand"),
-            }
-            shutdown.request(grace);
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing the batch in hand"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing the batch in hand"),
         }
+        shutdown.request(grace);
     });
-    // Wait for the worker; once a stop is asked for, at most the grace period (+ a
-    // second for the final commit) before exiting regardless.
-    let result = loop {
+}
+
+/// Waits for the worker; once a stop is asked for, at most the grace period (+ a second
+/// for the final commit) before giving up on it (`None`).
+fn wait_for_worker(
+    done_rx: &std::sync::mpsc::Receiver<WorkerResult>,
+    shutdown: &Shutdown,
+) -> Option<WorkerResult> {
+    loop {
         match done_rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(r) => break Some(r),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
+            Ok(r) => return Some(r),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if shutdown.remaining().is_some_and(|r| r.is_zero()) {
                     std::thread::sleep(std::time::Duration::from_secs(1));
-                    break done_rx.try_recv().ok();
+                    return done_rx.try_recv().ok();
                 }
             }
         }
-    };
-    if matches!(&result, Some(Err(e)) if e.downcast_ref::<worker::Stopped>().is_some()) {
-        // A full or read-only volume: the admin endpoint stays up, not ready, until
-        // SIGTERM, so an orchestrator does not restart the worker into the same fault
-        // again and again (liveness stays 200).
-        while !shutdown.requested() {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
     }
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+}
+
+/// After a full or read-only volume the admin endpoint stays up, not ready, until
+/// SIGTERM, so an orchestrator does not restart the worker into the same fault again
+/// and again (liveness stays 200).
+fn stay_up_until_asked_to_stop(shutdown: &Shutdown) {
+    while !shutdown.requested() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The exit summary and status: 75 (try again) when records will be read again.
+fn service_exit(result: Option<WorkerResult>, shutdown: &Shutdown) -> ExitCode {
     match result {
         Some(Ok(outcome)) => {
             println!("{outcome}");
@@ -326,29 +387,7 @@ fn templates_for_sending(cfg: &config::Config) -> Result<Templates, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Run { .. }) {
-        "info"
-    } else {
-        "warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // The service logs JSON lines for the log collector, unless a person is watching;
-    // CHURNWATCH_LOG_FORMAT=json|human decides instead when set.
-    let json = match std::env::var("CHURNWATCH_LOG_FORMAT").as_deref() {
-        Ok("json") => true,
-        Ok("human") => false,
-        _ => matches!(cli.command, Command::Run { .. }) && !terminal,
-    };
-    if json {
-        logs.json().init();
-    } else {
-        logs.with_ansi(terminal).init();
-    }
+    init_logs(&cli.command);
     let cfg = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -357,28 +396,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check => {
-            let (t, mut problems) = Templates::scan(&cfg.mail);
-            problems.extend(t.check(&cfg.engine.template_names()));
-            if problems.is_empty() {
-                println!(
-                    "config OK ({}); {} templates OK in {}",
-                    cfg.path
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "embedded defaults".into()),
-                    t.names().count(),
-                    cfg.mail.templates_dir.display()
-                );
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("error: templates are not valid");
-                for p in problems {
-                    eprintln!("{p}");
-                }
-                ExitCode::from(1)
-            }
-        }
+        Command::Check => check(&cfg),
         Command::Simulate {
             events,
             until,
@@ -391,41 +409,7 @@ fn main() -> ExitCode {
                 until,
                 samples,
             };
-            let one = |cfg: &config::Config| -> Result<churnwatch::simulate::Report, ExitCode> {
-                let templates = templates_for_sending(cfg)?;
-                churnwatch::simulate::run(cfg, &templates, &opts).map_err(|e| {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                })
-            };
-            let a = match one(&cfg) {
-                Ok(r) => r,
-                Err(code) => return code,
-            };
-            let b = match compare {
-                None => None,
-                Some(path) => {
-                    let other = match config::load(Some(&path)) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            eprintln!("error: invalid configuration to compare with\n{e}");
-                            return ExitCode::from(2);
-                        }
-                    };
-                    match one(&other) {
-                        Ok(r) => Some(r),
-                        Err(code) => return code,
-                    }
-                }
-            };
-            let text = match (format, &b) {
-                (Format::Table, None) => a.table(),
-                (Format::Table, Some(b)) => churnwatch::simulate::compare_table(&a, b),
-                (Format::Json, None) => json_text(&a),
-                (Format::Json, Some(b)) => json_text(&churnwatch::simulate::compare_json(&a, b)),
-            };
-            print!("{text}");
-            ExitCode::SUCCESS
+            simulate(&cfg, &opts, format, compare)
         }
         Command::Preview {
             template,
@@ -433,119 +417,20 @@ fn main() -> ExitCode {
             customer,
             state,
             html,
-        } => {
-            let templates = match templates_for_sending(&cfg) {
-                Ok(t) => t,
-                Err(code) => return code,
-            };
-            let found = match &customer {
-                None => None,
-                Some(id) => {
-                    let dir = state.unwrap_or_else(|| cfg.state.dir.clone());
-                    match churnwatch::preview::customer_context(&cfg, &dir, id) {
-                        Ok(Some(ctx)) => Some((id.as_str(), ctx)),
-                        Ok(None) => {
-                            eprintln!(
-                                "error: no customer {id:?} in the store at {}",
-                                dir.display()
-                            );
-                            return ExitCode::from(3);
-                        }
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return ExitCode::from(1);
-                        }
-                    }
-                }
-            };
-            let to = found.as_ref().map_or_else(
-                || "sample@example.com".to_string(),
-                |(_, c)| c.email.clone(),
-            );
-            match churnwatch::preview::render(&cfg, &templates, &template, locale.as_deref(), found)
-            {
-                Ok(r) => {
-                    println!(
-                        "From: {}\nTo: {to}\nSubject: {}\nLocale: {}\n\n{}",
-                        cfg.mail.from, r.subject, r.locale, r.text
-                    );
-                    if let Some(path) = html {
-                        if let Err(e) = std::fs::write(&path, &r.html) {
-                            eprintln!("error: cannot write {}: {e}", path.display());
-                            return ExitCode::from(1);
-                        }
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        } => preview(
+            &cfg,
+            &template,
+            locale.as_deref(),
+            customer.as_deref(),
+            state,
+            html,
+        ),
         Command::Inspect {
             customer_id,
             state,
             personal,
-        } => {
-            let dir = state.unwrap_or_else(|| cfg.state.dir.clone());
-            match churnwatch::inspect::inspect(&cfg.engine, &dir, &customer_id, personal) {
-                Ok(Some(v)) => match serde_json::to_string_pretty(&v) {
-                    Ok(s) => {
-                        println!("{s}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::from(1)
-                    }
-                },
-                Ok(None) => {
-                    eprintln!(
-                        "error: no customer {customer_id:?} in the store at {}",
-                        dir.display()
-                    );
-                    ExitCode::from(3)
-                }
-                // A running worker holds the store: ask it instead (README "Admin endpoint and logs").
-                Err(e @ churnwatch::store::StoreError::InUse { .. }) => {
-                    match ask_worker(cfg.admin_listen, &customer_id, personal) {
-                        Ok(Some(text)) => {
-                            print!("{text}");
-                            ExitCode::SUCCESS
-                        }
-                        Ok(None) => {
-                            eprintln!("error: no customer {customer_id:?} in the running worker");
-                            ExitCode::from(3)
-                        }
-                        Err(why) => {
-                            eprintln!(
-                                "error: {e}, and the running worker could not be asked: {why}"
-                            );
-                            ExitCode::from(1)
-                        }
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Command::Run { export_customers } => {
-            let templates = match templates_for_sending(&cfg) {
-                Ok(t) => t,
-                Err(code) => return code,
-            };
-            run_service(
-                cfg,
-                templates,
-                worker::Options {
-                    export_customers,
-                    ..worker::Options::default()
-                },
-            )
-        }
+        } => inspect(&cfg, &customer_id, state, personal),
+        Command::Run { export_customers } => run(cfg, export_customers),
         Command::Replay {
             events,
             outbox,
@@ -553,10 +438,6 @@ fn main() -> ExitCode {
             export_customers,
             batch_size,
         } => {
-            let templates = match templates_for_sending(&cfg) {
-                Ok(t) => t,
-                Err(code) => return code,
-            };
             let opts = replay::Options {
                 outbox,
                 until,
@@ -564,16 +445,270 @@ fn main() -> ExitCode {
                 batch_size,
                 ..replay::Options::new(events)
             };
-            match replay::run(&cfg, Some(&templates), &opts) {
-                Ok(summary) => {
-                    print!("{summary}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
+            replay(&cfg, &opts)
+        }
+    }
+}
+
+/// Logs go to stderr, so stdout stays the command's output; the service logs at info,
+/// the one-shot commands only warnings.
+fn init_logs(command: &Command) {
+    let service = matches!(command, Command::Run { .. });
+    let default_level = if service { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // The service logs JSON lines for the log collector, unless a person is watching;
+    // CHURNWATCH_LOG_FORMAT=json|human decides instead when set.
+    let json = match std::env::var("CHURNWATCH_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("human") => false,
+        _ => service && !terminal,
+    };
+    if json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(terminal).init();
+    }
+}
+
+/// `churnwatch check`: every template problem at once, so one run finds them all.
+fn check(cfg: &config::Config) -> ExitCode {
+    let (t, mut problems) = Templates::scan(&cfg.mail);
+    problems.extend(t.check(&cfg.engine.template_names()));
+    if problems.is_empty() {
+        println!(
+            "config OK ({}); {} templates OK in {}",
+            cfg.path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "embedded defaults".into()),
+            t.names().count(),
+            cfg.mail.templates_dir.display()
+        );
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: templates are not valid");
+        for p in problems {
+            eprintln!("{p}");
+        }
+        ExitCode::from(1)
+    }
+}
+
+/// `churnwatch simulate`: one report, or two side by side under `--compare`.
+fn simulate(
+    cfg: &config::Config,
+    opts: &churnwatch::simulate::Options,
+    format: Format,
+    compare: Option<PathBuf>,
+) -> ExitCode {
+    let a = match simulate_one(cfg, opts) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let b = match compare {
+        None => None,
+        Some(path) => match simulate_other(&path, opts) {
+            Ok(r) => Some(r),
+            Err(code) => return code,
+        },
+    };
+    let text = match (format, &b) {
+        (Format::Table, None) => a.table(),
+        (Format::Table, Some(b)) => churnwatch::simulate::compare_table(&a, b),
+        (Format::Json, None) => json_text(&a),
+        (Format::Json, Some(b)) => json_text(&churnwatch::simulate::compare_json(&a, b)),
+    };
+    print!("{text}");
+    ExitCode::SUCCESS
+}
+
+/// One simulation under `cfg`, with the templates it would send.
+fn simulate_one(
+    cfg: &config::Config,
+    opts: &churnwatch::simulate::Options,
+) -> Result<churnwatch::simulate::Report, ExitCode> {
+    let templates = templates_for_sending(cfg)?;
+    churnwatch::simulate::run(cfg, &templates, opts).map_err(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(1)
+    })
+}
+
+/// The simulation under the `--compare` config; its own config errors exit 2 like the first's.
+fn simulate_other(
+    path: &std::path::Path,
+    opts: &churnwatch::simulate::Options,
+) -> Result<churnwatch::simulate::Report, ExitCode> {
+    let other = config::load(Some(path)).map_err(|e| {
+        eprintln!("error: invalid configuration to compare with\n{e}");
+        ExitCode::from(2)
+    })?;
+    simulate_one(&other, opts)
+}
+
+/// `churnwatch preview`: the email as the customer (or the sample) would get it.
+fn preview(
+    cfg: &config::Config,
+    template: &str,
+    locale: Option<&str>,
+    customer: Option<&str>,
+    state: Option<PathBuf>,
+    html: Option<PathBuf>,
+) -> ExitCode {
+    let templates = match templates_for_sending(cfg) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let found = match customer {
+        None => None,
+        Some(id) => match stored_context(cfg, id, state) {
+            Ok(ctx) => Some((id, ctx)),
+            Err(code) => return code,
+        },
+    };
+    let to = found.as_ref().map_or_else(
+        || "sample@example.com".to_string(),
+        |(_, c)| c.email.clone(),
+    );
+    match churnwatch::preview::render(cfg, &templates, template, locale, found) {
+        Ok(r) => {
+            println!(
+                "From: {}\nTo: {to}\nSubject: {}\nLocale: {}\n\n{}",
+                cfg.mail.from, r.subject, r.locale, r.text
+            );
+            if let Some(path) = html {
+                if let Err(e) = std::fs::write(&path, &r.html) {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    return ExitCode::from(1);
                 }
             }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A stored customer's mail context for `preview --customer`; exit 3 when there is none.
+fn stored_context(
+    cfg: &config::Config,
+    id: &str,
+    state: Option<PathBuf>,
+) -> Result<churnwatch::alert::MailContext, ExitCode> {
+    let dir = state.unwrap_or_else(|| cfg.state.dir.clone());
+    match churnwatch::preview::customer_context(cfg, &dir, id) {
+        Ok(Some(ctx)) => Ok(ctx),
+        Ok(None) => {
+            eprintln!(
+                "error: no customer {id:?} in the store at {}",
+                dir.display()
+            );
+            Err(ExitCode::from(3))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// `churnwatch inspect`: one customer from the store, or from the worker holding it.
+fn inspect(
+    cfg: &config::Config,
+    customer_id: &str,
+    state: Option<PathBuf>,
+    personal: bool,
+) -> ExitCode {
+    let dir = state.unwrap_or_else(|| cfg.state.dir.clone());
+    match churnwatch::inspect::inspect(&cfg.engine, &dir, customer_id, personal) {
+        Ok(Some(v)) => match serde_json::to_string_pretty(&v) {
+            Ok(s) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Ok(None) => {
+            eprintln!(
+                "error: no customer {customer_id:?} in the store at {}",
+                dir.display()
+            );
+            ExitCode::from(3)
+        }
+        // A running worker holds the store: ask it instead (README "Admin endpoint and logs").
+        Err(e @ churnwatch::store::StoreError::InUse { .. }) => {
+            inspect_in_worker(cfg, customer_id, personal, &e)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `inspect` when a running worker holds the store: its answer, or both reasons it failed.
+fn inspect_in_worker(
+    cfg: &config::Config,
+    customer_id: &str,
+    personal: bool,
+    in_use: &churnwatch::store::StoreError,
+) -> ExitCode {
+    match ask_worker(cfg.admin_listen, customer_id, personal) {
+        Ok(Some(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!("error: no customer {customer_id:?} in the running worker");
+            ExitCode::from(3)
+        }
+        Err(why) => {
+            eprintln!("error: {in_use}, and the running worker could not be asked: {why}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `churnwatch run`: the service, once its templates are valid.
+fn run(cfg: config::Config, export_customers: Option<PathBuf>) -> ExitCode {
+    let templates = match templates_for_sending(&cfg) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    run_service(
+        cfg,
+        templates,
+        worker::Options {
+            export_customers,
+            ..worker::Options::default()
+        },
+    )
+}
+
+/// `churnwatch replay`: the pipeline over files, then its summary.
+fn replay(cfg: &config::Config, opts: &replay::Options) -> ExitCode {
+    let templates = match templates_for_sending(cfg) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    match replay::run(cfg, Some(&templates), opts) {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

@@ -87,8 +87,20 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// All metrics at zero, registered under the `churnwatch_` prefix.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("churnwatch");
-        let m = Metrics {
+        let mut m = Metrics::unregistered();
+        // Registration order is the order of `/metrics`: the groups keep it.
+        m.register_flow();
+        m.register_intake();
+        m.register_state();
+        m.register_outcomes();
+        m.register_reloads();
+        m.by_type = m.event_series();
+        m
+    }
+
+    /// Every metric at zero, none registered yet.
+    fn unregistered() -> Metrics {
+        Metrics {
             records: Counter::default(),
             events: Family::default(),
             rejects: Family::default(),
@@ -108,112 +120,140 @@ impl Metrics {
             winback_converted: Family::default(),
             winback_conversion: Family::default(),
             reloads: Family::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("churnwatch"),
             by_type: Vec::new(),
             by_alert: Mutex::new(HashMap::new()),
-        };
-        registry.register(
+        }
+    }
+
+    /// What passes through, end to end: records in, events and rejects, alerts, emails.
+    fn register_flow(&mut self) {
+        let r = &mut self.registry;
+        r.register(
             "records",
             "Records consumed from the input topics",
-            m.records.clone(),
+            self.records.clone(),
         );
-        registry.register("events", "Valid events taken, by type", m.events.clone());
-        registry.register(
+        r.register("events", "Valid events taken, by type", self.events.clone());
+        r.register(
             "rejects",
             "Records rejected to the dead-letter destination, by class",
-            m.rejects.clone(),
+            self.rejects.clone(),
         );
-        registry.register(
+        r.register(
             "alerts",
             "Alerts decided, by rule and guard decision",
-            m.alerts.clone(),
+            self.alerts.clone(),
         );
-        registry.register(
+        r.register(
             "emails",
             "What became of emails, by outcome (sent, written, failed, expired, suppressed, deferred, retried)",
-            m.emails.clone(),
+            self.emails.clone(),
         );
-        registry.register(
+    }
+
+    /// How the Kafka intake keeps up: lag, misrouting, buffering, back-pressure.
+    fn register_intake(&mut self) {
+        let r = &mut self.registry;
+        r.register(
             "consumer_lag",
             "Records on the broker not yet taken, over this worker's tasks",
-            m.lag.clone(),
+            self.lag.clone(),
         );
-        registry.register(
+        r.register(
             "misrouted_records",
             "Records whose partition is not murmur2 of their customer id (key, or payload when the key is null)",
-            m.misrouted.clone(),
+            self.misrouted.clone(),
         );
-        registry.register(
+        r.register(
             "buffered_records",
             "Records fetched and waiting in this worker's tasks to be taken in event-time order",
-            m.buffered.clone(),
+            self.buffered.clone(),
         );
-        registry.register(
+        r.register(
             "paused_partitions",
             "Input partitions paused because their task holds kafka.max_buffered_records",
-            m.paused.clone(),
+            self.paused.clone(),
         );
-        registry.register("customers", "Customers held in state", m.customers.clone());
-        registry.register(
+    }
+
+    /// What the worker holds and how often it is made durable.
+    fn register_state(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "customers",
+            "Customers held in state",
+            self.customers.clone(),
+        );
+        r.register(
             "dedup_evicted",
             "Event ids forgotten early to stay within engine.dedup_max_per_customer, over this worker's tasks since they started here",
-            m.dedup_evicted.clone(),
+            self.dedup_evicted.clone(),
         );
-        registry.register("tasks", "Tasks running in this worker", m.tasks.clone());
-        registry.register(
+        r.register("tasks", "Tasks running in this worker", self.tasks.clone());
+        r.register(
             "checkpoints",
             "Checkpoints committed to the state store",
-            m.checkpoints.clone(),
+            self.checkpoints.clone(),
         );
-        registry.register(
+    }
+
+    /// Who the emails could not reach and what the ones sent achieved.
+    fn register_outcomes(&mut self) {
+        let r = &mut self.registry;
+        r.register(
             "emails_suppressed",
             "Emails not sent because the customer cannot be reached, by reason and where (decision, send)",
-            m.emails_suppressed.clone(),
+            self.emails_suppressed.clone(),
         );
-        m.retention_rate.set(f64::NAN);
-        registry.register(
+        self.retention_rate.set(f64::NAN);
+        r.register(
             "retention_rate_percent",
             "Customer retention rate over metrics.crr_period, percent",
-            m.retention_rate.clone(),
+            self.retention_rate.clone(),
         );
-        registry.register(
+        r.register(
             "winback_customers",
             "Customers a win-back sequence reached, by group (emailed, holdout)",
-            m.winback_customers.clone(),
+            self.winback_customers.clone(),
         );
-        registry.register(
+        r.register(
             "winback_converted",
             "Of those, customers who bought again within the attribution window, by group",
-            m.winback_converted.clone(),
+            self.winback_converted.clone(),
         );
-        registry.register(
+        r.register(
             "winback_conversion_ratio",
             "Win-back conversion (converted / customers), by group",
-            m.winback_conversion.clone(),
+            self.winback_conversion.clone(),
         );
+    }
+
+    /// Config reloads, both results shown from the start so a refusal is a rise, not a
+    /// new series.
+    fn register_reloads(&mut self) {
         for result in ["applied", "refused"] {
-            let _ = m
+            let _ = self
                 .reloads
                 .get_or_create(&vec![("result", result.to_string())]);
         }
-        registry.register(
+        self.registry.register(
             "config_reloads",
             "Config reloads (SIGHUP or a changed file), by result (applied, refused)",
-            m.reloads.clone(),
+            self.reloads.clone(),
         );
-        let by_type = EVENT_TYPES
+    }
+
+    /// The `events` series of every type, made now so counting one needs no label.
+    fn event_series(&self) -> Vec<Counter> {
+        EVENT_TYPES
             .iter()
             .map(|t| {
-                m.events
+                self.events
                     .get_or_create(&vec![("type", (*t).to_string())])
                     .clone()
             })
-            .collect();
-        Metrics {
-            registry,
-            by_type,
-            ..m
-        }
+            .collect()
     }
 
     /// Counts one valid event of type `type_name` (one of [`EVENT_TYPES`]).

@@ -273,120 +273,156 @@ impl Engine {
     where
         E: From<RestoreError>,
     {
+        // Records of an older format are rewritten by the next checkpoint, all of them:
+        // the header it writes says the current format.
+        let upgrade = header.format < FORMAT;
+        let written_under = header.settings;
         let mut e = Engine::new(settings);
-        e.clock = header.clock;
-        e.checkpointed_clock = header.clock;
-        e.population = header.population;
-        e.stats = header.stats;
-        e.category_names = super::category::Interner::from_names(&header.categories);
-        e.slots = (0..header.slots)
+        let free = e.read_header(header)?;
+        for item in records {
+            let (id, r) = item?;
+            e.place_record(id, r, &free)?;
+        }
+        let filled = e.check_slot_count()?;
+        let same_settings = written_under == e.settings.fingerprint();
+        e.rebuild_indexes(filled, upgrade, same_settings);
+        e.recount_retention();
+        Ok(e)
+    }
+
+    /// Takes the engine-wide state and an empty slot table from the header; returns
+    /// which slots are free, for the records to be checked against.
+    fn read_header(&mut self, header: Header) -> Result<Vec<bool>, RestoreError> {
+        self.clock = header.clock;
+        self.checkpointed_clock = header.clock;
+        self.population = header.population;
+        self.stats = header.stats;
+        self.category_names = super::category::Interner::from_names(&header.categories);
+        self.slots = (0..header.slots)
             .map(|_| Slot {
                 id: Box::from(""),
                 c: Customer::default(),
             })
             .collect();
-        // Every free slot must be in range and listed once: a slot reused by mistake
-        // would overwrite a live customer.
-        let mut seen = vec![false; e.slots.len()];
-        for &f in &header.free {
-            match seen.get_mut(f as usize) {
-                Some(s) if !*s => *s = true,
-                _ => {
-                    return Err(RestoreError::Inconsistent(format!(
-                        "free slot {f} out of range or listed twice"
-                    ))
-                    .into())
-                }
-            }
+        let free = free_slots(&header.free, self.slots.len())?;
+        self.free = header.free;
+        self.retention = header.retention;
+        Ok(free)
+    }
+
+    /// Puts one record in its slot; a slot out of range, free or already taken means
+    /// the store contradicts itself, and guessing would lose a customer.
+    fn place_record(&mut self, id: Box<str>, r: Record, free: &[bool]) -> Result<(), RestoreError> {
+        let slots = self.slots.len();
+        let Some(slot) = self.slots.get_mut(r.slot as usize) else {
+            return Err(RestoreError::Inconsistent(format!(
+                "customer {id:?} in slot {} of {slots}",
+                r.slot
+            )));
+        };
+        if !slot.id.is_empty() || id.is_empty() || free[r.slot as usize] {
+            return Err(RestoreError::Inconsistent(format!(
+                "slot {} held twice, free, or by an empty id",
+                r.slot
+            )));
         }
-        e.free = header.free;
-        for item in records {
-            let (id, r) = item?;
-            let Some(slot) = e.slots.get_mut(r.slot as usize) else {
-                return Err(RestoreError::Inconsistent(format!(
-                    "customer {id:?} in slot {} of {}",
-                    r.slot, header.slots
-                ))
-                .into());
-            };
-            if !slot.id.is_empty() || id.is_empty() || seen[r.slot as usize] {
-                return Err(RestoreError::Inconsistent(format!(
-                    "slot {} held twice, free, or by an empty id",
-                    r.slot
-                ))
-                .into());
-            }
-            slot.id = id;
-            slot.c = r.customer;
-            if let Some(p) = r.profile {
-                e.profiles.insert(r.slot, p);
-            }
-            if let Some(c) = r.categories {
-                e.category_names.hold_all(&c);
-                e.categories.insert(r.slot, c);
-            }
-            if let Some(ids) = r.event_ids.filter(|ids| !ids.is_empty()) {
-                e.event_ids.insert(r.slot, ids);
-            }
+        slot.id = id;
+        slot.c = r.customer;
+        if let Some(p) = r.profile {
+            self.profiles.insert(r.slot, p);
         }
-        // Records of an older format are rewritten by the next checkpoint, all of them:
-        // the header it writes says the current format.
-        let upgrade = header.format < FORMAT;
-        let same_settings = header.settings == e.settings.fingerprint();
-        let filled = e.slots.iter().filter(|s| !s.id.is_empty()).count();
-        if filled + e.free.len() != e.slots.len() {
+        if let Some(c) = r.categories {
+            self.category_names.hold_all(&c);
+            self.categories.insert(r.slot, c);
+        }
+        if let Some(ids) = r.event_ids.filter(|ids| !ids.is_empty()) {
+            self.event_ids.insert(r.slot, ids);
+        }
+        Ok(())
+    }
+
+    /// Every slot must be held or free, not both and not neither; the customers held.
+    fn check_slot_count(&self) -> Result<usize, RestoreError> {
+        let filled = self.slots.iter().filter(|s| !s.id.is_empty()).count();
+        if filled + self.free.len() != self.slots.len() {
             return Err(RestoreError::Inconsistent(format!(
                 "{} slots, {} customers and {} free",
-                e.slots.len(),
+                self.slots.len(),
                 filled,
-                e.free.len()
-            ))
-            .into());
+                self.free.len()
+            )));
         }
-        e.index.reserve(filled, |_| 0);
+        Ok(filled)
+    }
+
+    /// The id index and the timer index are not stored: built again from the slots,
+    /// re-deriving what the settings decide when they changed.
+    fn rebuild_indexes(&mut self, filled: usize, upgrade: bool, same_settings: bool) {
+        self.index.reserve(filled, |_| 0);
         let mut due_entries = Vec::with_capacity(filled);
-        for slot in 0..e.slots.len() as u32 {
-            if e.slots[slot as usize].id.is_empty() {
+        for slot in 0..self.slots.len() as u32 {
+            if self.slots[slot as usize].id.is_empty() {
                 continue;
             }
-            let slots = &e.slots;
-            e.index
+            let slots = &self.slots;
+            self.index
                 .insert_unique(id_hash(&slots[slot as usize].id), slot, |&k| {
                     id_hash(&slots[k as usize].id)
                 });
             if upgrade {
-                mark(&mut e.dirty, slot);
+                mark(&mut self.dirty, slot);
             }
-            let s = &mut e.slots[slot as usize];
-            if !same_settings {
-                // Other thresholds: derive what depends on them again. Set at each
-                // purchase from purchase history only (as `record_purchase` does).
-                let (old_hours, old_due) = (s.c.at_risk_hours, s.c.due);
-                if s.c.purchases > 0 {
-                    s.c.at_risk_hours = risk::at_risk_hours(&s.c, &e.settings.risk);
-                }
-                // After the hours: the at-risk timer is derived from them.
-                s.c.due = timers::next(&e.settings, &s.c).map(|(d, _)| d);
-                let moved = old_hours != s.c.at_risk_hours || old_due != s.c.due;
-                if moved {
-                    mark(&mut e.dirty, slot);
-                }
+            if !same_settings && self.rederive(slot) {
+                mark(&mut self.dirty, slot);
             }
-            if let Some(d) = e.slots[slot as usize].c.due {
+            if let Some(d) = self.slots[slot as usize].c.due {
                 due_entries.push((d, slot));
             }
         }
-        e.timers = timers::TimerIndex::from_entries(due_entries);
-        e.category_names.list_unheld();
-        e.retention = header.retention;
-        let retained = e
+        self.timers = timers::TimerIndex::from_entries(due_entries);
+        self.category_names.list_unheld();
+    }
+
+    /// Other thresholds: derives again what depends on them, and says whether it moved.
+    fn rederive(&mut self, slot: u32) -> bool {
+        let s = &mut self.slots[slot as usize];
+        let (old_hours, old_due) = (s.c.at_risk_hours, s.c.due);
+        // Set at each purchase from purchase history only (as `record_purchase` does).
+        if s.c.purchases > 0 {
+            s.c.at_risk_hours = risk::at_risk_hours(&s.c, &self.settings.risk);
+        }
+        // After the hours: the at-risk timer is derived from them.
+        s.c.due = timers::next(&self.settings, &s.c).map(|(d, _)| d);
+        old_hours != s.c.at_risk_hours || old_due != s.c.due
+    }
+
+    /// The retained count from the stages themselves: the stored one may predate this
+    /// bookkeeping (a format-2 header has none).
+    fn recount_retention(&mut self) {
+        let retained = self
             .slots
             .iter()
             .filter(|s| !s.id.is_empty() && super::retention::counts(s.c.stage))
             .count();
-        e.retention.recount(retained as u64);
-        Ok(e)
+        self.retention.recount(retained as u64);
     }
+}
+
+/// Marks of the free slots: each must be in range and listed once, as a slot reused by
+/// mistake would overwrite a live customer.
+fn free_slots(free: &[u32], slots: usize) -> Result<Vec<bool>, RestoreError> {
+    let mut seen = vec![false; slots];
+    for &f in free {
+        match seen.get_mut(f as usize) {
+            Some(s) if !*s => *s = true,
+            _ => {
+                return Err(RestoreError::Inconsistent(format!(
+                    "free slot {f} out of range or listed twice"
+                )))
+            }
+        }
+    }
+    Ok(seen)
 }
 
 #[cfg(test)]
@@ -419,6 +455,18 @@ mod tests {
             Header::decode(&v2),
             Err(RestoreError::Format { found: 1 })
         ));
+    }
+
+    #[test]
+    fn a_free_list_out_of_range_or_with_a_slot_twice_is_refused() {
+        let marks = free_slots(&[2, 0], 3).expect("distinct slots in range");
+        assert_eq!(marks, [true, false, true]);
+        for free in [&[3][..], &[1, 1][..]] {
+            let Err(RestoreError::Inconsistent(why)) = free_slots(free, 3) else {
+                panic!("{free:?} must be refused");
+            };
+            assert!(why.contains("out of range or listed twice"), "{why}");
+        }
     }
 
     #[test]

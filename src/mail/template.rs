@@ -2,7 +2,7 @@
 //! rendered with minijinja in strict mode; `.html` autoescapes customer data.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 
@@ -65,106 +65,107 @@ impl Templates {
     /// Reads every template it can and lists the problems of the others, so that
     /// `check` can go on to render what did load and report everything in one run.
     pub fn scan(settings: &MailSettings) -> (Templates, Vec<String>) {
-        let dir = settings.templates_dir.clone();
-        let mut problems = Vec::new();
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_keep_trailing_newline(false);
-        let mut locales: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut unusable = BTreeSet::new();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
+        let mut t = Templates {
+            env: strict_env(),
+            dir: settings.templates_dir.clone(),
+            locales: BTreeMap::new(),
+            unusable: BTreeSet::new(),
+            settings: settings.clone(),
+        };
+        let folders = match template_folders(&t.dir) {
+            Ok(f) => f,
             Err(e) => {
-                let problem = format!("{}: cannot read the templates folder: {e}", dir.display());
-                return (
-                    Templates {
-                        env,
-                        dir,
-                        locales,
-                        unusable: BTreeSet::new(),
-                        settings: settings.clone(),
-                    },
-                    vec![problem],
-                );
+                let problem = format!("{}: cannot read the templates folder: {e}", t.dir.display());
+                return (t, vec![problem]);
             }
         };
-        let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        names.sort();
-        // Dot entries are not templates: a Kubernetes ConfigMap mount holds `..data` and
-        // `..<timestamp>` folders next to the projected ones.
-        let visible = |p: &PathBuf| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with('.'))
-        };
-        for folder in names.into_iter().filter(|p| p.is_dir() && visible(p)) {
-            let Some(name) = folder
-                .file_name()
-                .and_then(|n| n.to_str())
-                .map(str::to_string)
-            else {
-                continue;
-            };
-            let mut files: Vec<PathBuf> = match std::fs::read_dir(&folder) {
-                Ok(e) => e.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-                Err(e) => {
-                    problems.push(format!("{}: {e}", folder.display()));
-                    continue;
-                }
-            };
-            files.sort();
-            let mut parts: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-            for file in files {
-                let Some(fname) = file.file_name().and_then(|n| n.to_str()) else {
-                    continue;
-                };
-                let Some((locale, part)) = PARTS
-                    .iter()
-                    .find_map(|p| fname.strip_suffix(&format!(".{p}")).map(|l| (l, *p)))
-                else {
-                    problems.push(format!(
-                        "{}: not a template part (expected <locale>.subject.txt, <locale>.text.txt or <locale>.html)",
-                        file.display()
-                    ));
-                    continue;
-                };
-                match std::fs::read_to_string(&file) {
-                    Ok(src) => {
-                        match env.add_template_owned(format!("{name}/{fname}"), src) {
-                            Ok(()) => {}
-                            Err(e) => {
-                                problems.push(format!("{}: {}", file.display(), describe(&e)));
-                                unusable.insert(format!("{name}/{locale}"));
-                            }
-                        }
-                        parts.entry(locale.to_string()).or_default().insert(part);
-                    }
-                    Err(e) => problems.push(format!("{}: {e}", file.display())),
-                }
-            }
-            for (locale, have) in &parts {
-                if have.len() < PARTS.len() {
-                    unusable.insert(format!("{name}/{locale}"));
-                }
-                for part in PARTS.iter().filter(|p| !have.contains(*p)) {
-                    problems.push(format!(
-                        "{}: missing {locale}.{part}",
-                        folder.join("").display()
-                    ));
-                }
-            }
-            locales.insert(name, parts.into_keys().collect());
+        let mut problems = Vec::new();
+        for folder in folders {
+            t.add_folder(&folder, &mut problems);
         }
-        (
-            Templates {
-                env,
-                dir,
-                locales,
-                unusable,
-                settings: settings.clone(),
-            },
-            problems,
-        )
+        (t, problems)
+    }
+
+    /// Loads one template's folder: every part it can, then which locales lack a part.
+    fn add_folder(&mut self, folder: &Path, problems: &mut Vec<String>) {
+        let Some(name) = folder
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            return;
+        };
+        let files = match sorted_entries(folder) {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(format!("{}: {e}", folder.display()));
+                return;
+            }
+        };
+        let mut parts: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        for file in files {
+            if let Some((locale, part)) = self.add_part(&name, &file, problems) {
+                parts.entry(locale).or_default().insert(part);
+            }
+        }
+        self.note_missing_parts(&name, folder, &parts, problems);
+        self.locales.insert(name, parts.into_keys().collect());
+    }
+
+    /// Adds one file as a part; `(locale, part)` when it was read, even if it does not
+    /// compile (that locale is then unusable, but its folder is not missing the part).
+    fn add_part(
+        &mut self,
+        name: &str,
+        file: &Path,
+        problems: &mut Vec<String>,
+    ) -> Option<(String, &'static str)> {
+        let fname = file.file_name().and_then(|n| n.to_str())?;
+        let Some((locale, part)) = PARTS
+            .iter()
+            .find_map(|p| fname.strip_suffix(&format!(".{p}")).map(|l| (l, *p)))
+        else {
+            problems.push(format!(
+                "{}: not a template part (expected <locale>.subject.txt, <locale>.text.txt or <locale>.html)",
+                file.display()
+            ));
+            return None;
+        };
+        match std::fs::read_to_string(file) {
+            Ok(src) => {
+                if let Err(e) = self.env.add_template_owned(format!("{name}/{fname}"), src) {
+                    problems.push(format!("{}: {}", file.display(), describe(&e)));
+                    self.unusable.insert(format!("{name}/{locale}"));
+                }
+                Some((locale.to_string(), part))
+            }
+            Err(e) => {
+                problems.push(format!("{}: {e}", file.display()));
+                None
+            }
+        }
+    }
+
+    /// A locale without all of [`PARTS`] cannot be rendered: say which are missing, and
+    /// keep `check` from rendering it again.
+    fn note_missing_parts(
+        &mut self,
+        name: &str,
+        folder: &Path,
+        parts: &BTreeMap<String, BTreeSet<&str>>,
+        problems: &mut Vec<String>,
+    ) {
+        for (locale, have) in parts {
+            if have.len() < PARTS.len() {
+                self.unusable.insert(format!("{name}/{locale}"));
+            }
+            for part in PARTS.iter().filter(|p| !have.contains(*p)) {
+                problems.push(format!(
+                    "{}: missing {locale}.{part}",
+                    folder.join("").display()
+                ));
+            }
+        }
     }
 
     /// Template names found.
@@ -327,4 +328,34 @@ fn describe(e: &minijinja::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+/// Strict, so a misspelled variable fails `check` instead of rendering empty.
+fn strict_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(false);
+    env
+}
+
+/// The entries of a folder in name order, so problems come out the same every run.
+fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+/// The template folders under `dir`. Dot entries are not templates: a Kubernetes
+/// ConfigMap mount holds `..data` and `..<timestamp>` folders next to the projected ones.
+fn template_folders(dir: &Path) -> std::io::Result<impl Iterator<Item = PathBuf>> {
+    let visible = |p: &PathBuf| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.starts_with('.'))
+    };
+    Ok(sorted_entries(dir)?
+        .into_iter()
+        .filter(move |p| p.is_dir() && visible(p)))
 }
