@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use crate::engine::clock::{Span, DAY};
 use crate::engine::rule::Rule;
-use crate::engine::settings::{DeliverySettings, MAX_CAP};
+use crate::engine::customer::MAX_CAP;
+use crate::engine::settings::DeliverySettings;
 use crate::mail::quiet_hours::QuietHours;
 use crate::mail::settings::SendSettings;
 use crate::problems::Problems;

@@ -2,8 +2,16 @@
 
 use super::clock::{Secs, Stamp, DAY};
 use super::rule::Rule;
-use super::settings::{BUCKETS, BUCKET_SECS, MAX_CAP};
 use super::stage::{Cause, Stage};
+
+/// Width of one activity bucket: windows of `frequency_drop` are whole buckets.
+pub const BUCKET_SECS: Secs = 30 * DAY;
+
+/// Number of activity buckets kept per customer (the current one included).
+pub const BUCKETS: usize = 16;
+
+/// Most emails the per-customer cap can count (the cap keeps this many send days).
+pub const MAX_CAP: u8 = 4;
 
 /// Most open tickets tracked per customer; older ones are forgotten first.
 pub const MAX_OPEN_TICKETS: usize = 8;

@@ -7,14 +7,6 @@ use super::rules::RuleSpec;
 /// The win-back threshold mode, where callers tuning settings by hand look for it.
 pub use super::rules::winback::WinbackMode;
 
-/// Width of one activity bucket: windows of `frequency_drop` are whole buckets.
-pub const BUCKET_SECS: Secs = 30 * super::clock::DAY;
-
-/// Number of activity buckets kept per customer (the current one included).
-pub const BUCKETS: usize = 16;
-
-/// Most emails the per-customer cap can count (the cap keeps this many send days).
-pub const MAX_CAP: u8 = 4;
 
 macro_rules! declare_settings {
     ($($variant:ident = $index:literal => $module:ident,)*) => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 
 use super::tasks::Tasks;
-use super::Outcome;
+use super::{HandOver, Outcome};
 use crate::alert::Suppression;
 use crate::disk;
 use crate::mail::mailer::{FileMailer, SendLine, SendLog, Written};
@@ -29,29 +29,6 @@ pub(super) enum Delivery<'a> {
     File(FileMailer<'a>),
     /// The SMTP sender thread, and `sends.jsonl` for what it reports.
     Smtp { sender: Sender, log: SendLog },
-}
-
-/// Numbered outbox entries of one task, durable and ready to be handed over, with the
-/// lane offsets their checkpoint reached (stored for the group once they settle).
-pub(super) struct HandOver {
-    task: i32,
-    entries: Vec<(u64, Entry)>,
-    offsets: Vec<(usize, i64)>,
-}
-
-impl HandOver {
-    /// Entries of `task` to hand over; `offsets` (lane, offset) are stored once they settle.
-    pub(super) fn new(
-        task: i32,
-        entries: Vec<(u64, Entry)>,
-        offsets: Vec<(usize, i64)>,
-    ) -> HandOver {
-        HandOver {
-            task,
-            entries,
-            offsets,
-        }
-    }
 }
 
 /// What a settled batch of hand-overs completes: the outbox entries to remove and the

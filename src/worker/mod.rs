@@ -44,6 +44,7 @@ use crate::mail::mailer::{FileMailer, SendLog};
 use crate::mail::sender::Sender;
 use crate::mail::template::Templates;
 use crate::metrics::Metrics;
+use crate::outbox::Entry;
 use crate::publisher::Publisher;
 use crate::shutdown::Shutdown;
 use crate::source::kafka::{self, TopicError, WorkerContext};
@@ -63,6 +64,29 @@ pub struct Options {
 
 /// What a run did (counted by the events of `crate::observe`).
 pub use crate::observe::Outcome;
+
+/// Numbered outbox entries of one task, durable and ready to be handed over, with the
+/// lane offsets their checkpoint reached (stored for the group once they settle).
+struct HandOver {
+    task: i32,
+    entries: Vec<(u64, Entry)>,
+    offsets: Vec<(usize, i64)>,
+}
+
+impl HandOver {
+    /// Entries of `task` to hand over; `offsets` (lane, offset) are stored once they settle.
+    fn new(
+        task: i32,
+        entries: Vec<(u64, Entry)>,
+        offsets: Vec<(usize, i64)>,
+    ) -> HandOver {
+        HandOver {
+            task,
+            entries,
+            offsets,
+        }
+    }
+}
 
 /// Pending effects across tasks past which a checkpoint is taken early (bounds memory).
 const MAX_PENDING: usize = 50_000;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use rdkafka::topic_partition_list::TopicPartitionList;
 
-use super::effects::HandOver;
+use super::HandOver;
 use super::Outcome;
 use crate::engine::settings::Settings;
 use crate::engine::{Engine, Snapshot};

@@ -6,10 +6,10 @@ use serde::Deserialize;
 
 use crate::alert::Inputs;
 use crate::engine::clock::{format_duration, Secs, Span, Stamp};
-use crate::engine::customer::{flag, Buckets, Customer};
+use crate::engine::customer::{flag, Buckets, Customer, BUCKETS, BUCKET_SECS};
 use crate::engine::guards::{emit, Candidate};
 use crate::engine::rule::Rule;
-use crate::engine::settings::{Settings, BUCKETS, BUCKET_SECS};
+use crate::engine::settings::Settings;
 use crate::engine::stage::{Cause, Stage};
 use crate::engine::Ctx;
 use crate::problems::Problems;
