@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::engine::clock::{Span, DAY};
-use crate::engine::rule::Rule;
 use crate::engine::customer::MAX_CAP;
+use crate::engine::rule::Rule;
 use crate::engine::settings::DeliverySettings;
 use crate::mail::quiet_hours::QuietHours;
 use crate::mail::settings::SendSettings;

@@ -7,7 +7,6 @@ use super::rules::RuleSpec;
 /// The win-back threshold mode, where callers tuning settings by hand look for it.
 pub use super::rules::winback::WinbackMode;
 
-
 macro_rules! declare_settings {
     ($($variant:ident = $index:literal => $module:ident,)*) => {
         /// Everything the engine needs to decide, already checked for consistency.

@@ -88,9 +88,25 @@ pub fn pending(s: &Settings, c: &Customer) -> Vec<(Stamp, TimerKind)> {
     v
 }
 
-/// The earliest pending due time of a customer.
+/// The earliest pending due time of a customer (ties by rank, as [`TimerKind`] orders).
 pub fn next(s: &Settings, c: &Customer) -> Option<(Stamp, TimerKind)> {
-    candidates(s, c).min()
+    // On the hot path (every event and every fired timer): one pass, each kind's rank
+    // computed once, rather than a comparison that looks the rank up again each time.
+    let mut best: Option<(Stamp, u8, TimerKind)> = None;
+    let mut consider = |due: Option<Stamp>, kind: TimerKind| {
+        if let Some(d) = due {
+            let rank = kind.rank();
+            if best.is_none_or(|(bd, br, _)| (d, rank) < (bd, br)) {
+                best = Some((d, rank, kind));
+            }
+        }
+    };
+    for r in Rule::ALL {
+        consider(rules::next_due(r, s, c), TimerKind::Rule(r));
+    }
+    consider(at_risk_due(c), TimerKind::AtRisk);
+    consider(c.last_seen.map(|t| t.plus(s.retention)), TimerKind::Expire);
+    best.map(|(d, _, k)| (d, k))
 }
 
 /// The ordered index of (due, customer slot).

@@ -75,11 +75,7 @@ struct HandOver {
 
 impl HandOver {
     /// Entries of `task` to hand over; `offsets` (lane, offset) are stored once they settle.
-    fn new(
-        task: i32,
-        entries: Vec<(u64, Entry)>,
-        offsets: Vec<(usize, i64)>,
-    ) -> HandOver {
+    fn new(task: i32, entries: Vec<(u64, Entry)>, offsets: Vec<(usize, i64)>) -> HandOver {
         HandOver {
             task,
             entries,
