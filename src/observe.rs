@@ -339,3 +339,78 @@ impl Reloaded<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of one series in the exposition text, 0 when it is absent.
+    fn series(metrics: &Metrics, line_start: &str) -> u64 {
+        metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn an_expired_email_counts_as_failed_and_expired_in_the_summary_and_the_series() {
+        let m = Metrics::default();
+        let mut out = Outcome::default();
+        let status = Status::Expired {
+            attempts: 3,
+            reason: "451 busy".into(),
+        };
+        EmailReported {
+            alert_id: "a1",
+            status: &status,
+        }
+        .emit(&m, &mut out);
+        assert_eq!((out.emails_failed, out.emails_expired), (1, 1));
+        assert_eq!(
+            series(&m, "churnwatch_emails_total{outcome=\"expired\"}"),
+            1
+        );
+        assert_eq!(series(&m, "churnwatch_emails_total{outcome=\"failed\"}"), 0);
+    }
+
+    #[test]
+    fn a_suppression_at_send_time_counts_its_reason_once() {
+        let m = Metrics::default();
+        let mut out = Outcome::default();
+        for _ in 0..2 {
+            EmailRefused {
+                alert_id: "a1",
+                unbuildable: None,
+                suppressed: Some("unsubscribed"),
+            }
+            .emit(&m, &mut out);
+        }
+        assert_eq!(out.emails_suppressed, 2);
+        assert_eq!(
+            series(
+                &m,
+                "churnwatch_emails_suppressed_total{reason=\"unsubscribed\",at=\"send\"}"
+            ),
+            2
+        );
+    }
+
+    #[test]
+    fn every_misrouted_record_is_counted() {
+        let m = Metrics::default();
+        let mut out = Outcome::default();
+        for offset in 0..3 {
+            RecordMisrouted {
+                topic: "t",
+                partition: 0,
+                offset,
+            }
+            .emit(&m, &mut out);
+        }
+        assert_eq!(out.misrouted, 3);
+        assert_eq!(series(&m, "churnwatch_misrouted_records_total"), 3);
+    }
+}
