@@ -1,8 +1,8 @@
 //! The rules (docs/design.md §6 State and rules), one module each. A rule's module owns
 //! everything about it: its `[rules.NAME]` section as read from the file, the validated
 //! settings and their checks, when its timers are due, and what it does on an event or a
-//! due timer. `engine::rule::registry!` is the one list of rules: adding a rule is its module plus
-//! one line there (CONTRIBUTING.md "Adding a rule").
+//! due timer. `engine::rule::registry!` is the one list of rules: adding a rule is its
+//! module plus one line there (CONTRIBUTING.md, "A new rule").
 
 use serde::de::DeserializeOwned;
 
