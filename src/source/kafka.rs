@@ -21,12 +21,40 @@ use crate::config::KafkaSettings;
 use crate::event::{self, Event, Reject};
 use crate::health::Health;
 
-/// Properties whose values are never logged.
+/// The properties librdkafka itself marks sensitive (`_RK_SENSITIVE` in its
+/// `rdkafka_conf.c`, 2.12), but `sasl.username`: an operator debugging a login needs
+/// to see which user was tried, and a user name alone opens nothing.
+const SECRET_PROPERTIES: [&str; 12] = [
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.ca.pem",
+    "ssl.keystore.password",
+    "sasl.password",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+];
+
+/// Name endings that mark a secret in properties the list does not know (a newer
+/// librdkafka, a plugin's own properties).
+const SECRET_SUFFIXES: [&str; 7] = [
+    "password",
+    "passphrase",
+    "secret",
+    "token",
+    ".pem",
+    ".config",
+    "_key",
+];
+
+/// Properties whose values are never logged: the explicit list, then the suffix rules.
 fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "secret", "token", "key.pem", "private"]
-        .iter()
-        .any(|s| k.contains(s))
+    SECRET_PROPERTIES.contains(&k.as_str()) || SECRET_SUFFIXES.iter().any(|s| k.ends_with(s))
 }
 
 /// Churnwatch's defaults, then the operator's `kafka.client`, then `own` (the
@@ -673,6 +701,63 @@ mod tests {
             crate::source::wall_now(),
         );
         assert!(c.event.is_err() && !c.misrouted);
+    }
+
+    /// Every property the vendored librdkafka marks `_RK_SENSITIVE`, read from its source
+    /// (found through `cargo metadata`), so that an upgrade that adds one fails here.
+    fn librdkafka_sensitive_properties() -> Vec<String> {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo metadata runs");
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata json");
+        let manifest = meta["packages"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "rdkafka-sys"))
+            .and_then(|p| p["manifest_path"].as_str())
+            .expect("rdkafka-sys is a dependency");
+        let conf = std::path::Path::new(manifest).with_file_name("librdkafka/src/rdkafka_conf.c");
+        let text = std::fs::read_to_string(&conf).expect("librdkafka's rdkafka_conf.c");
+        text.split("_RK_SENSITIVE")
+            .skip(1)
+            .filter_map(|after| after.split('"').nth(1).map(str::to_string))
+            .filter(|name| {
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_property_librdkafka_calls_sensitive_is_masked() {
+        let names = librdkafka_sensitive_properties();
+        assert!(
+            names.len() >= 10,
+            "too few found, the parse broke: {names:?}"
+        );
+        for name in names.iter().filter(|n| *n != "sasl.username") {
+            assert!(
+                is_secret(name),
+                "`{name}` is sensitive in librdkafka but would be logged"
+            );
+        }
+        // Unknown names are caught by their endings.
+        for name in [
+            "sasl.aws.secret",
+            "ssl.truststore.password",
+            "my.plugin.token",
+        ] {
+            assert!(is_secret(name), "{name}");
+        }
+        for name in [
+            "sasl.mechanism",
+            "security.protocol",
+            "ssl.endpoint.identification.algorithm",
+        ] {
+            assert!(!is_secret(name), "{name}");
+        }
     }
 
     #[test]
