@@ -153,14 +153,180 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener>
         .map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {listen}: {e}"))
 }
 
-/// Serves the admin routes until the runtime stops.
+/// Connections served with the full header-read timeout; past this many, new ones get
+/// [`CROWDED_HEADER_TIMEOUT`] (a probe sends its request at once; a slow client does not).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Connections open at most: past this, new ones are closed at once (file descriptors
+/// stay bounded whatever a flood does).
+pub const MAX_OPEN: usize = 256;
+
+/// How long a connection may take to send a request's headers (and to start the next
+/// one on a kept-alive connection).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The same for connections beyond [`MAX_CONNECTIONS`].
+pub const CROWDED_HEADER_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Most bytes buffered for one request's head (the routes take no body).
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Serves the admin routes until the runtime stops, with bounds no client can stretch:
+/// a header-read timeout, a small request buffer, and a cap on open connections, so that
+/// a flood of half-sent requests cannot starve `/healthz`.
 pub async fn serve(listener: tokio::net::TcpListener, shared: Shared) -> std::io::Result<()> {
     if let Ok(a) = listener.local_addr() {
         tracing::info!(listen = %a, "admin endpoint: /healthz /readyz /metrics /customers/{{id}}");
     }
-    axum::serve(
-        listener,
-        router(shared).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+    let app = router(shared);
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            // Out of descriptors or a reset before accept: wait a little, go on.
+            Err(e) => {
+                tracing::debug!(error = %e, "admin endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let crowded = MAX_OPEN - open.available_permits() > MAX_CONNECTIONS;
+        let timeout = if crowded {
+            CROWDED_HEADER_TIMEOUT
+        } else {
+            HEADER_TIMEOUT
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc = tower::ServiceExt::map_request(
+                app,
+                move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(timeout)
+                .max_buf_size(MAX_REQUEST_BYTES)
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(stream),
+                    hyper_util::service::TowerToHyperService::new(svc),
+                );
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "admin endpoint: connection ended");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    /// An endpoint on a free loopback port, served by a runtime of its own.
+    fn start() -> (tokio::runtime::Runtime, SocketAddr) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = rt
+            .block_on(bind("127.0.0.1:0".parse().expect("address")))
+            .expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let shared = Shared {
+            health: Arc::new(Health::new()),
+            metrics: Arc::new(Metrics::default()),
+            queries: Arc::new(Queries::default()),
+        };
+        rt.spawn(serve(listener, shared));
+        (rt, addr)
+    }
+
+    /// A whole `GET` and the status line of its answer.
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer.lines().next().unwrap_or_default().to_string()
+    }
+
+    /// Connections that start a request and never finish its headers.
+    fn half_open(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+        (0..n)
+            .filter_map(|_| {
+                let mut s = TcpStream::connect(addr).ok()?;
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").ok()?;
+                Some(s)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn healthz_answers_while_more_half_sent_requests_than_the_cap_are_open() {
+        let (_rt, addr) = start();
+        // More than the open limit: the crowded ones must be let go quickly, or the
+        // probe finds every place taken.
+        let flood = half_open(addr, MAX_OPEN + 50);
+        std::thread::sleep(CROWDED_HEADER_TIMEOUT * 2);
+        let t = Instant::now();
+        assert_eq!(get(addr, "/healthz"), "HTTP/1.1 200 OK");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "/healthz took {:?} under the flood",
+            t.elapsed()
+        );
+        drop(flood);
+    }
+
+    #[test]
+    fn a_request_whose_headers_never_end_is_closed_at_the_header_timeout() {
+        let (_rt, addr) = start();
+        let mut slow = half_open(addr, 1).pop().expect("one connection");
+        slow.set_read_timeout(Some(HEADER_TIMEOUT * 3))
+            .expect("timeout");
+        let t = Instant::now();
+        let mut buf = Vec::new();
+        // The server ends the connection (an answer then EOF, or EOF): the read returns.
+        let read = slow.read_to_end(&mut buf);
+        assert!(read.is_ok(), "still open after {:?}: {read:?}", t.elapsed());
+        assert!(
+            t.elapsed() < HEADER_TIMEOUT + Duration::from_secs(2),
+            "closed only after {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn connections_past_the_open_limit_are_closed_at_once() {
+        let (_rt, addr) = start();
+        let _held = half_open(addr, MAX_OPEN);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut extra = TcpStream::connect(addr).expect("the kernel accepts");
+        extra
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        // Closed by the server without an answer: EOF (or a reset), not a timeout.
+        match extra.read(&mut buf) {
+            Ok(n) => assert_eq!(n, 0, "an answer past the limit"),
+            Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "left open: {e}"),
+        }
+    }
 }
