@@ -242,25 +242,44 @@ impl Observed for EmailWritten {
     }
 }
 
+/// Why an email is not sent at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its message could not be built (bad address, template error): `failed`.
+    Unbuildable(String),
+    /// Its customer is no longer reachable: `suppressed`, and why.
+    Suppressed(&'static str),
+}
+
+impl Refusal {
+    /// What it counts as (its label is also the `sends.jsonl` status).
+    pub fn outcome(&self) -> EmailOutcome {
+        match self {
+            Refusal::Unbuildable(_) => EmailOutcome::Failed,
+            Refusal::Suppressed(_) => EmailOutcome::Suppressed,
+        }
+    }
+}
+
 /// An email not sent at all: it could not be built, or its customer can no longer be
 /// reached (checked again before sending).
 pub struct EmailRefused<'a> {
     /// Its alert.
     pub alert_id: &'a str,
-    /// Why the message could not be built, if that is why.
-    pub unbuildable: Option<&'a str>,
-    /// Why the customer cannot be reached, if that is why.
-    pub suppressed: Option<&'static str>,
+    /// Why.
+    pub refusal: &'a Refusal,
 }
 
 impl Observed for EmailRefused<'_> {
     fn emit(self, metrics: &Metrics, out: &mut Outcome) {
-        if let Some(reason) = self.unbuildable {
-            tracing::warn!(alert_id = %self.alert_id, %reason, "email not built");
-            count_email(EmailOutcome::Failed, None, metrics, out);
-        } else {
-            count_email(EmailOutcome::Suppressed, self.suppressed, metrics, out);
-        }
+        let suppressed = match self.refusal {
+            Refusal::Unbuildable(reason) => {
+                tracing::warn!(alert_id = %self.alert_id, %reason, "email not built");
+                None
+            }
+            Refusal::Suppressed(why) => Some(*why),
+        };
+        count_email(self.refusal.outcome(), suppressed, metrics, out);
     }
 }
 
@@ -383,8 +402,7 @@ mod tests {
         for _ in 0..2 {
             EmailRefused {
                 alert_id: "a1",
-                unbuildable: None,
-                suppressed: Some("unsubscribed"),
+                refusal: &Refusal::Suppressed("unsubscribed"),
             }
             .emit(&m, &mut out);
         }

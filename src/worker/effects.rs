@@ -18,7 +18,7 @@ use crate::mail::sender::{Job, Report, Sender, Status};
 use crate::metrics::Metrics;
 use crate::observe::{
     AlertPublished, EmailHeldBack, EmailRefused, EmailReported, EmailWritten, Observed,
-    RecordDropped,
+    RecordDropped, Refusal,
 };
 use crate::outbox::{Email, Entry};
 use crate::publisher::{Publisher, QueueError};
@@ -38,24 +38,6 @@ pub(super) struct Covered {
     task: i32,
     entries: Vec<u64>,
     offsets: Vec<(usize, i64)>,
-}
-
-/// Why an email is not sent at all.
-enum Refusal {
-    /// Its message could not be built (bad address, template error): `failed`.
-    Unbuildable(String),
-    /// Its customer is no longer reachable: `suppressed`, and why.
-    Suppressed(&'static str),
-}
-
-impl Refusal {
-    /// Its `sends.jsonl` status and metric outcome.
-    fn status(&self) -> &'static str {
-        match self {
-            Refusal::Unbuildable(_) => "failed",
-            Refusal::Suppressed(_) => "suppressed",
-        }
-    }
 }
 
 /// What one hand-over did at once, finished after the `.eml` files are synced.
@@ -532,26 +514,15 @@ fn record_refusal(
     email: &Email,
     refusal: Refusal,
 ) -> Result<(), disk::PathError> {
-    let status = refusal.status();
+    EmailRefused {
+        alert_id: &email.alert_id,
+        refusal: &refusal,
+    }
+    .emit(metrics, out);
+    let status = refusal.outcome().label();
     let reason = match refusal {
-        Refusal::Unbuildable(reason) => {
-            EmailRefused {
-                alert_id: &email.alert_id,
-                unbuildable: Some(&reason),
-                suppressed: None,
-            }
-            .emit(metrics, out);
-            reason
-        }
-        Refusal::Suppressed(why) => {
-            EmailRefused {
-                alert_id: &email.alert_id,
-                unbuildable: None,
-                suppressed: Some(why),
-            }
-            .emit(metrics, out);
-            why.to_string()
-        }
+        Refusal::Unbuildable(reason) => reason,
+        Refusal::Suppressed(why) => why.to_string(),
     };
     log.record(&SendLine {
         at: Some(jiff::Timestamp::now().to_string()),
