@@ -47,7 +47,10 @@ macro_rules! declare_settings {
             /// The rule and offer code of the rule (or win-back step) that sends `template`.
             pub fn offer_code_for(&self, template: &str) -> Option<(Rule, &str)> {
                 None$(.or_else(|| {
-                    super::rules::$module::Spec::offer_code(&self.$module, template)
+                    super::rules::$module::Spec::sends(&self.$module)
+                        .into_iter()
+                        .find(|(t, code)| *t == template && code.is_some())
+                        .and_then(|(_, code)| code)
                         .map(|code| (Rule::$variant, code))
                 }))*
             }
@@ -55,7 +58,11 @@ macro_rules! declare_settings {
             /// Every template name the rules use, sorted, without repeats.
             pub fn template_names(&self) -> Vec<&str> {
                 let mut v: Vec<&str> = Vec::new();
-                $(v.extend(super::rules::$module::Spec::templates(&self.$module));)*
+                $(v.extend(
+                    super::rules::$module::Spec::sends(&self.$module)
+                        .into_iter()
+                        .map(|(t, _)| t),
+                );)*
                 v.sort_unstable();
                 v.dedup();
                 v

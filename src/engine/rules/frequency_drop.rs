@@ -108,12 +108,8 @@ impl super::RuleSpec for Spec {
         s.cooldown
     }
 
-    fn templates(s: &FrequencyDropSettings) -> Vec<&str> {
-        vec![s.template.as_str()]
-    }
-
-    fn offer_code<'s>(s: &'s FrequencyDropSettings, template: &str) -> Option<&'s str> {
-        (s.template == template).then_some(s.offer_code.as_str())
+    fn sends(s: &FrequencyDropSettings) -> Vec<(&str, Option<&str>)> {
+        vec![(&s.template, Some(&s.offer_code))]
     }
 
     const TIMER: Option<super::Timer> = Some(super::Timer {

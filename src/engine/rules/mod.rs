@@ -33,10 +33,9 @@ pub trait RuleSpec {
     fn validate(raw: &Self::Raw, key: &str, p: &mut Problems) -> Self::Settings;
     /// No new alert of the rule for a customer within this long of the previous one.
     fn cooldown(s: &Self::Settings) -> Secs;
-    /// Every template the rule may send.
-    fn templates(s: &Self::Settings) -> Vec<&str>;
-    /// The offer code sent with `template`, when the rule sends it with one.
-    fn offer_code<'s>(s: &'s Self::Settings, template: &str) -> Option<&'s str>;
+    /// Every template the rule may send, with the offer code it goes with (None for a
+    /// template sent without one): the template check and `preview` both read this.
+    fn sends(s: &Self::Settings) -> Vec<(&str, Option<&str>)>;
 
     /// The rule's timer, if it has one.
     const TIMER: Option<Timer> = None;

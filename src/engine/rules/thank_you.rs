@@ -92,17 +92,13 @@ impl super::RuleSpec for Spec {
         s.cooldown
     }
 
-    fn templates(s: &ThankYouSettings) -> Vec<&str> {
-        vec![
-            s.milestone_template.as_str(),
-            s.loyal_template.as_str(),
-            s.anniversary_template.as_str(),
-        ]
-    }
-
-    fn offer_code<'s>(_: &'s ThankYouSettings, _: &str) -> Option<&'s str> {
+    fn sends(s: &ThankYouSettings) -> Vec<(&str, Option<&str>)> {
         // Thanks carry no offer.
-        None
+        vec![
+            (&s.milestone_template, None),
+            (&s.loyal_template, None),
+            (&s.anniversary_template, None),
+        ]
     }
 
     const TIMER: Option<super::Timer> = Some(super::Timer {

@@ -66,12 +66,8 @@ impl super::RuleSpec for Spec {
         s.cooldown
     }
 
-    fn templates(s: &WelcomeBackSettings) -> Vec<&str> {
-        vec![s.template.as_str()]
-    }
-
-    fn offer_code<'s>(s: &'s WelcomeBackSettings, template: &str) -> Option<&'s str> {
-        (s.template == template).then_some(s.offer_code.as_str())
+    fn sends(s: &WelcomeBackSettings) -> Vec<(&str, Option<&str>)> {
+        vec![(&s.template, Some(&s.offer_code))]
     }
 
     fn before_event(ctx: &mut Ctx<'_>, ev: &Incoming<'_>) {

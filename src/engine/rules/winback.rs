@@ -158,15 +158,11 @@ impl super::RuleSpec for Spec {
         s.cooldown
     }
 
-    fn templates(s: &WinbackSettings) -> Vec<&str> {
-        s.steps.iter().map(|s| s.template.as_str()).collect()
-    }
-
-    fn offer_code<'s>(s: &'s WinbackSettings, template: &str) -> Option<&'s str> {
+    fn sends(s: &WinbackSettings) -> Vec<(&str, Option<&str>)> {
         s.steps
             .iter()
-            .find(|s| s.template == template)
-            .map(|s| s.offer_code.as_str())
+            .map(|s| (s.template.as_str(), Some(s.offer_code.as_str())))
+            .collect()
     }
 
     const TIMER: Option<super::Timer> = Some(super::Timer {
