@@ -66,46 +66,37 @@ fn at_risk_due(c: &Customer) -> Option<Stamp> {
     Some(last.plus(u32::from(c.at_risk_hours) * 3600))
 }
 
-/// Every due time of a customer, of whatever kind.
-fn candidates<'a>(
-    s: &'a Settings,
-    c: &'a Customer,
-) -> impl Iterator<Item = (Stamp, TimerKind)> + 'a {
-    let rules = Rule::ALL
-        .into_iter()
-        .filter_map(|r| rules::next_due(r, s, c).map(|d| (d, TimerKind::Rule(r))));
-    let own = [
-        (at_risk_due(c), TimerKind::AtRisk),
-        (c.last_seen.map(|t| t.plus(s.retention)), TimerKind::Expire),
-    ];
-    rules.chain(own.into_iter().filter_map(|(d, k)| d.map(|d| (d, k))))
+/// Hands every due time of a customer, of whatever kind, to `f` (the one list of what
+/// can be due; a visitor, not an iterator: `next` is on the hot path and stays one loop).
+fn each_due(s: &Settings, c: &Customer, mut f: impl FnMut(Option<Stamp>, TimerKind)) {
+    for r in Rule::ALL {
+        f(rules::next_due(r, s, c), TimerKind::Rule(r));
+    }
+    f(at_risk_due(c), TimerKind::AtRisk);
+    f(c.last_seen.map(|t| t.plus(s.retention)), TimerKind::Expire);
 }
 
 /// Every pending due time of a customer, earliest first (for `inspect` and exports).
 pub fn pending(s: &Settings, c: &Customer) -> Vec<(Stamp, TimerKind)> {
-    let mut v: Vec<(Stamp, TimerKind)> = candidates(s, c).collect();
+    let mut v = Vec::new();
+    each_due(s, c, |due, kind| v.extend(due.map(|d| (d, kind))));
     v.sort();
     v
 }
 
 /// The earliest pending due time of a customer (ties by rank, as [`TimerKind`] orders).
 pub fn next(s: &Settings, c: &Customer) -> Option<(Stamp, TimerKind)> {
-    // On the hot path (every event and every fired timer): one pass, each kind's rank
-    // computed once, rather than a comparison that looks the rank up again each time.
+    // Each kind's rank computed once, not at every comparison (callgrind: an iterator
+    // chain with `min_by_key` cost 0.9 % more instructions over a whole replay).
     let mut best: Option<(Stamp, u8, TimerKind)> = None;
-    let mut consider = |due: Option<Stamp>, kind: TimerKind| {
+    each_due(s, c, |due, kind| {
         if let Some(d) = due {
             let rank = kind.rank();
             if best.is_none_or(|(bd, br, _)| (d, rank) < (bd, br)) {
                 best = Some((d, rank, kind));
             }
         }
-    };
-    for r in Rule::ALL {
-        consider(rules::next_due(r, s, c), TimerKind::Rule(r));
-    }
-    consider(at_risk_due(c), TimerKind::AtRisk);
-    consider(c.last_seen.map(|t| t.plus(s.retention)), TimerKind::Expire);
+    });
     best.map(|(d, _, k)| (d, k))
 }
 
@@ -156,5 +147,39 @@ impl TimerIndex {
     /// Whether no timer is pending.
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_timer_kind_has_its_own_rank_so_ties_have_one_order() {
+        let mut kinds: Vec<TimerKind> = Rule::ALL
+            .into_iter()
+            .filter(|r| rules::timer(*r).is_some())
+            .map(TimerKind::Rule)
+            .collect();
+        kinds.extend([TimerKind::AtRisk, TimerKind::Expire]);
+        let mut ranks: Vec<u8> = kinds.iter().map(|k| k.rank()).collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        assert_eq!(ranks.len(), kinds.len(), "two timer kinds share a rank");
+        // The order the engine had before the registry: SLA, at-risk, drop check,
+        // win-back step, anniversary, expiry.
+        kinds.sort();
+        let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "support_sla",
+                "at_risk",
+                "frequency_drop_check",
+                "winback_step",
+                "anniversary",
+                "expire"
+            ]
+        );
     }
 }
