@@ -452,3 +452,42 @@ impl Config {
         self.restart_only().changed(&running.restart_only())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Config {
+        load_with_env(None, Vec::<(String, String)>::new()).expect("the defaults are valid")
+    }
+
+    #[test]
+    fn a_live_change_is_not_reported_as_waiting_for_a_restart() {
+        let running = defaults();
+        let mut new = running.clone();
+        new.engine.risk.at_risk = 0.9;
+        new.mail.shop_name = "Another shop".into();
+        new.crr_days = 30;
+        assert!(new.restart_only_changes(&running).is_empty());
+        assert_eq!(new.live().engine.risk.at_risk, 0.9);
+    }
+
+    #[test]
+    fn each_restart_only_change_is_named_by_its_key() {
+        let running = defaults();
+        let mut new = running.clone();
+        new.smtp.password = Some(Secret::new("a new password"));
+        new.transport = Transport::Smtp;
+        new.kafka.max_batch += 1;
+        new.limits.max_event_bytes += 1;
+        assert_eq!(
+            new.restart_only_changes(&running),
+            [
+                "kafka",
+                "delivery.transport",
+                "smtp",
+                "engine.max_future_skew/max_event_bytes"
+            ]
+        );
+    }
+}
