@@ -191,8 +191,8 @@ pub struct Config {
 /// engines' settings), templates and mail settings, the CRR period.
 #[derive(Clone, Debug)]
 pub struct Live {
-    /// The engines' settings.
-    pub engine: Settings,
+    /// The engines' settings (shared by every task's engine).
+    pub engine: std::sync::Arc<Settings>,
     /// Rendering and headers.
     pub mail: MailSettings,
     /// Period of the customer retention rate, whole days.
@@ -424,7 +424,7 @@ impl Config {
     /// What a reload of this configuration changes in a running service.
     pub fn live(&self) -> Live {
         Live {
-            engine: self.engine.clone(),
+            engine: std::sync::Arc::new(self.engine.clone()),
             mail: self.mail.clone(),
             crr_days: self.crr_days,
         }

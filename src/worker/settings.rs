@@ -73,35 +73,31 @@ impl<'a> Startup<'a> {
 /// What a config reload changes while running: thresholds and guards (the engines'
 /// settings), templates and mail settings, the CRR period.
 pub(super) struct Live<'a> {
-    engine: Arc<Settings>,
-    mail: MailSettings,
+    /// The live part of the config in force.
+    cfg: crate::config::Live,
     /// None until a reload: `started_with` is used.
     templates: Option<Templates>,
     started_with: &'a Templates,
-    crr_days: u16,
 }
 
 impl<'a> Live<'a> {
     /// The live part of the config the worker starts with.
     pub(super) fn new(cfg: &Config, templates: &'a Templates) -> Live<'a> {
-        let live = cfg.live();
         Live {
-            engine: Arc::new(live.engine),
-            mail: live.mail,
+            cfg: cfg.live(),
             templates: None,
             started_with: templates,
-            crr_days: live.crr_days,
         }
     }
 
     /// The engines' settings in force.
     pub(super) fn engine(&self) -> &Arc<Settings> {
-        &self.engine
+        &self.cfg.engine
     }
 
     /// The mail settings emails are rendered with.
     pub(super) fn mail(&self) -> &MailSettings {
-        &self.mail
+        &self.cfg.mail
     }
 
     /// The templates emails are rendered from.
@@ -111,7 +107,7 @@ impl<'a> Live<'a> {
 
     /// The CRR period, whole days.
     pub(super) fn crr_days(&self) -> u16 {
-        self.crr_days
+        self.cfg.crr_days
     }
 
     /// Reads the config file and templates again and swaps in what may change live,
@@ -139,15 +135,12 @@ impl<'a> Live<'a> {
             return refuse(problems.join("; "));
         }
         let fixed = startup.restart_only_changes(&new);
-        let live = new.live();
-        self.engine = Arc::new(live.engine);
-        self.mail = live.mail;
+        self.cfg = new.live();
         self.templates = Some(templates);
-        self.crr_days = live.crr_days;
         Reloaded::Applied {
             restart_only: &fixed,
         }
         .emit(metrics);
-        Some(self.engine.clone())
+        Some(self.cfg.engine.clone())
     }
 }
