@@ -197,6 +197,15 @@ fn main() {
         .env("CHURNWATCH__DELIVERY__FILE_DIR", dir.path())
         .env("CHURNWATCH__STATE__DIR", dir.path().join("state"))
         .env("RUST_LOG", "warn")
+        // `run` refuses the shipped keys.
+        .env(
+            "CHURNWATCH__ENGINE__ID_SECRET",
+            "kafka-bench-id-key-6b1f0c3e9a27d4f8b5c0e1a2",
+        )
+        .env(
+            "CHURNWATCH__DELIVERY__OFFER_SECRET",
+            "kafka-bench-offer-key-93d2a7c4e0b1f6a5d8c3b2e1",
+        )
         .arg("run")
         .stdout(Stdio::piped())
         .spawn()

@@ -2,20 +2,24 @@
 //! `/readyz` (connected, tasks assigned and restored, caught up; 503 with the reason
 //! otherwise), `/metrics` (OpenMetrics text) and `/customers/{id}` (one customer
 //! explained, as `inspect` does; loopback only, contact data redacted unless
-//! `?personal=true`).
+//! `?personal=true` comes with the bearer token of `admin.token_file`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 
 /// What the worker answers a customer query with: the explanation, `None` for a
 /// customer none of its tasks holds, or an error text.
@@ -65,6 +69,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The worker's customer query queue.
     pub queries: Arc<Queries>,
+    /// The bearer token that unlocks personal data (None: it stays redacted).
+    pub token: Option<Arc<Secret>>,
 }
 
 /// How long `/customers/{id}` waits for the worker loop.
@@ -80,11 +86,25 @@ pub fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
+/// Whether a request's `Authorization` header carries `token`: None without the header,
+/// so an unauthenticated request is answered redacted and a wrong token refused.
+fn bearer_matches(headers: &HeaderMap, token: Option<&Secret>) -> Option<bool> {
+    let given = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let given = given.strip_prefix(b"Bearer ").unwrap_or(b"");
+    // Digests of equal length compared in constant time: neither the token's bytes nor
+    // its length can be found by timing the answers.
+    Some(token.is_some_and(|t| {
+        let want = Sha256::digest(t.expose().as_bytes());
+        bool::from(Sha256::digest(given).ct_eq(&want))
+    }))
+}
+
 async fn customer(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     uri: Uri,
+    headers: HeaderMap,
 ) -> impl IntoResponse {
     let json = [(header::CONTENT_TYPE, "application/json")];
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
@@ -96,10 +116,21 @@ async fn customer(
             "customers are shown on loopback only\n".to_string(),
         );
     }
-    let personal = uri.query().is_some_and(|q| {
+    let asked = uri.query().is_some_and(|q| {
         q.split('&')
             .any(|p| matches!(p, "personal" | "personal=true" | "personal=1"))
     });
+    let personal = match bearer_matches(&headers, s.token.as_deref()) {
+        Some(true) => asked,
+        None => false,
+        Some(false) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                text,
+                "the bearer token is not admin.token_file's (or none is configured)\n".to_string(),
+            )
+        }
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     s.queries.push(CustomerQuery {
         id: id.clone(),
@@ -247,6 +278,7 @@ mod tests {
             health: Arc::new(Health::new()),
             metrics: Arc::new(Metrics::default()),
             queries: Arc::new(Queries::default()),
+            token: None,
         };
         rt.spawn(serve(listener, shared));
         (rt, addr)

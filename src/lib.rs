@@ -25,6 +25,7 @@ pub mod progress;
 pub mod publisher;
 pub mod reload;
 pub mod replay;
+pub mod secret;
 pub mod shutdown;
 pub mod simulate;
 pub mod source;

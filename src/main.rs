@@ -124,7 +124,8 @@ fn run_service(cfg: config::Config, templates: Templates, opts: worker::Options)
     let shutdown = Arc::new(Shutdown::new());
     let health = Arc::new(Health::new());
     if let Some(listen) = cfg.admin_listen {
-        if let Err(code) = start_admin(&runtime, listen, &health, &opts) {
+        let token = cfg.admin_token.clone().map(Arc::new);
+        if let Err(code) = start_admin(&runtime, listen, token, &health, &opts) {
             return code;
         }
     }
@@ -160,6 +161,7 @@ fn service_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 fn start_admin(
     runtime: &tokio::runtime::Runtime,
     listen: std::net::SocketAddr,
+    token: Option<Arc<config::Secret>>,
     health: &Arc<Health>,
     opts: &worker::Options,
 ) -> Result<(), ExitCode> {
@@ -169,6 +171,7 @@ fn start_admin(
                 health: health.clone(),
                 metrics: opts.metrics.clone(),
                 queries: opts.queries.clone(),
+                token,
             };
             runtime.spawn(async move {
                 if let Err(e) = churnwatch::admin::serve(listener, shared).await {
@@ -321,8 +324,10 @@ fn service_exit(result: Option<WorkerResult>, shutdown: &Shutdown) -> ExitCode {
 }
 
 /// `GET /customers/{id}` of the worker at `admin.listen`, on loopback; `None` for 404.
+/// Personal data is asked for with the bearer token of `admin.token_file`.
 fn ask_worker(
     listen: Option<std::net::SocketAddr>,
+    token: Option<&config::Secret>,
     id: &str,
     personal: bool,
 ) -> Result<Option<String>, String> {
@@ -342,7 +347,11 @@ fn ask_worker(
         .http_status_as_error(false)
         .build()
         .into();
-    let mut resp = agent.get(&url).call().map_err(|e| format!("{url}: {e}"))?;
+    let mut req = agent.get(&url);
+    if let (true, Some(t)) = (personal, token) {
+        req = req.header("Authorization", format!("Bearer {}", t.expose()));
+    }
+    let mut resp = req.call().map_err(|e| format!("{url}: {e}"))?;
     let status = resp.status().as_u16();
     let body = resp
         .body_mut()
@@ -489,6 +498,13 @@ fn check(cfg: &config::Config) -> ExitCode {
             t.names().count(),
             cfg.mail.templates_dir.display()
         );
+        // Not a failure: replay, simulate and preview run with these; only `run` refuses.
+        if !cfg.weak_secrets.is_empty() {
+            eprintln!("note: `run` refuses to start with these secrets:");
+            for line in &cfg.weak_secrets {
+                eprintln!("{line}");
+            }
+        }
         ExitCode::SUCCESS
     } else {
         eprintln!("error: templates are not valid");
@@ -663,7 +679,17 @@ fn inspect_in_worker(
     personal: bool,
     in_use: &churnwatch::store::StoreError,
 ) -> ExitCode {
-    match ask_worker(cfg.admin_listen, customer_id, personal) {
+    if personal && cfg.admin_token.is_none() {
+        tracing::warn!(
+            "inspect --personal: no admin.token_file, so a running worker answers redacted"
+        );
+    }
+    match ask_worker(
+        cfg.admin_listen,
+        cfg.admin_token.as_ref(),
+        customer_id,
+        personal,
+    ) {
         Ok(Some(text)) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -681,6 +707,15 @@ fn inspect_in_worker(
 
 /// `churnwatch run`: the service, once its templates are valid.
 fn run(cfg: config::Config, export_customers: Option<PathBuf>) -> ExitCode {
+    // Anyone who reads the repository knows the shipped keys: with them every customer's
+    // offer code and alert id could be computed (README "Secrets").
+    if !cfg.weak_secrets.is_empty() {
+        eprintln!("error: run refuses to start with these secrets (replay, simulate and preview accept them)");
+        for line in &cfg.weak_secrets {
+            eprintln!("{line}");
+        }
+        return ExitCode::from(2);
+    }
     let templates = match templates_for_sending(&cfg) {
         Ok(t) => t,
         Err(code) => return code,

@@ -1264,12 +1264,17 @@ fn emails_failing_transiently_expire_at_max_retry_age_and_leave_the_outbox() {
 /// An HTTP GET on loopback: (status, body). HTTP/1.0 with `Connection: close`, so the
 /// body is what comes before the server closes.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_with(port, path, "")
+}
+
+/// [`http_get`] with extra header lines (each ending in `\r\n`).
+fn http_get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut text = String::new();
@@ -1303,6 +1308,11 @@ fn admin_endpoint_serves_health_readiness_and_metrics_matching_the_input() {
     let port = smtp_server::free_port();
     let listen = format!("127.0.0.1:{port}");
     let group = unique("group");
+    // Personal data needs the bearer token of admin.token_file.
+    let token = "admin-token-of-the-kafka-tests-0a9f8e7d6c5b4a39";
+    let token_file = scratch.path().join("admin-token");
+    fs::write(&token_file, format!("{token}\n")).expect("token file");
+    let token_file = token_file.display().to_string();
     let mut w = Worker::start_with(
         &bootstrap,
         &group,
@@ -1311,6 +1321,7 @@ fn admin_endpoint_serves_health_readiness_and_metrics_matching_the_input() {
         &alerts,
         &[
             ("CHURNWATCH__ADMIN__LISTEN", &listen),
+            ("CHURNWATCH__ADMIN__TOKEN_FILE", &token_file),
             ("CHURNWATCH_LOG_FORMAT", "json"),
         ],
     );
@@ -1346,30 +1357,60 @@ fn admin_endpoint_serves_health_readiness_and_metrics_matching_the_input() {
     assert!(v["customer"]["stage"].is_string(), "{body}");
     let email = v["profile"]["email"].as_str().expect("an address");
     assert!(email.contains('•') && !email.contains(&id), "{email}");
-    let (_, body) = http_get(port, &format!("/customers/{id}?personal=true")).expect("customer");
-    let v: Value = serde_json::from_str(&body).expect("json");
-    let email = v["profile"]["email"].as_str().expect("an address");
-    assert!(email.starts_with(&id) && email.contains('@'), "{email}");
+    let personal = format!("/customers/{id}?personal=true");
+    let email_of = |headers: &str| {
+        let (status, body) = http_get_with(port, &personal, headers).expect("customer");
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        v["profile"]["email"]
+            .as_str()
+            .expect("an address")
+            .to_string()
+    };
+    let without = email_of("");
+    assert!(without.contains('•'), "no token, yet shown: {without}");
+    let with = email_of(&format!("Authorization: Bearer {token}\r\n"));
+    assert!(with.starts_with(&id) && with.contains('@'), "{with}");
+    let (status, body) = http_get_with(port, &personal, "Authorization: Bearer not-the-token\r\n")
+        .expect("customer");
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains('@'), "{body}");
     assert_eq!(http_get(port, "/customers/nobody").map(|r| r.0), Some(404));
-    let mut c = churnwatch();
-    let o = c
-        .env("CHURNWATCH__ADMIN__LISTEN", &listen)
-        .args(["inspect", &id, "--state"])
-        .arg(w.dir.join("state"))
-        .output()
-        .expect("inspect");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
-    assert_eq!(v["customer"]["customer_id"].as_str(), Some(id.as_str()));
-    assert!(v["profile"]["email"]
-        .as_str()
-        .is_some_and(|e| e.contains('•')));
+    // `inspect` finds the store held and asks the worker, with the token only when
+    // asked for personal data and configured.
+    let inspect = |args: &[&str], env: &[(&str, &str)]| {
+        let o = churnwatch()
+            .env("CHURNWATCH__ADMIN__LISTEN", &listen)
+            .envs(env.iter().copied())
+            .args(["inspect", &id, "--state"])
+            .arg(w.dir.join("state"))
+            .args(args)
+            .output()
+            .expect("inspect");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+        assert_eq!(v["customer"]["customer_id"].as_str(), Some(id.as_str()));
+        v["profile"]["email"]
+            .as_str()
+            .expect("an address")
+            .to_string()
+    };
+    assert!(inspect(&[], &[]).contains('•'));
+    assert!(inspect(&["--personal"], &[]).contains('•'));
+    let shown = inspect(
+        &["--personal"],
+        &[("CHURNWATCH__ADMIN__TOKEN_FILE", &token_file)],
+    );
+    assert!(shown.starts_with(&id), "{shown}");
     let done = w.stop();
     // Service logs are JSON lines, and carry no email address or name at info level.
     for line in done.log.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(v["fields"]["message"].is_string(), "{line}");
         assert!(!line.contains("@example."), "an address in the log: {line}");
+        for secret in TEST_SECRETS.iter().map(|(_, v)| *v).chain([token]) {
+            assert!(!line.contains(secret), "a secret in the log: {line}");
+        }
     }
 
     // Parsed by the reference parser, not by string matching.
@@ -2132,8 +2173,23 @@ fn churnwatch() -> Command {
             c.env_remove(k);
         }
     }
+    // `run` refuses the shipped keys; `replay` gets the same ones, so ids and offer
+    // codes stay comparable.
+    c.envs(TEST_SECRETS.iter().copied());
     c
 }
+
+/// Keys `run` accepts, for every command of these tests.
+const TEST_SECRETS: [(&str, &str); 2] = [
+    (
+        "CHURNWATCH__ENGINE__ID_SECRET",
+        "kafka-tests-id-key-6b1f0c3e9a27d4f8b5c0e1a2",
+    ),
+    (
+        "CHURNWATCH__DELIVERY__OFFER_SECRET",
+        "kafka-tests-offer-key-93d2a7c4e0b1f6a5d8c3b2e1",
+    ),
+];
 
 /// The value of one series in `/metrics` text (0 when absent).
 fn metric(text: &str, series: &str) -> f64 {

@@ -12,6 +12,7 @@ use crate::engine::settings::DeliverySettings;
 use crate::mail::quiet_hours::QuietHours;
 use crate::mail::settings::SendSettings;
 use crate::problems::Problems;
+use crate::secret::{self, Secret};
 
 /// `[delivery]` as written.
 #[derive(Clone, Debug, Deserialize)]
@@ -43,7 +44,12 @@ pub struct RawDelivery {
     pub rate_limit: u32,
     /// See the defaults file.
     pub offer_secret: String,
+    /// See the defaults file.
+    pub offer_secret_file: PathBuf,
 }
+
+/// The `delivery.offer_secret` the defaults file ships: `run` refuses it.
+pub const SHIPPED_OFFER_SECRET: &str = "churnwatch-default-offer-secret";
 
 /// How `run` hands emails over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +86,8 @@ pub struct Delivery {
     pub guards: DeliverySettings,
     /// The sender's pacing.
     pub send: SendSettings,
+    /// The key of offer codes.
+    pub offer_secret: Secret,
 }
 
 impl RawDelivery {
@@ -131,7 +139,16 @@ impl RawDelivery {
             "delivery.window: must be a whole number of days, at least 1d".to_string()
         });
         let send = self.send(p);
+        let offer_secret = secret::Source {
+            key: "delivery.offer_secret",
+            env: "CHURNWATCH__DELIVERY__OFFER_SECRET",
+            inline: Some(d.offer_secret.as_str()).filter(|s| *s != SHIPPED_OFFER_SECRET),
+            file: &d.offer_secret_file,
+        }
+        .read(p)
+        .unwrap_or_else(|| Secret::new(d.offer_secret.clone()));
         Delivery {
+            offer_secret,
             transport,
             file_dir: d.file_dir.clone(),
             guards: DeliverySettings {

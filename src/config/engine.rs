@@ -1,12 +1,15 @@
 //! `[engine]`, `[risk]` and `[loyal]`: the engine's own sections (the rules' sections
 //! are read by their modules under `engine/rules/`).
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use crate::engine::clock::{Span, DAY};
 use crate::engine::settings::{LoyalSettings, RiskSettings};
 use crate::event::Limits;
 use crate::problems::Problems;
+use crate::secret::{self, Secret};
 
 /// `[engine]` as written.
 #[derive(Clone, Debug, Deserialize)]
@@ -24,15 +27,28 @@ pub struct RawEngine {
     pub max_event_bytes: usize,
     /// See the defaults file.
     pub id_secret: String,
+    /// See the defaults file.
+    pub id_secret_file: PathBuf,
 }
 
+/// The `engine.id_secret` the defaults file ships: `run` refuses it.
+pub const SHIPPED_ID_SECRET: &str = "churnwatch-default-id-secret";
+
 impl RawEngine {
-    /// Checks the section; its values are read into the engine's settings and the
-    /// input [`Limits`] by the caller.
-    pub fn validate(&self, p: &mut Problems) {
+    /// Checks the section and reads the key of alert ids; the other values are read
+    /// into the engine's settings and the input [`Limits`] by the caller.
+    pub fn validate(&self, p: &mut Problems) -> Secret {
         p.when(self.id_secret.is_empty(), || {
             "engine.id_secret: must not be empty".into()
         });
+        let id_secret = secret::Source {
+            key: "engine.id_secret",
+            env: "CHURNWATCH__ENGINE__ID_SECRET",
+            inline: Some(self.id_secret.as_str()).filter(|s| *s != SHIPPED_ID_SECRET),
+            file: &self.id_secret_file,
+        }
+        .read(p)
+        .unwrap_or_else(|| Secret::new(self.id_secret.clone()));
         p.when(self.dedup_window.0 < DAY, || {
             "engine.dedup_window: must be at least 1d".into()
         });
@@ -51,6 +67,7 @@ impl RawEngine {
                 self.max_event_bytes
             )
         });
+        id_secret
     }
 
     /// The size and time limits every input record is checked against.

@@ -1,11 +1,13 @@
 //! `[kafka]`: the cluster, the group, the topics and librdkafka's own properties.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use super::values::{ClientValue, Wait};
 use crate::problems::Problems;
+use crate::secret::{self, Secret};
 
 /// `[kafka]` as written.
 #[derive(Clone, Debug, Deserialize)]
@@ -29,6 +31,10 @@ pub struct RawKafka {
     pub max_batch: usize,
     /// See the defaults file.
     pub max_buffered_records: usize,
+    /// See the defaults file.
+    pub sasl_password_file: PathBuf,
+    /// See the defaults file.
+    pub oauthbearer_token_file: PathBuf,
     /// librdkafka properties for every client.
     #[serde(default)]
     pub client: BTreeMap<String, ClientValue>,
@@ -61,7 +67,12 @@ pub struct KafkaSettings {
     pub max_batch: usize,
     /// Records a task may hold in memory before its partitions are paused.
     pub max_buffered_records: usize,
-    /// librdkafka properties for every client (flattened, dotted keys).
+    /// librdkafka's `sasl.password`, from `sasl_password_file` or `kafka.client`.
+    pub sasl_password: Option<Secret>,
+    /// The OAUTHBEARER token's file, read again before each token expires.
+    pub oauthbearer_token_file: Option<PathBuf>,
+    /// librdkafka properties for every client (flattened, dotted keys; `sasl.password`
+    /// is taken out into [`KafkaSettings::sasl_password`]).
     pub client: Vec<(String, String)>,
     /// librdkafka properties for the consumer only.
     pub consumer: Vec<(String, String)>,
@@ -121,9 +132,33 @@ impl RawKafka {
         p.when(k.commit_interval.0.is_zero(), || {
             "kafka.commit_interval: must be positive".into()
         });
-        let client = flatten(&k.client);
+        let mut client = flatten(&k.client);
+        let inline = client
+            .iter()
+            .position(|(key, _)| key == "sasl.password")
+            .map(|i| client.remove(i).1);
+        let sasl_password = secret::Source {
+            key: "kafka.sasl_password",
+            env: "CHURNWATCH__KAFKA__CLIENT__SASL__PASSWORD",
+            inline: inline.as_deref(),
+            file: &k.sasl_password_file,
+        }
+        .read(p);
         let consumer = flatten(&k.consumer);
         let producer = flatten(&k.producer);
+        let oauthbearer_token_file = (!k.oauthbearer_token_file.as_os_str().is_empty())
+            .then(|| k.oauthbearer_token_file.clone());
+        if oauthbearer_token_file.is_some() {
+            let mechanism = client
+                .iter()
+                .find(|(key, _)| key == "sasl.mechanisms" || key == "sasl.mechanism");
+            p.when(mechanism.is_some_and(|(_, m)| m != "OAUTHBEARER"), || {
+                "kafka.oauthbearer_token_file: set, but kafka.client's sasl.mechanisms is not \"OAUTHBEARER\"".into()
+            });
+            p.when(client.iter().any(|(key, _)| key.starts_with("sasl.oauthbearer.")), || {
+                "kafka.oauthbearer_token_file: set together with kafka.client's sasl.oauthbearer.* (librdkafka's own token source); use one".into()
+            });
+        }
         for (key, _) in client.iter().chain(&consumer).chain(&producer) {
             p.when(OWN_PROPERTIES.contains(&key.as_str()), || format!(
                 "kafka.client: `{key}` is set by churnwatch itself (use kafka.bootstrap_servers / kafka.group_id; offsets are stored only after effects)"
@@ -139,6 +174,8 @@ impl RawKafka {
             commit_interval: k.commit_interval.0,
             max_batch: k.max_batch,
             max_buffered_records: k.max_buffered_records,
+            sasl_password,
+            oauthbearer_token_file,
             client,
             consumer,
             producer,

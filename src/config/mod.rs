@@ -181,10 +181,15 @@ pub struct Config {
     pub send: SendSettings,
     /// Address of the HTTP admin endpoint (None: off).
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// The bearer token that unlocks personal data at the admin endpoint (None: never).
+    pub admin_token: Option<Secret>,
     /// Period of the customer retention rate, whole days.
     pub crr_days: u16,
     /// Size and time limits every input record is checked against.
     pub limits: crate::event::Limits,
+    /// The secrets `run` refuses to start with (the shipped defaults, placeholders, keys
+    /// too short), one line each; the other commands run with them.
+    pub weak_secrets: Vec<String>,
 }
 
 /// What a config reload changes while the service runs: thresholds and guards (the
@@ -212,6 +217,7 @@ pub struct RestartOnly<'a> {
     smtp: &'a SmtpSettings,
     send: &'a SendSettings,
     admin_listen: &'a Option<std::net::SocketAddr>,
+    admin_token: &'a Option<Secret>,
     limits: &'a crate::event::Limits,
 }
 
@@ -234,6 +240,7 @@ impl RestartOnly<'_> {
                 self.send != running.send,
             ),
             ("admin.listen", self.admin_listen != running.admin_listen),
+            ("admin.token", self.admin_token != running.admin_token),
             (
                 "engine.max_future_skew/max_event_bytes",
                 self.limits != running.limits,
@@ -328,12 +335,12 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
     let clock = ClockMode::validate(&raw.clock, &mut p);
     let kafka = raw.kafka.validate(&mut p);
     let state = raw.state.validate(&mut p);
-    raw.engine.validate(&mut p);
+    let id_secret = raw.engine.validate(&mut p);
     let risk = raw.risk.validate(&mut p);
     let mail = raw.templates.validate(&raw.smtp, &mut p);
     let smtp_used = raw.delivery.transport() == Some(Transport::Smtp);
     let smtp = raw.smtp.validate(smtp_used, &mut p);
-    let admin_listen = raw.admin.validate(&mut p);
+    let admin = raw.admin.validate(&mut p);
     let delivery = raw.delivery.validate(&raw.templates.default_locale, &mut p);
     let loyal = raw.loyal.validate(&mut p);
     let crr_days = raw.metrics.validate(&mut p);
@@ -344,8 +351,8 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
                 dedup_window: raw.engine.dedup_window.0,
                 dedup_max_per_customer: raw.engine.dedup_max_per_customer,
                 retention: raw.state.retention.0,
-                id_key: crate::alert::IdKey::new(raw.engine.id_secret.as_bytes()),
-                offer_key: crate::alert::IdKey::new(raw.delivery.offer_secret.as_bytes()),
+                id_key: crate::alert::IdKey::new(id_secret.expose().as_bytes()),
+                offer_key: crate::alert::IdKey::new(delivery.offer_secret.expose().as_bytes()),
                 risk,
                 loyal,
                 $($module: crate::engine::rules::$module::Spec::validate(
@@ -379,6 +386,28 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
                 .collect(),
         ));
     }
+    let weak_secrets = weak_secrets(&[
+        (
+            "engine.id_secret",
+            Some(&id_secret),
+            Some(engine::SHIPPED_ID_SECRET),
+            true,
+        ),
+        (
+            "delivery.offer_secret",
+            Some(&delivery.offer_secret),
+            Some(delivery::SHIPPED_OFFER_SECRET),
+            true,
+        ),
+        ("admin.token", admin.token.as_ref(), None, true),
+        ("smtp.password", smtp.password.as_ref(), None, false),
+        (
+            "kafka.sasl_password",
+            kafka.sasl_password.as_ref(),
+            None,
+            false,
+        ),
+    ]);
     Ok(Config {
         path,
         clock,
@@ -391,10 +420,35 @@ pub fn validate(raw: RawConfig, path: Option<PathBuf>) -> Result<Config, ConfigE
         mail,
         smtp,
         send: delivery.send,
-        admin_listen,
+        admin_listen: admin.listen,
+        admin_token: admin.token,
         crr_days,
         limits: raw.engine.limits(),
+        weak_secrets,
     })
+}
+
+/// One secret `run` checks: its key, its value when set, the value the defaults file
+/// ships for it (if any), and whether churnwatch signs or checks with it (a key held to
+/// a length, unlike a password someone else issued).
+type SecretCheck<'a> = (&'static str, Option<&'a Secret>, Option<&'static str>, bool);
+
+/// The secrets `run` refuses, one line each naming the key and why (never the value).
+fn weak_secrets(secrets: &[SecretCheck<'_>]) -> Vec<String> {
+    secrets
+        .iter()
+        .filter_map(|&(key, value, shipped, is_key)| {
+            let why = crate::secret::weakness(value?.expose(), shipped, is_key)?;
+            let env = format!(
+                "CHURNWATCH__{}",
+                key.to_ascii_uppercase().replace('.', "__")
+            );
+            Some(format!(
+                "{key}: {why}; set your own{} in a file named by {key}_file or in {env}",
+                if is_key { ", 32 bytes or more," } else { "" }
+            ))
+        })
+        .collect()
 }
 
 /// Orders problems by the section their key is in (file order), keeping the order of
@@ -442,6 +496,7 @@ impl Config {
             smtp: &self.smtp,
             send: &self.send,
             admin_listen: &self.admin_listen,
+            admin_token: &self.admin_token,
             limits: &self.limits,
         }
     }

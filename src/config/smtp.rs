@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::engine::clock::Span;
-use crate::mail::settings::{Secret, SmtpSettings, TlsMode};
+use crate::mail::settings::{SmtpSettings, TlsMode};
 use crate::problems::Problems;
+use crate::secret::{self, Secret};
 
 /// `[smtp]` as written.
 #[derive(Clone, Debug, Deserialize)]
@@ -142,25 +143,12 @@ impl RawSmtp {
 
     /// The password from the environment or `password_file` (one of them at most).
     fn password(&self, p: &mut Problems) -> Option<Secret> {
-        let from_env = self.password.clone().filter(|s| !s.is_empty());
-        let from_file = if self.password_file.as_os_str().is_empty() {
-            None
-        } else {
-            match std::fs::read_to_string(&self.password_file) {
-                Ok(s) => Some(s.trim_end_matches(['\r', '\n']).to_string()),
-                Err(e) => {
-                    p.push(format!(
-                        "smtp.password_file: cannot read {}: {e}",
-                        self.password_file.display()
-                    ));
-                    None
-                }
-            }
-        };
-        p.when(from_env.is_some() && from_file.is_some(), || {
-            "smtp.password_file: a password is also set in CHURNWATCH__SMTP__PASSWORD; set only one"
-                .into()
-        });
-        from_env.or(from_file).map(Secret::new)
+        secret::Source {
+            key: "smtp.password",
+            env: "CHURNWATCH__SMTP__PASSWORD",
+            inline: self.password.as_deref(),
+            file: &self.password_file,
+        }
+        .read(p)
     }
 }

@@ -25,28 +25,7 @@ pub struct MailSettings {
     pub message_id_domain: String,
 }
 
-/// A secret (the SMTP password): its Debug output is a placeholder, so it cannot reach a
-/// log line or an error through `{:?}`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
-    /// The value, for the one place that needs it (SMTP authentication).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// How the connection to the relay is secured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -75,6 +75,21 @@ fn client_config(
     for (key, value) in k.client.iter().chain(own) {
         c.set(key, value);
     }
+    if let Some(password) = &k.sasl_password {
+        c.set("sasl.password", password.expose());
+    }
+    if k.oauthbearer_token_file.is_some() && c.get("sasl.mechanisms").is_none() {
+        c.set("sasl.mechanisms", "OAUTHBEARER");
+    }
+    // librdkafka's own default CA store is the one its OpenSSL was built with, which a
+    // statically linked OpenSSL does not have: "probe" finds the system bundle
+    // (/etc/ssl/certs/… on Debian), as a dynamically linked client would.
+    let tls = c
+        .get("security.protocol")
+        .is_some_and(|p| p.eq_ignore_ascii_case("ssl") || p.eq_ignore_ascii_case("sasl_ssl"));
+    if tls && c.get("ssl.ca.location").is_none() && c.get("ssl.ca.pem").is_none() {
+        c.set("ssl.ca.location", "probe");
+    }
     c
 }
 
@@ -706,9 +721,21 @@ mod tests {
     /// Every property the vendored librdkafka marks `_RK_SENSITIVE`, read from its source
     /// (found through `cargo metadata`), so that an upgrade that adds one fails here.
     fn librdkafka_sensitive_properties() -> Vec<String> {
+        // Only the host's crates: a fresh cache holds no other platform's, and
+        // `--offline` would fail on them.
+        let rustc = std::process::Command::new("rustc")
+            .arg("-vV")
+            .output()
+            .expect("rustc -vV");
+        let rustc = String::from_utf8_lossy(&rustc.stdout).into_owned();
+        let host = rustc
+            .lines()
+            .find_map(|l| l.strip_prefix("host: "))
+            .expect("rustc names the host");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = std::process::Command::new(cargo)
             .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+            .args(["--filter-platform", host])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .expect("cargo metadata runs");
