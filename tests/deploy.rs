@@ -589,6 +589,92 @@ fn by_kind<'a>(docs: &'a BTreeMap<String, Vec<Value>>, kind: &str) -> Vec<&'a Va
         .collect()
 }
 
+/// The pod holds no Kubernetes API token, and the NetworkPolicy shipped in the
+/// kustomization admits the scraper's namespace to the admin port and nothing else.
+#[test]
+fn the_pod_has_no_api_token_and_only_the_scraper_reaches_its_admin_port() {
+    let Some(py) = python() else { return };
+    let files = k8s_resources(&py);
+    let policy_file = format!("{K8S}/networkpolicy.yaml");
+    assert!(
+        files.contains(&policy_file),
+        "kustomization.yaml lists networkpolicy.yaml: {files:?}"
+    );
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let docs = yaml(&py, &refs);
+    let sts = by_kind(&docs, "StatefulSet")[0];
+    let pod = at(sts, "spec.template");
+    assert_eq!(
+        at(pod, "spec.automountServiceAccountToken"),
+        &Value::Bool(false),
+        "the worker never calls the Kubernetes API: no service account token in its pods"
+    );
+
+    let policies = by_kind(&docs, "NetworkPolicy");
+    assert_eq!(policies.len(), 1, "one NetworkPolicy");
+    assert_eq!(
+        docs[&policy_file].len(),
+        1,
+        "networkpolicy.yaml holds the policy alone"
+    );
+    let np = policies[0];
+    assert_eq!(
+        at(np, "spec.podSelector.matchLabels"),
+        at(pod, "metadata.labels"),
+        "the policy selects the StatefulSet's pods"
+    );
+    assert!(
+        at(np, "spec.podSelector.matchExpressions").is_null(),
+        "selected by labels alone"
+    );
+    let types: Vec<&str> = at(np, "spec.policyTypes")
+        .as_array()
+        .expect("policyTypes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        types.contains(&"Ingress"),
+        "the policy isolates ingress: {types:?}"
+    );
+    // Admin port of the image, which the container exposes.
+    let port = admin_port(&image().env["CHURNWATCH__ADMIN__LISTEN"]);
+    let rules = at(np, "spec.ingress").as_array().expect("ingress rules");
+    assert_eq!(rules.len(), 1, "one ingress rule: {rules:?}");
+    let rule = &rules[0];
+    let ports = rule["ports"].as_array().expect("the rule names its ports");
+    assert_eq!(ports.len(), 1, "one port: {ports:?}");
+    assert_eq!(ports[0]["port"], port, "the admin port");
+    assert!(ports[0]["endPort"].is_null(), "a single port, not a range");
+    assert!(
+        ports[0]["protocol"].is_null() || ports[0]["protocol"] == "TCP",
+        "TCP"
+    );
+    // An absent or empty `from` admits every source; so would an empty selector.
+    let from = rule["from"].as_array().expect("the rule names its sources");
+    assert!(!from.is_empty(), "a rule without sources admits everyone");
+    for peer in from {
+        let peer = peer.as_object().expect("peer");
+        assert_eq!(
+            peer.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["namespaceSelector"],
+            "sources are namespaces (no ipBlock, no pods of any namespace): {peer:?}"
+        );
+        let sel = &peer["namespaceSelector"];
+        let labels = sel["matchLabels"].as_object().expect("matchLabels");
+        assert!(
+            labels.contains_key("kubernetes.io/metadata.name") && sel["matchExpressions"].is_null(),
+            "the namespace is named by kubernetes.io/metadata.name: {sel}"
+        );
+        assert!(
+            labels
+                .values()
+                .all(|v| v.as_str().is_some_and(|s| !s.is_empty())),
+            "{sel}"
+        );
+    }
+}
+
 /// The manifests fit together and with the image, the ConfigMap is what generate.py
 /// makes of the config and templates, and the pod's layout passes `churnwatch check`.
 #[test]
