@@ -582,6 +582,51 @@ fn kubelet_volume(mount: &Path, files: &[(String, Vec<u8>)]) {
     }
 }
 
+/// A secret value for `key` in a test layout: 64 hex characters, the same for the same
+/// key (so an assertion can expect it), and one `run` accepts.
+fn test_secret(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!(
+        "churnwatch deploy test {key}"
+    )))
+}
+
+/// TOML text as JSON, through the `config` crate churnwatch loads its files with.
+fn toml_json(text: &str) -> Value {
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<Value>())
+        .unwrap_or_else(|e| panic!("TOML: {e}"))
+}
+
+/// Every scalar of a JSON tree with its dotted key.
+fn flatten_json(prefix: &str, v: &Value) -> Vec<(String, Value)> {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .flat_map(|(k, v)| {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_json(&key, v)
+            })
+            .collect(),
+        other => vec![(prefix.to_string(), other.clone())],
+    }
+}
+
+/// A config file's absolute path values moved under the fake root `root`, as the
+/// container would see them.
+fn reroot_toml_paths(root: &Path, text: &str) -> String {
+    text.replace(
+        "= \"/",
+        &format!("= \"{}/", root.display().to_string().trim_end_matches('/')),
+    )
+}
+
 fn by_kind<'a>(docs: &'a BTreeMap<String, Vec<Value>>, kind: &str) -> Vec<&'a Value> {
     docs.values()
         .flatten()
@@ -828,25 +873,37 @@ fn kubernetes_manifests_fit_the_image_and_the_pod_layout_passes_check() {
         fs::remove_dir_all(&cfg_dir).expect("the mount hides the image's folder");
     }
     fs::create_dir_all(&cfg_dir).expect("mount");
+    // The config's absolute paths (the secret files) resolve inside the pod's file
+    // system, as they would in the container.
     let files: Vec<(String, Vec<u8>)> = items
         .iter()
         .map(|(k, p)| {
-            (
-                p.clone(),
-                data[k].as_str().unwrap_or_default().as_bytes().to_vec(),
-            )
+            let text = data[k].as_str().unwrap_or_default();
+            let text = if p.ends_with(".toml") {
+                reroot_toml_paths(root.path(), text)
+            } else {
+                text.to_string()
+            };
+            (p.clone(), text.into_bytes())
         })
         .collect();
     kubelet_volume(&cfg_dir, &files);
+    // The Secret's files, each with a value `run` accepts (random-looking, 64 bytes),
+    // a trailing newline as `openssl rand -hex 32 > FILE` writes it.
     let secret_vol = volume("secrets");
     let secret_name = text(secret_vol, "secret.secretName");
-    let secret_mount = rerooted(root.path(), &mount_of("secrets"));
+    let secret_mount_path = mount_of("secrets");
+    let secret_mount = rerooted(root.path(), &secret_mount_path);
     fs::create_dir_all(&secret_mount).expect("mount");
-    let secret_files: Vec<(String, Vec<u8>)> = at(secret_vol, "secret.items")
+    let secret_items: BTreeMap<String, String> = at(secret_vol, "secret.items")
         .as_array()
         .expect("secret items")
         .iter()
-        .map(|i| (text(i, "path").to_string(), b"test-secret\n".to_vec()))
+        .map(|i| (text(i, "path").to_string(), text(i, "key").to_string()))
+        .collect();
+    let secret_files: Vec<(String, Vec<u8>)> = secret_items
+        .iter()
+        .map(|(path, key)| (path.clone(), format!("{}\n", test_secret(key)).into_bytes()))
         .collect();
     kubelet_volume(&secret_mount, &secret_files);
 
@@ -890,9 +947,104 @@ fn kubernetes_manifests_fit_the_image_and_the_pod_layout_passes_check() {
     );
     assert_eq!(cfg.admin_listen.map(|a| a.port()), Some(port));
     assert_eq!(cfg.transport, "smtp", "the pod sends over SMTP");
+
+    // Every secret is read from a file of the Secret's volume, none from the
+    // environment, and `run` would start with them.
+    let pod_toml = toml_json(
+        &fs::read_to_string(manifest_dir().join(K8S).join("churnwatch.toml"))
+            .expect("churnwatch.toml"),
+    );
+    let mut from_files: BTreeMap<String, String> = BTreeMap::new();
+    for (key, v) in flatten_json("", &pod_toml) {
+        let Some(path) = v
+            .as_str()
+            .filter(|p| key.ends_with("_file") && !p.is_empty())
+        else {
+            continue;
+        };
+        let item = path
+            .strip_prefix(&format!("{}/", secret_mount_path.trim_end_matches('/')))
+            .unwrap_or_else(|| {
+                panic!("{key} = {path:?} is not in the Secret's mount {secret_mount_path}")
+            });
+        let secret_key = secret_items
+            .get(item)
+            .unwrap_or_else(|| panic!("{key} = {path:?}: the Secret volume has no item {item}"));
+        from_files.insert(key, secret_key.clone());
+    }
+    let want_files: BTreeSet<&str> = [
+        "engine.id_secret_file",
+        "delivery.offer_secret_file",
+        "admin.token_file",
+        "smtp.password_file",
+        "kafka.sasl_password_file",
+    ]
+    .into();
+    assert_eq!(
+        from_files
+            .keys()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>(),
+        want_files,
+        "every secret of the pod comes from a file of the Secret"
+    );
+    assert_eq!(
+        secret_items.values().collect::<BTreeSet<_>>(),
+        from_files.values().collect::<BTreeSet<_>>(),
+        "every item of the Secret volume is read"
+    );
+    for (name, _) in &env {
+        assert!(
+            !["SECRET", "PASSWORD", "TOKEN"]
+                .iter()
+                .any(|w| name.ends_with(w)),
+            "{name}: secrets come from files, not the environment"
+        );
+    }
+    let expose = |s: Option<&churnwatch::secret::Secret>| s.map(|s| s.expose().to_string());
+    assert_eq!(
+        expose(cfg.smtp.password.as_ref()),
+        Some(test_secret(&from_files["smtp.password_file"])),
+        "the SMTP password is the Secret's file"
+    );
+    assert_eq!(
+        expose(cfg.kafka.sasl_password.as_ref()),
+        Some(test_secret(&from_files["kafka.sasl_password_file"])),
+        "the SASL password is the Secret's file"
+    );
+    assert_eq!(
+        expose(cfg.admin_token.as_ref()),
+        Some(test_secret(&from_files["admin.token_file"])),
+        "the admin token is the Secret's file"
+    );
     assert!(
-        cfg.smtp.password.is_some(),
-        "the SMTP password comes from the Secret"
+        cfg.weak_secrets.is_empty(),
+        "`run` would refuse the pod's secrets: {:?}",
+        cfg.weak_secrets
+    );
+
+    // The example cluster: TLS and a SCRAM login, the password not inline.
+    let client: BTreeMap<&str, &str> = cfg
+        .kafka
+        .client
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        client.get("security.protocol"),
+        Some(&"SASL_SSL"),
+        "{client:?}"
+    );
+    assert!(
+        client
+            .get("sasl.mechanisms")
+            .is_some_and(|m| m.starts_with("SCRAM-SHA-")),
+        "a SCRAM mechanism: {client:?}"
+    );
+    assert!(client.get("sasl.username").is_some_and(|u| !u.is_empty()));
+    assert!(
+        !client.contains_key("sasl.password"),
+        "the password comes from kafka.sasl_password_file"
     );
     let claim = text(sts, "spec.volumeClaimTemplates.0.metadata.name");
     assert_eq!(
