@@ -1236,10 +1236,86 @@ fn the_systemd_unit_verifies_and_its_environment_passes_check() {
     let root = tempfile::tempdir().expect("tempdir");
     let img = image();
     let bin = build_image_root(&img, root.path());
+
+    // Secrets: root's files under /etc/churnwatch/secrets, which systemd copies into the
+    // unit's credentials folder for the *_FILE variables to name. No secret is in the
+    // environment.
+    let creds_dir = format!(
+        "/run/credentials/{}",
+        unit_path.file_name().expect("unit name").to_string_lossy()
+    );
+    let mut creds = BTreeSet::new();
+    for c in get("LoadCredential") {
+        let (id, source) = c.split_once(':').expect("LoadCredential=ID:PATH");
+        assert!(
+            source.starts_with("/etc/churnwatch/secrets/"),
+            "credential {id} from {source}: secrets live in /etc/churnwatch/secrets/"
+        );
+        let copy = rerooted(root.path(), &format!("{creds_dir}/{id}"));
+        fs::create_dir_all(copy.parent().expect("parent")).expect("mkdir");
+        fs::write(&copy, format!("{}\n", test_secret(id))).expect("credential");
+        assert!(creds.insert(id.to_string()), "credential {id} twice");
+    }
+    let mut read = BTreeSet::new();
+    for (k, v) in &env {
+        assert!(
+            !["SECRET", "PASSWORD", "TOKEN"]
+                .iter()
+                .any(|w| k.ends_with(w)),
+            "{k}: secrets come from credentials, not the environment"
+        );
+        if let Some(id) = v.strip_prefix(&format!("{creds_dir}/")) {
+            assert!(k.ends_with("_FILE"), "{k} names a credential");
+            assert!(creds.contains(id), "{k}: no LoadCredential={id}:…");
+            read.insert(id.to_string());
+        }
+    }
+    assert_eq!(read, creds, "every credential is read by a *_file key");
+    let unit_text = unit.to_lowercase();
+    assert!(
+        unit_text.contains("openssl rand -hex 32"),
+        "the install notes say how to make the keys"
+    );
+
     let env = reroot_env(root.path(), &env);
     let out = churnwatch(&bin, &rerooted(root.path(), &workdir), &env, &["check"]);
     assert_success(&out, "churnwatch check with the unit's environment");
     let cfg = load(&env);
+    assert!(
+        cfg.weak_secrets.is_empty(),
+        "`run` would refuse the unit's secrets: {:?}",
+        cfg.weak_secrets
+    );
+    let expose = |s: Option<&churnwatch::secret::Secret>| s.map(|s| s.expose().to_string());
+    assert_eq!(
+        expose(cfg.kafka.sasl_password.as_ref()),
+        Some(test_secret("kafka-sasl-password"))
+    );
+    assert_eq!(
+        expose(cfg.smtp.password.as_ref()),
+        Some(test_secret("smtp-password"))
+    );
+    assert_eq!(
+        expose(cfg.admin_token.as_ref()),
+        Some(test_secret("admin-token"))
+    );
+    let client: BTreeMap<&str, &str> = cfg
+        .kafka
+        .client
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        client.get("security.protocol"),
+        Some(&"SASL_SSL"),
+        "the example cluster is reached over TLS: {client:?}"
+    );
+    assert!(
+        client
+            .get("sasl.mechanisms")
+            .is_some_and(|m| m.starts_with("SCRAM-SHA-")),
+        "{client:?}"
+    );
     assert_eq!(
         rerooted(root.path(), "/var/lib/churnwatch"),
         cfg.state.dir,
