@@ -1115,11 +1115,37 @@ fn the_compose_file_validates_and_its_worker_environment_passes_check() {
     }
     let root = tempfile::tempdir().expect("tempdir");
     let bin = build_image_root(&img, root.path());
+
+    // The worker's secret files are made by the service that writes the volume they
+    // are in: run its command (Python) on the folder that stands for the volume.
+    let made = compose_secret_files(&py, services, &env, root.path());
+    assert!(
+        made.iter()
+            .any(|k| k == "CHURNWATCH__ENGINE__ID_SECRET_FILE")
+            && made
+                .iter()
+                .any(|k| k == "CHURNWATCH__DELIVERY__OFFER_SECRET_FILE"),
+        "the worker's keys come from generated files: {made:?}"
+    );
+    for k in env.keys() {
+        assert!(
+            !["SECRET", "PASSWORD", "TOKEN"]
+                .iter()
+                .any(|w| k.ends_with(w)),
+            "{k}: no secret value in the compose file"
+        );
+    }
+
     let env = reroot_env(root.path(), &env);
     let out = churnwatch(&bin, &rerooted(root.path(), &img.workdir), &env, &["check"]);
     assert_success(&out, "churnwatch check with the compose environment");
     let cfg = load(&env);
     assert_eq!(cfg.transport, "smtp");
+    assert!(
+        cfg.weak_secrets.is_empty(),
+        "`run` would refuse the compose worker's secrets: {:?}",
+        cfg.weak_secrets
+    );
 
     // The SMTP relay and the broker are services of the file.
     assert!(
@@ -1189,6 +1215,110 @@ fn the_compose_file_validates_and_its_worker_environment_passes_check() {
             .args(["-m", "py_compile", "deploy/compose/produce_events.py"])
             .current_dir(manifest_dir()),
     );
+}
+
+/// A compose volume entry `SOURCE:TARGET[:MODE]` as (source, target).
+fn compose_mount(v: &Value) -> (String, String) {
+    let s = v.as_str().expect("short volume syntax");
+    let mut parts = s.split(':');
+    let source = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    (source, target)
+}
+
+/// Writes, under `root`, the files the compose worker's `*_FILE` variables name in a
+/// named volume, by running the command of the service that writes that volume (its
+/// mount point replaced by the folder standing for the volume), twice: the second run
+/// must keep what the first made. Returns the variables so served.
+fn compose_secret_files(
+    py: &Path,
+    services: &Value,
+    env: &BTreeMap<String, String>,
+    root: &Path,
+) -> Vec<String> {
+    let worker = &services["churnwatch"];
+    let mounts: Vec<(String, String)> = worker["volumes"]
+        .as_array()
+        .expect("worker volumes")
+        .iter()
+        .map(compose_mount)
+        .collect();
+    let mut served = Vec::new();
+    let mut done = BTreeSet::new();
+    for (var, path) in env.iter().filter(|(k, _)| k.ends_with("_FILE")) {
+        let (volume, target) = mounts
+            .iter()
+            .find(|(_, t)| path.starts_with(&format!("{t}/")))
+            .unwrap_or_else(|| panic!("{var} = {path}: not in a volume of the worker"));
+        let folder = rerooted(root, target);
+        if done.insert(volume.clone()) {
+            let (name, writer) = services
+                .as_object()
+                .expect("services")
+                .iter()
+                .find(|(name, s)| {
+                    name.as_str() != "churnwatch"
+                        && s["volumes"]
+                            .as_array()
+                            .is_some_and(|vs| vs.iter().any(|v| compose_mount(v).0 == *volume))
+                })
+                .unwrap_or_else(|| panic!("no service writes the volume {volume}"));
+            let mount = writer["volumes"]
+                .as_array()
+                .expect("volumes")
+                .iter()
+                .map(compose_mount)
+                .find(|(s, _)| s == volume)
+                .map(|(_, t)| t)
+                .expect("mount");
+            let cmd: Vec<String> = writer["command"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name}: command as a list"))
+                .iter()
+                .map(|a| a.as_str().expect("argument").replace("$$", "$"))
+                .collect();
+            assert!(
+                cmd[0] == "python" || cmd[0] == "python3",
+                "{name} runs Python: {cmd:?}"
+            );
+            fs::create_dir_all(&folder).expect("volume folder");
+            let run_writer = || {
+                let args = cmd[1..].iter().map(|a| {
+                    if *a == mount {
+                        folder.display().to_string()
+                    } else {
+                        a.clone()
+                    }
+                });
+                run_ok(offline(py).args(args));
+            };
+            run_writer();
+            let first: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(&folder)
+                .expect("volume folder")
+                .flatten()
+                .map(|e| (e.path(), fs::read(e.path()).expect("secret file")))
+                .collect();
+            run_writer();
+            for (file, bytes) in &first {
+                assert_eq!(
+                    &fs::read(file).expect("secret file"),
+                    bytes,
+                    "{name} keeps {} on a second start",
+                    file.display()
+                );
+            }
+        }
+        let file = rerooted(root, path);
+        let text = fs::read_to_string(&file).unwrap_or_else(|e| {
+            panic!("{var} = {path}: not made by the service writing {volume}: {e}")
+        });
+        assert!(
+            text.trim_end().len() >= 32,
+            "{var}: a key of 32 bytes or more"
+        );
+        served.push(var.clone());
+    }
+    served
 }
 
 // ---------------------------------------------------------------------------------------
