@@ -1509,6 +1509,127 @@ fn the_systemd_unit_verifies_and_its_environment_passes_check() {
 }
 
 // ---------------------------------------------------------------------------------------
+// secrets
+
+/// Names that hold a secret value (a `*_file` key holds a path, not one).
+fn is_secret_name(name: &str) -> bool {
+    let n = name.trim().trim_start_matches('-').to_ascii_lowercase();
+    !n.ends_with("_file")
+        && ["secret", "password", "passphrase", "token"]
+            .iter()
+            .any(|w| n.ends_with(w))
+}
+
+/// Secret values written in `text`, commented-out lines included (an example someone
+/// uncomments): `KEY=VALUE` (env files, units, `--from-literal=`), `KEY: VALUE` (YAML)
+/// and `key = "VALUE"` (TOML) whose key names a secret and whose value is not empty, a
+/// reference (`$VAR`, `$(VAR)`) or a boolean. Returns (line number, key, value).
+fn secret_values(text: &str) -> Vec<(usize, String, String)> {
+    let mut found = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim().trim_start_matches('#').trim();
+        let line = line.strip_prefix("- ").unwrap_or(line);
+        let line = line
+            .strip_prefix("Environment=")
+            .or_else(|| line.strip_prefix("--from-literal="))
+            .unwrap_or(line);
+        let split = [" = ", "=", ": "]
+            .iter()
+            .filter_map(|sep| line.split_once(sep))
+            .min_by_key(|(k, _)| k.len());
+        let Some((key, value)) = split else { continue };
+        if key.contains(char::is_whitespace) || !is_secret_name(key) {
+            continue;
+        }
+        let value = value.trim().trim_end_matches('\\').trim();
+        let value = value.trim_matches(|c| c == '"' || c == '\'');
+        // A switch (automountServiceAccountToken: false) is no secret.
+        if value.is_empty() || value.starts_with('$') || ["true", "false"].contains(&value) {
+            continue;
+        }
+        found.push((i + 1, key.to_string(), value.to_string()));
+    }
+    found
+}
+
+/// Every text file of `dir`, recursively.
+fn text_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            text_files(&p, out);
+        } else if fs::read_to_string(&p).is_ok() {
+            out.push(p);
+        }
+    }
+}
+
+/// No deployment file ships a secret value, least of all a placeholder such as
+/// `change-me` that looks usable: every secret of the manifests, the unit and the
+/// compose file comes from a file (made by the operator, or generated for the local
+/// try-out).
+#[test]
+fn no_deployment_file_ships_a_secret_value() {
+    // The scan itself finds what it must, and only that.
+    let sample = r#"
+CHURNWATCH__SMTP__PASSWORD=change-me
+#CHURNWATCH__KAFKA__CLIENT__SASL__PASSWORD=change-me
+      CHURNWATCH__ENGINE__ID_SECRET: compose-demo-only
+id_secret = "churnwatch-default-id-secret"
+    --from-literal=offer-secret=abc \
+Environment=CHURNWATCH__ADMIN__TOKEN=0123456789abcdef0123456789abcdef
+CHURNWATCH__SMTP__PASSWORD_FILE=/run/secrets/churnwatch/smtp-password
+token_file = "/run/secrets/churnwatch/admin-token"
+  --from-literal=id-secret="$(openssl rand -hex 32)"
+  -H "Authorization: Bearer $(cat admin-token)"
+  secretName: churnwatch
+  - key: id-secret
+  automountServiceAccountToken: false
+"#;
+    let found: Vec<String> = secret_values(sample)
+        .into_iter()
+        .map(|(_, k, _)| k)
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "CHURNWATCH__SMTP__PASSWORD",
+            "CHURNWATCH__KAFKA__CLIENT__SASL__PASSWORD",
+            "CHURNWATCH__ENGINE__ID_SECRET",
+            "id_secret",
+            "offer-secret",
+            "CHURNWATCH__ADMIN__TOKEN",
+        ],
+        "the scan of the sample"
+    );
+
+    let mut files = Vec::new();
+    text_files(&manifest_dir().join("deploy"), &mut files);
+    files.push(manifest_dir().join("Dockerfile"));
+    assert!(files.len() >= 15, "the scan reads deploy/: {files:?}");
+    let mut shipped = Vec::new();
+    for f in &files {
+        let text = fs::read_to_string(f).expect("text file");
+        for (line, key, value) in secret_values(&text) {
+            let what = if churnwatch::secret::is_placeholder(&value) {
+                "a placeholder"
+            } else {
+                "a value"
+            };
+            shipped.push(format!(
+                "{}:{line}: {key} has {what} ({value:?})",
+                f.strip_prefix(manifest_dir()).unwrap_or(f).display()
+            ));
+        }
+    }
+    assert!(
+        shipped.is_empty(),
+        "deployment files ship secret values; name a file (*_file keys) instead:\n  {}",
+        shipped.join("\n  ")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Grafana
 
 fn dashboard() -> Value {
