@@ -6,13 +6,18 @@
 //! - every YAML file passes yamllint; the Kubernetes manifests validate against the
 //!   schemas bundled in `kubernetes-validate` and fit together (selectors, ports,
 //!   probes, grace period, volumes, Secret references), the generated ConfigMap is
-//!   current, and the pod's layout — kubelet's ConfigMap folder of symlinks, the
-//!   image's environment plus the pod's — passes `churnwatch check`;
+//!   current, and the pod's layout — kubelet's ConfigMap and Secret folders of
+//!   symlinks, the image's environment plus the pod's — passes `churnwatch check`,
+//!   with every secret read from the Secret's files, values `run` accepts, and the
+//!   example Kafka connection SASL_SSL with SCRAM; the pod mounts no service account
+//!   token, and the NetworkPolicy admits only the scraper's namespace to the admin port;
 //! - the compose file validates against the compose-spec schema bundled in
-//!   `check-jsonschema`, creates the topics the worker needs, and its churnwatch
-//!   environment passes `churnwatch check`;
+//!   `check-jsonschema`, creates the topics the worker needs, generates the worker's
+//!   keys (its own script, run here), and its churnwatch environment passes
+//!   `churnwatch check` with keys `run` accepts;
 //! - the systemd unit passes `systemd-analyze verify` and its environment passes
-//!   `churnwatch check`;
+//!   `churnwatch check`, its secrets coming from `LoadCredential=` files;
+//! - no deployment file ships a secret value (a placeholder least of all);
 //! - the Grafana dashboard is sound and queries only metrics the worker exports (and,
 //!   with a broker, that a running worker serves at `/metrics`).
 //!
