@@ -4,7 +4,12 @@
 # user on bookworm-slim. Build and run:
 #
 #   docker build -t churnwatch .
-#   docker run --rm -e CHURNWATCH__KAFKA__BOOTSTRAP_SERVERS=kafka:9092 -p 9464:9464 churnwatch
+#   docker run --rm -p 9464:9464 -v "$PWD/secrets:/run/secrets/churnwatch:ro" \
+#     -e CHURNWATCH__KAFKA__BOOTSTRAP_SERVERS=kafka:9092 \
+#     -e CHURNWATCH__ENGINE__ID_SECRET_FILE=/run/secrets/churnwatch/id-secret \
+#     -e CHURNWATCH__DELIVERY__OFFER_SECRET_FILE=/run/secrets/churnwatch/offer-secret \
+#     churnwatch
+# (secrets/: `openssl rand -hex 32` into each file, readable by uid 10001.)
 #
 # Layout (tests/deploy.rs rebuilds it from the ENV and COPY lines below and runs
 # `churnwatch check` and a replay in it, so keep the two in step):
@@ -14,10 +19,11 @@
 #   /var/lib/churnwatch/               state.dir: one redb file per task; a volume
 # Paths are set as absolute paths through the environment because churnwatch resolves
 # relative paths in its config against the working directory.
-# Secrets come from the environment (CHURNWATCH__SMTP__PASSWORD,
-# CHURNWATCH__KAFKA__CLIENT__SASL__PASSWORD, CHURNWATCH__ENGINE__ID_SECRET,
-# CHURNWATCH__DELIVERY__OFFER_SECRET) or from a mounted file (smtp.password_file),
-# never from the image.
+# Secrets are never in the image: mount them as files and name them with the *_file
+# keys (engine.id_secret_file, delivery.offer_secret_file, admin.token_file,
+# smtp.password_file, kafka.sasl_password_file, kafka.oauthbearer_token_file), as
+# deploy/kubernetes does, or set CHURNWATCH__ENGINE__ID_SECRET and the like. `run`
+# refuses the shipped default keys, placeholders and keys shorter than 32 bytes.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
@@ -25,12 +31,14 @@ ARG DEBIAN_RELEASE=bookworm
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 # rdkafka builds its vendored librdkafka with its ./configure and make (the crate's
 # cmake-build feature is off, so no cmake); zlib is built from source (libz-static).
-# Add libssl-dev here if you enable rdkafka's `ssl` feature for TLS / SCRAM to Kafka.
+# TLS to Kafka is built in: rdkafka's `ssl-vendored` builds OpenSSL from source too
+# (openssl-src runs OpenSSL's Configure, a perl script, then make), so the build needs
+# perl but no libssl-dev, and the binary no libssl at run time.
 # Debian package versions are not pinned (DL3008): a point release removes the old
 # ones from the archive, and the base image tag already fixes the release.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends make g++ pkg-config \
+    && apt-get install -y --no-install-recommends make g++ perl pkg-config \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -47,8 +55,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:${DEBIAN_RELEASE}-slim
 # curl answers the HEALTHCHECK. churnwatch itself links only glibc and libgcc_s:
 # SMTP TLS is rustls with the Mozilla roots compiled in (smtp.ca_file adds a private
-# CA), time zones are compiled in, librdkafka and zlib are linked statically.
-# ca-certificates is there for curl and for tools run in the image.
+# CA), time zones are compiled in, librdkafka, OpenSSL and zlib are linked statically.
+# ca-certificates stays: librdkafka verifies brokers against the system CA bundle
+# (/etc/ssl/certs, found by ssl.ca.location = probe) unless ssl.ca.location or
+# ssl.ca.pem names another; curl uses it too.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \

@@ -6,13 +6,18 @@
 //! - every YAML file passes yamllint; the Kubernetes manifests validate against the
 //!   schemas bundled in `kubernetes-validate` and fit together (selectors, ports,
 //!   probes, grace period, volumes, Secret references), the generated ConfigMap is
-//!   current, and the pod's layout — kubelet's ConfigMap folder of symlinks, the
-//!   image's environment plus the pod's — passes `churnwatch check`;
+//!   current, and the pod's layout — kubelet's ConfigMap and Secret folders of
+//!   symlinks, the image's environment plus the pod's — passes `churnwatch check`,
+//!   with every secret read from the Secret's files, values `run` accepts, and the
+//!   example Kafka connection SASL_SSL with SCRAM; the pod mounts no service account
+//!   token, and the NetworkPolicy admits only the scraper's namespace to the admin port;
 //! - the compose file validates against the compose-spec schema bundled in
-//!   `check-jsonschema`, creates the topics the worker needs, and its churnwatch
-//!   environment passes `churnwatch check`;
+//!   `check-jsonschema`, creates the topics the worker needs, generates the worker's
+//!   keys (its own script, run here), and its churnwatch environment passes
+//!   `churnwatch check` with keys `run` accepts;
 //! - the systemd unit passes `systemd-analyze verify` and its environment passes
-//!   `churnwatch check`;
+//!   `churnwatch check`, its secrets coming from `LoadCredential=` files;
+//! - no deployment file ships a secret value (a placeholder least of all);
 //! - the Grafana dashboard is sound and queries only metrics the worker exports (and,
 //!   with a broker, that a running worker serves at `/metrics`).
 //!
@@ -582,11 +587,142 @@ fn kubelet_volume(mount: &Path, files: &[(String, Vec<u8>)]) {
     }
 }
 
+/// A secret value for `key` in a test layout: 64 hex characters, the same for the same
+/// key (so an assertion can expect it), and one `run` accepts.
+fn test_secret(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!(
+        "churnwatch deploy test {key}"
+    )))
+}
+
+/// TOML text as JSON, through the `config` crate churnwatch loads its files with.
+fn toml_json(text: &str) -> Value {
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<Value>())
+        .unwrap_or_else(|e| panic!("TOML: {e}"))
+}
+
+/// Every scalar of a JSON tree with its dotted key.
+fn flatten_json(prefix: &str, v: &Value) -> Vec<(String, Value)> {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .flat_map(|(k, v)| {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_json(&key, v)
+            })
+            .collect(),
+        other => vec![(prefix.to_string(), other.clone())],
+    }
+}
+
+/// A config file's absolute path values moved under the fake root `root`, as the
+/// container would see them.
+fn reroot_toml_paths(root: &Path, text: &str) -> String {
+    text.replace(
+        "= \"/",
+        &format!("= \"{}/", root.display().to_string().trim_end_matches('/')),
+    )
+}
+
 fn by_kind<'a>(docs: &'a BTreeMap<String, Vec<Value>>, kind: &str) -> Vec<&'a Value> {
     docs.values()
         .flatten()
         .filter(|d| d["kind"] == kind)
         .collect()
+}
+
+/// The pod holds no Kubernetes API token, and the NetworkPolicy shipped in the
+/// kustomization admits the scraper's namespace to the admin port and nothing else.
+#[test]
+fn the_pod_has_no_api_token_and_only_the_scraper_reaches_its_admin_port() {
+    let Some(py) = python() else { return };
+    let files = k8s_resources(&py);
+    let policy_file = format!("{K8S}/networkpolicy.yaml");
+    assert!(
+        files.contains(&policy_file),
+        "kustomization.yaml lists networkpolicy.yaml: {files:?}"
+    );
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let docs = yaml(&py, &refs);
+    let sts = by_kind(&docs, "StatefulSet")[0];
+    let pod = at(sts, "spec.template");
+    assert_eq!(
+        at(pod, "spec.automountServiceAccountToken"),
+        &Value::Bool(false),
+        "the worker never calls the Kubernetes API: no service account token in its pods"
+    );
+
+    let policies = by_kind(&docs, "NetworkPolicy");
+    assert_eq!(policies.len(), 1, "one NetworkPolicy");
+    assert_eq!(
+        docs[&policy_file].len(),
+        1,
+        "networkpolicy.yaml holds the policy alone"
+    );
+    let np = policies[0];
+    assert_eq!(
+        at(np, "spec.podSelector.matchLabels"),
+        at(pod, "metadata.labels"),
+        "the policy selects the StatefulSet's pods"
+    );
+    assert!(
+        at(np, "spec.podSelector.matchExpressions").is_null(),
+        "selected by labels alone"
+    );
+    let types: Vec<&str> = at(np, "spec.policyTypes")
+        .as_array()
+        .expect("policyTypes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        types.contains(&"Ingress"),
+        "the policy isolates ingress: {types:?}"
+    );
+    // Admin port of the image, which the container exposes.
+    let port = admin_port(&image().env["CHURNWATCH__ADMIN__LISTEN"]);
+    let rules = at(np, "spec.ingress").as_array().expect("ingress rules");
+    assert_eq!(rules.len(), 1, "one ingress rule: {rules:?}");
+    let rule = &rules[0];
+    let ports = rule["ports"].as_array().expect("the rule names its ports");
+    assert_eq!(ports.len(), 1, "one port: {ports:?}");
+    assert_eq!(ports[0]["port"], port, "the admin port");
+    assert!(ports[0]["endPort"].is_null(), "a single port, not a range");
+    assert!(
+        ports[0]["protocol"].is_null() || ports[0]["protocol"] == "TCP",
+        "TCP"
+    );
+    // An absent or empty `from` admits every source; so would an empty selector.
+    let from = rule["from"].as_array().expect("the rule names its sources");
+    assert!(!from.is_empty(), "a rule without sources admits everyone");
+    for peer in from {
+        let peer = peer.as_object().expect("peer");
+        assert_eq!(
+            peer.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["namespaceSelector"],
+            "sources are namespaces (no ipBlock, no pods of any namespace): {peer:?}"
+        );
+        let sel = &peer["namespaceSelector"];
+        let labels = sel["matchLabels"].as_object().expect("matchLabels");
+        assert!(
+            labels.contains_key("kubernetes.io/metadata.name") && sel["matchExpressions"].is_null(),
+            "the namespace is named by kubernetes.io/metadata.name: {sel}"
+        );
+        assert!(
+            labels
+                .values()
+                .all(|v| v.as_str().is_some_and(|s| !s.is_empty())),
+            "{sel}"
+        );
+    }
 }
 
 /// The manifests fit together and with the image, the ConfigMap is what generate.py
@@ -742,25 +878,37 @@ fn kubernetes_manifests_fit_the_image_and_the_pod_layout_passes_check() {
         fs::remove_dir_all(&cfg_dir).expect("the mount hides the image's folder");
     }
     fs::create_dir_all(&cfg_dir).expect("mount");
+    // The config's absolute paths (the secret files) resolve inside the pod's file
+    // system, as they would in the container.
     let files: Vec<(String, Vec<u8>)> = items
         .iter()
         .map(|(k, p)| {
-            (
-                p.clone(),
-                data[k].as_str().unwrap_or_default().as_bytes().to_vec(),
-            )
+            let text = data[k].as_str().unwrap_or_default();
+            let text = if p.ends_with(".toml") {
+                reroot_toml_paths(root.path(), text)
+            } else {
+                text.to_string()
+            };
+            (p.clone(), text.into_bytes())
         })
         .collect();
     kubelet_volume(&cfg_dir, &files);
+    // The Secret's files, each with a value `run` accepts (random-looking, 64 bytes),
+    // a trailing newline as `openssl rand -hex 32 > FILE` writes it.
     let secret_vol = volume("secrets");
     let secret_name = text(secret_vol, "secret.secretName");
-    let secret_mount = rerooted(root.path(), &mount_of("secrets"));
+    let secret_mount_path = mount_of("secrets");
+    let secret_mount = rerooted(root.path(), &secret_mount_path);
     fs::create_dir_all(&secret_mount).expect("mount");
-    let secret_files: Vec<(String, Vec<u8>)> = at(secret_vol, "secret.items")
+    let secret_items: BTreeMap<String, String> = at(secret_vol, "secret.items")
         .as_array()
         .expect("secret items")
         .iter()
-        .map(|i| (text(i, "path").to_string(), b"test-secret\n".to_vec()))
+        .map(|i| (text(i, "path").to_string(), text(i, "key").to_string()))
+        .collect();
+    let secret_files: Vec<(String, Vec<u8>)> = secret_items
+        .iter()
+        .map(|(path, key)| (path.clone(), format!("{}\n", test_secret(key)).into_bytes()))
         .collect();
     kubelet_volume(&secret_mount, &secret_files);
 
@@ -804,9 +952,104 @@ fn kubernetes_manifests_fit_the_image_and_the_pod_layout_passes_check() {
     );
     assert_eq!(cfg.admin_listen.map(|a| a.port()), Some(port));
     assert_eq!(cfg.transport, "smtp", "the pod sends over SMTP");
+
+    // Every secret is read from a file of the Secret's volume, none from the
+    // environment, and `run` would start with them.
+    let pod_toml = toml_json(
+        &fs::read_to_string(manifest_dir().join(K8S).join("churnwatch.toml"))
+            .expect("churnwatch.toml"),
+    );
+    let mut from_files: BTreeMap<String, String> = BTreeMap::new();
+    for (key, v) in flatten_json("", &pod_toml) {
+        let Some(path) = v
+            .as_str()
+            .filter(|p| key.ends_with("_file") && !p.is_empty())
+        else {
+            continue;
+        };
+        let item = path
+            .strip_prefix(&format!("{}/", secret_mount_path.trim_end_matches('/')))
+            .unwrap_or_else(|| {
+                panic!("{key} = {path:?} is not in the Secret's mount {secret_mount_path}")
+            });
+        let secret_key = secret_items
+            .get(item)
+            .unwrap_or_else(|| panic!("{key} = {path:?}: the Secret volume has no item {item}"));
+        from_files.insert(key, secret_key.clone());
+    }
+    let want_files: BTreeSet<&str> = [
+        "engine.id_secret_file",
+        "delivery.offer_secret_file",
+        "admin.token_file",
+        "smtp.password_file",
+        "kafka.sasl_password_file",
+    ]
+    .into();
+    assert_eq!(
+        from_files
+            .keys()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>(),
+        want_files,
+        "every secret of the pod comes from a file of the Secret"
+    );
+    assert_eq!(
+        secret_items.values().collect::<BTreeSet<_>>(),
+        from_files.values().collect::<BTreeSet<_>>(),
+        "every item of the Secret volume is read"
+    );
+    for name in env.keys() {
+        assert!(
+            !["SECRET", "PASSWORD", "TOKEN"]
+                .iter()
+                .any(|w| name.ends_with(w)),
+            "{name}: secrets come from files, not the environment"
+        );
+    }
+    let expose = |s: Option<&churnwatch::secret::Secret>| s.map(|s| s.expose().to_string());
+    assert_eq!(
+        expose(cfg.smtp.password.as_ref()),
+        Some(test_secret(&from_files["smtp.password_file"])),
+        "the SMTP password is the Secret's file"
+    );
+    assert_eq!(
+        expose(cfg.kafka.sasl_password.as_ref()),
+        Some(test_secret(&from_files["kafka.sasl_password_file"])),
+        "the SASL password is the Secret's file"
+    );
+    assert_eq!(
+        expose(cfg.admin_token.as_ref()),
+        Some(test_secret(&from_files["admin.token_file"])),
+        "the admin token is the Secret's file"
+    );
     assert!(
-        cfg.smtp.password.is_some(),
-        "the SMTP password comes from the Secret"
+        cfg.weak_secrets.is_empty(),
+        "`run` would refuse the pod's secrets: {:?}",
+        cfg.weak_secrets
+    );
+
+    // The example cluster: TLS and a SCRAM login, the password not inline.
+    let client: BTreeMap<&str, &str> = cfg
+        .kafka
+        .client
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        client.get("security.protocol"),
+        Some(&"SASL_SSL"),
+        "{client:?}"
+    );
+    assert!(
+        client
+            .get("sasl.mechanisms")
+            .is_some_and(|m| m.starts_with("SCRAM-SHA-")),
+        "a SCRAM mechanism: {client:?}"
+    );
+    assert!(client.get("sasl.username").is_some_and(|u| !u.is_empty()));
+    assert!(
+        !client.contains_key("sasl.password"),
+        "the password comes from kafka.sasl_password_file"
     );
     let claim = text(sts, "spec.volumeClaimTemplates.0.metadata.name");
     assert_eq!(
@@ -877,11 +1120,37 @@ fn the_compose_file_validates_and_its_worker_environment_passes_check() {
     }
     let root = tempfile::tempdir().expect("tempdir");
     let bin = build_image_root(&img, root.path());
+
+    // The worker's secret files are made by the service that writes the volume they
+    // are in: run its command (Python) on the folder that stands for the volume.
+    let made = compose_secret_files(&py, services, &env, root.path());
+    assert!(
+        made.iter()
+            .any(|k| k == "CHURNWATCH__ENGINE__ID_SECRET_FILE")
+            && made
+                .iter()
+                .any(|k| k == "CHURNWATCH__DELIVERY__OFFER_SECRET_FILE"),
+        "the worker's keys come from generated files: {made:?}"
+    );
+    for k in env.keys() {
+        assert!(
+            !["SECRET", "PASSWORD", "TOKEN"]
+                .iter()
+                .any(|w| k.ends_with(w)),
+            "{k}: no secret value in the compose file"
+        );
+    }
+
     let env = reroot_env(root.path(), &env);
     let out = churnwatch(&bin, &rerooted(root.path(), &img.workdir), &env, &["check"]);
     assert_success(&out, "churnwatch check with the compose environment");
     let cfg = load(&env);
     assert_eq!(cfg.transport, "smtp");
+    assert!(
+        cfg.weak_secrets.is_empty(),
+        "`run` would refuse the compose worker's secrets: {:?}",
+        cfg.weak_secrets
+    );
 
     // The SMTP relay and the broker are services of the file.
     assert!(
@@ -953,6 +1222,110 @@ fn the_compose_file_validates_and_its_worker_environment_passes_check() {
     );
 }
 
+/// A compose volume entry `SOURCE:TARGET[:MODE]` as (source, target).
+fn compose_mount(v: &Value) -> (String, String) {
+    let s = v.as_str().expect("short volume syntax");
+    let mut parts = s.split(':');
+    let source = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    (source, target)
+}
+
+/// Writes, under `root`, the files the compose worker's `*_FILE` variables name in a
+/// named volume, by running the command of the service that writes that volume (its
+/// mount point replaced by the folder standing for the volume), twice: the second run
+/// must keep what the first made. Returns the variables so served.
+fn compose_secret_files(
+    py: &Path,
+    services: &Value,
+    env: &BTreeMap<String, String>,
+    root: &Path,
+) -> Vec<String> {
+    let worker = &services["churnwatch"];
+    let mounts: Vec<(String, String)> = worker["volumes"]
+        .as_array()
+        .expect("worker volumes")
+        .iter()
+        .map(compose_mount)
+        .collect();
+    let mut served = Vec::new();
+    let mut done = BTreeSet::new();
+    for (var, path) in env.iter().filter(|(k, _)| k.ends_with("_FILE")) {
+        let (volume, target) = mounts
+            .iter()
+            .find(|(_, t)| path.starts_with(&format!("{t}/")))
+            .unwrap_or_else(|| panic!("{var} = {path}: not in a volume of the worker"));
+        let folder = rerooted(root, target);
+        if done.insert(volume.clone()) {
+            let (name, writer) = services
+                .as_object()
+                .expect("services")
+                .iter()
+                .find(|(name, s)| {
+                    name.as_str() != "churnwatch"
+                        && s["volumes"]
+                            .as_array()
+                            .is_some_and(|vs| vs.iter().any(|v| compose_mount(v).0 == *volume))
+                })
+                .unwrap_or_else(|| panic!("no service writes the volume {volume}"));
+            let mount = writer["volumes"]
+                .as_array()
+                .expect("volumes")
+                .iter()
+                .map(compose_mount)
+                .find(|(s, _)| s == volume)
+                .map(|(_, t)| t)
+                .expect("mount");
+            let cmd: Vec<String> = writer["command"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name}: command as a list"))
+                .iter()
+                .map(|a| a.as_str().expect("argument").replace("$$", "$"))
+                .collect();
+            assert!(
+                cmd[0] == "python" || cmd[0] == "python3",
+                "{name} runs Python: {cmd:?}"
+            );
+            fs::create_dir_all(&folder).expect("volume folder");
+            let run_writer = || {
+                let args = cmd[1..].iter().map(|a| {
+                    if *a == mount {
+                        folder.display().to_string()
+                    } else {
+                        a.clone()
+                    }
+                });
+                run_ok(offline(py).args(args));
+            };
+            run_writer();
+            let first: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(&folder)
+                .expect("volume folder")
+                .flatten()
+                .map(|e| (e.path(), fs::read(e.path()).expect("secret file")))
+                .collect();
+            run_writer();
+            for (file, bytes) in &first {
+                assert_eq!(
+                    &fs::read(file).expect("secret file"),
+                    bytes,
+                    "{name} keeps {} on a second start",
+                    file.display()
+                );
+            }
+        }
+        let file = rerooted(root, path);
+        let text = fs::read_to_string(&file).unwrap_or_else(|e| {
+            panic!("{var} = {path}: not made by the service writing {volume}: {e}")
+        });
+        assert!(
+            text.trim_end().len() >= 32,
+            "{var}: a key of 32 bytes or more"
+        );
+        served.push(var.clone());
+    }
+    served
+}
+
 // ---------------------------------------------------------------------------------------
 // systemd
 
@@ -998,10 +1371,86 @@ fn the_systemd_unit_verifies_and_its_environment_passes_check() {
     let root = tempfile::tempdir().expect("tempdir");
     let img = image();
     let bin = build_image_root(&img, root.path());
+
+    // Secrets: root's files under /etc/churnwatch/secrets, which systemd copies into the
+    // unit's credentials folder for the *_FILE variables to name. No secret is in the
+    // environment.
+    let creds_dir = format!(
+        "/run/credentials/{}",
+        unit_path.file_name().expect("unit name").to_string_lossy()
+    );
+    let mut creds = BTreeSet::new();
+    for c in get("LoadCredential") {
+        let (id, source) = c.split_once(':').expect("LoadCredential=ID:PATH");
+        assert!(
+            source.starts_with("/etc/churnwatch/secrets/"),
+            "credential {id} from {source}: secrets live in /etc/churnwatch/secrets/"
+        );
+        let copy = rerooted(root.path(), &format!("{creds_dir}/{id}"));
+        fs::create_dir_all(copy.parent().expect("parent")).expect("mkdir");
+        fs::write(&copy, format!("{}\n", test_secret(id))).expect("credential");
+        assert!(creds.insert(id.to_string()), "credential {id} twice");
+    }
+    let mut read = BTreeSet::new();
+    for (k, v) in &env {
+        assert!(
+            !["SECRET", "PASSWORD", "TOKEN"]
+                .iter()
+                .any(|w| k.ends_with(w)),
+            "{k}: secrets come from credentials, not the environment"
+        );
+        if let Some(id) = v.strip_prefix(&format!("{creds_dir}/")) {
+            assert!(k.ends_with("_FILE"), "{k} names a credential");
+            assert!(creds.contains(id), "{k}: no LoadCredential={id}:…");
+            read.insert(id.to_string());
+        }
+    }
+    assert_eq!(read, creds, "every credential is read by a *_file key");
+    let unit_text = unit.to_lowercase();
+    assert!(
+        unit_text.contains("openssl rand -hex 32"),
+        "the install notes say how to make the keys"
+    );
+
     let env = reroot_env(root.path(), &env);
     let out = churnwatch(&bin, &rerooted(root.path(), &workdir), &env, &["check"]);
     assert_success(&out, "churnwatch check with the unit's environment");
     let cfg = load(&env);
+    assert!(
+        cfg.weak_secrets.is_empty(),
+        "`run` would refuse the unit's secrets: {:?}",
+        cfg.weak_secrets
+    );
+    let expose = |s: Option<&churnwatch::secret::Secret>| s.map(|s| s.expose().to_string());
+    assert_eq!(
+        expose(cfg.kafka.sasl_password.as_ref()),
+        Some(test_secret("kafka-sasl-password"))
+    );
+    assert_eq!(
+        expose(cfg.smtp.password.as_ref()),
+        Some(test_secret("smtp-password"))
+    );
+    assert_eq!(
+        expose(cfg.admin_token.as_ref()),
+        Some(test_secret("admin-token"))
+    );
+    let client: BTreeMap<&str, &str> = cfg
+        .kafka
+        .client
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        client.get("security.protocol"),
+        Some(&"SASL_SSL"),
+        "the example cluster is reached over TLS: {client:?}"
+    );
+    assert!(
+        client
+            .get("sasl.mechanisms")
+            .is_some_and(|m| m.starts_with("SCRAM-SHA-")),
+        "{client:?}"
+    );
     assert_eq!(
         rerooted(root.path(), "/var/lib/churnwatch"),
         cfg.state.dir,
@@ -1061,6 +1510,127 @@ fn the_systemd_unit_verifies_and_its_environment_passes_check() {
     assert!(
         exposure <= 2.0,
         "systemd-analyze security: exposure {exposure}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// secrets
+
+/// Names that hold a secret value (a `*_file` key holds a path, not one).
+fn is_secret_name(name: &str) -> bool {
+    let n = name.trim().trim_start_matches('-').to_ascii_lowercase();
+    !n.ends_with("_file")
+        && ["secret", "password", "passphrase", "token"]
+            .iter()
+            .any(|w| n.ends_with(w))
+}
+
+/// Secret values written in `text`, commented-out lines included (an example someone
+/// uncomments): `KEY=VALUE` (env files, units, `--from-literal=`), `KEY: VALUE` (YAML)
+/// and `key = "VALUE"` (TOML) whose key names a secret and whose value is not empty, a
+/// reference (`$VAR`, `$(VAR)`) or a boolean. Returns (line number, key, value).
+fn secret_values(text: &str) -> Vec<(usize, String, String)> {
+    let mut found = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim().trim_start_matches('#').trim();
+        let line = line.strip_prefix("- ").unwrap_or(line);
+        let line = line
+            .strip_prefix("Environment=")
+            .or_else(|| line.strip_prefix("--from-literal="))
+            .unwrap_or(line);
+        let split = [" = ", "=", ": "]
+            .iter()
+            .filter_map(|sep| line.split_once(sep))
+            .min_by_key(|(k, _)| k.len());
+        let Some((key, value)) = split else { continue };
+        if key.contains(char::is_whitespace) || !is_secret_name(key) {
+            continue;
+        }
+        let value = value.trim().trim_end_matches('\\').trim();
+        let value = value.trim_matches(|c| c == '"' || c == '\'');
+        // A switch (automountServiceAccountToken: false) is no secret.
+        if value.is_empty() || value.starts_with('$') || ["true", "false"].contains(&value) {
+            continue;
+        }
+        found.push((i + 1, key.to_string(), value.to_string()));
+    }
+    found
+}
+
+/// Every text file of `dir`, recursively.
+fn text_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            text_files(&p, out);
+        } else if fs::read_to_string(&p).is_ok() {
+            out.push(p);
+        }
+    }
+}
+
+/// No deployment file ships a secret value, least of all a placeholder such as
+/// `change-me` that looks usable: every secret of the manifests, the unit and the
+/// compose file comes from a file (made by the operator, or generated for the local
+/// try-out).
+#[test]
+fn no_deployment_file_ships_a_secret_value() {
+    // The scan itself finds what it must, and only that.
+    let sample = r#"
+CHURNWATCH__SMTP__PASSWORD=change-me
+#CHURNWATCH__KAFKA__CLIENT__SASL__PASSWORD=change-me
+      CHURNWATCH__ENGINE__ID_SECRET: compose-demo-only
+id_secret = "churnwatch-default-id-secret"
+    --from-literal=offer-secret=abc \
+Environment=CHURNWATCH__ADMIN__TOKEN=0123456789abcdef0123456789abcdef
+CHURNWATCH__SMTP__PASSWORD_FILE=/run/secrets/churnwatch/smtp-password
+token_file = "/run/secrets/churnwatch/admin-token"
+  --from-literal=id-secret="$(openssl rand -hex 32)"
+  -H "Authorization: Bearer $(cat admin-token)"
+  secretName: churnwatch
+  - key: id-secret
+  automountServiceAccountToken: false
+"#;
+    let found: Vec<String> = secret_values(sample)
+        .into_iter()
+        .map(|(_, k, _)| k)
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "CHURNWATCH__SMTP__PASSWORD",
+            "CHURNWATCH__KAFKA__CLIENT__SASL__PASSWORD",
+            "CHURNWATCH__ENGINE__ID_SECRET",
+            "id_secret",
+            "offer-secret",
+            "CHURNWATCH__ADMIN__TOKEN",
+        ],
+        "the scan of the sample"
+    );
+
+    let mut files = Vec::new();
+    text_files(&manifest_dir().join("deploy"), &mut files);
+    files.push(manifest_dir().join("Dockerfile"));
+    assert!(files.len() >= 15, "the scan reads deploy/: {files:?}");
+    let mut shipped = Vec::new();
+    for f in &files {
+        let text = fs::read_to_string(f).expect("text file");
+        for (line, key, value) in secret_values(&text) {
+            let what = if churnwatch::secret::is_placeholder(&value) {
+                "a placeholder"
+            } else {
+                "a value"
+            };
+            shipped.push(format!(
+                "{}:{line}: {key} has {what} ({value:?})",
+                f.strip_prefix(manifest_dir()).unwrap_or(f).display()
+            ));
+        }
+    }
+    assert!(
+        shipped.is_empty(),
+        "deployment files ship secret values; name a file (*_file keys) instead:\n  {}",
+        shipped.join("\n  ")
     );
 }
 
