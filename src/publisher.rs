@@ -33,9 +33,20 @@ struct Acks {
 #[derive(Debug, Default)]
 pub struct AckContext {
     acks: Mutex<Acks>,
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl ClientContext for AckContext {
+    // Asked only when sasl.mechanisms is OAUTHBEARER.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        crate::source::kafka::oauth_token(self.token_file.as_deref())
+    }
+
     // The consumer's statistics carry what is watched (connection, lag); the producer's
     // would only flood the log once a second.
     fn stats(&self, _: rdkafka::Statistics) {}
@@ -94,10 +105,22 @@ impl QueueError {
 }
 
 impl<T> Publisher<T> {
-    /// A publisher over a producer built from `cfg`.
-    pub fn new(cfg: &ClientConfig) -> anyhow::Result<Publisher<T>> {
+    /// A publisher over a producer built from `cfg`; `token_file` is
+    /// `kafka.oauthbearer_token_file`, if set.
+    pub fn new(
+        cfg: &ClientConfig,
+        token_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Publisher<T>> {
+        let ctx = AckContext {
+            token_file: token_file.map(std::path::Path::to_path_buf),
+            ..AckContext::default()
+        };
+        let producer: ThreadedProducer<AckContext> = cfg.create_with_context(ctx)?;
+        if let Some(path) = token_file {
+            crate::source::token::set_first(producer.client(), path);
+        }
         Ok(Publisher {
-            producer: cfg.create_with_context(AckContext::default())?,
+            producer,
             open: 0,
             sent_open: 0,
             pending: VecDeque::new(),

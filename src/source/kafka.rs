@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use rdkafka::{ClientConfig, ClientContext, Statistics};
 use crate::config::KafkaSettings;
 use crate::event::{self, Event, Reject};
 use crate::health::Health;
+use crate::source::token;
 
 /// The properties librdkafka itself marks sensitive (`_RK_SENSITIVE` in its
 /// `rdkafka_conf.c`, 2.12), but `sasl.username`: an operator debugging a login needs
@@ -401,17 +403,20 @@ pub struct WorkerContext {
     health: Arc<Health>,
     forward: mpsc::Sender<Rebalanced>,
     closing: Arc<AtomicBool>,
+    token_file: Option<PathBuf>,
 }
 
 impl WorkerContext {
     /// A context and the worker's end of its rebalance hand-off.
-    pub fn new(health: Arc<Health>) -> (WorkerContext, Rebalances) {
+    /// `token_file`: `kafka.oauthbearer_token_file`, if set.
+    pub fn new(health: Arc<Health>, token_file: Option<PathBuf>) -> (WorkerContext, Rebalances) {
         let (forward, rx) = mpsc::channel();
         let closing = Arc::new(AtomicBool::new(false));
         let ctx = WorkerContext {
             health,
             forward,
             closing: closing.clone(),
+            token_file,
         };
         (ctx, Rebalances { rx, closing })
     }
@@ -422,7 +427,30 @@ impl WorkerContext {
     }
 }
 
+/// The OAUTHBEARER token of `token_file`, for a client context asked for one; a failure
+/// is logged here (librdkafka retries in a few seconds).
+pub fn oauth_token(
+    token_file: Option<&Path>,
+) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+    let path = token_file
+        .ok_or("sasl.mechanisms is OAUTHBEARER, but kafka.oauthbearer_token_file is not set")?;
+    token::from_file(path, token::now_ms()).map_err(|e| {
+        tracing::error!(error = %e, "kafka: no OAUTHBEARER token");
+        e.into()
+    })
+}
+
 impl ClientContext for WorkerContext {
+    // Asked only when sasl.mechanisms is OAUTHBEARER.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        oauth_token(self.token_file.as_deref())
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
             RDKafkaLogLevel::Emerg
@@ -498,7 +526,11 @@ pub type WorkerConsumer = BaseConsumer<WorkerContext>;
 pub fn consumer(k: &KafkaSettings, ctx: WorkerContext) -> anyhow::Result<WorkerConsumer> {
     let cfg = consumer_config(k);
     tracing::info!(config = %describe(&cfg), "kafka consumer");
-    Ok(cfg.create_with_context(ctx)?)
+    let consumer: WorkerConsumer = cfg.create_with_context(ctx)?;
+    if let Some(path) = &k.oauthbearer_token_file {
+        token::set_first(consumer.client(), path);
+    }
+    Ok(consumer)
 }
 
 /// The broker's cached (low, high) watermarks of a partition, from its last fetch

@@ -3,6 +3,7 @@
 pub mod file;
 pub mod kafka;
 pub mod task;
+pub mod token;
 
 /// The wall clock as a [`Stamp`](crate::engine::clock::Stamp): the ceiling of event time
 /// (`engine.max_future_skew`) is measured from it in every mode.

@@ -137,11 +137,11 @@ pub fn run(
     // Every part takes its restart-only values from here, once.
     let startup = Startup::new(cfg);
     let k = startup.kafka();
-    let (ctx, rebalances) = WorkerContext::new(health.clone());
+    let (ctx, rebalances) = WorkerContext::new(health.clone(), k.oauthbearer_token_file.clone());
     let consumer = kafka::consumer(k, ctx)?;
     let producer_cfg = kafka::producer_config(k);
     tracing::info!(config = %kafka::describe(&producer_cfg), "kafka producer");
-    let publisher = Publisher::new(&producer_cfg)?;
+    let publisher = Publisher::new(&producer_cfg, k.oauthbearer_token_file.as_deref())?;
     let Some(partitions) = wait_for_topics(&consumer, cfg, shutdown)? else {
         return Ok(Outcome {
             clean: true,
