@@ -45,6 +45,21 @@ fn broker() -> String {
     })
 }
 
+/// librdkafka settings of brokers a test started itself (TLS), by bootstrap address.
+static CLIENT_SETTINGS: std::sync::Mutex<BTreeMap<String, Vec<(String, String)>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The settings of the tests' own clients (admin, producer, readers) of `bootstrap`.
+fn client(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    let known = CLIENT_SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+    for (k, v) in known.get(bootstrap).into_iter().flatten() {
+        c.set(k, v);
+    }
+    c
+}
+
 fn tansu_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TANSU_BIN") {
         return PathBuf::from(p);
@@ -93,10 +108,8 @@ fn shop_topics(bootstrap: &str, partitions: i32) -> (String, String, String, Str
 }
 
 fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        client(bootstrap).create().expect("admin client");
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
@@ -169,9 +182,8 @@ fn produce_with(
     settings: &[(&str, &str)],
 ) -> BTreeMap<(String, i32), i64> {
     let acks = Acks::default();
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", bootstrap)
-        .set("partitioner", "murmur2_random");
+    let mut cfg = client(bootstrap);
+    cfg.set("partitioner", "murmur2_random");
     for (k, v) in settings {
         cfg.set(*k, *v);
     }
@@ -264,8 +276,7 @@ fn write_split(dir: &Path, records: &[Outgoing], topics: &[&str]) -> Vec<PathBuf
 
 /// Every record of `topic` (all partitions) from the beginning: (key, payload, headers).
 fn read_all(bootstrap: &str, topic: &str, expect: usize) -> Vec<Received> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = client(bootstrap)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -319,8 +330,7 @@ fn read_all(bootstrap: &str, topic: &str, expect: usize) -> Vec<Received> {
 
 /// The group's committed offset of one partition.
 fn committed(bootstrap: &str, group: &str, topic: &str, partition: i32) -> Offset {
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let reader: BaseConsumer = client(bootstrap)
         .set("group.id", group)
         .create()
         .expect("offset reader");
@@ -339,8 +349,7 @@ fn wait_committed(
     ends: &BTreeMap<(String, i32), i64>,
     workers: &mut [&mut Worker],
 ) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = client(bootstrap)
         .set("group.id", group)
         .create()
         .expect("offset reader");
@@ -1961,8 +1970,7 @@ fn kill_9_at_random_points_loses_nothing_and_sends_nothing_twice() {
     let kills: u64 = 12;
     let total: i64 = ends.values().sum();
     let stretch = total as u64 / (kills + 1);
-    let offsets = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+    let offsets = client(&bootstrap)
         .set("group.id", &group)
         .create::<BaseConsumer>()
         .expect("offset reader");
@@ -2328,8 +2336,7 @@ type Placed = (String, i32, Option<Vec<u8>>, Option<Vec<u8>>);
 /// Produces each record to its own partition, keys and values as given (null when None).
 fn produce_placed(bootstrap: &str, records: &[Placed]) -> BTreeMap<(String, i32), i64> {
     let acks = Acks::default();
-    let producer: ThreadedProducer<Acks> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let producer: ThreadedProducer<Acks> = client(bootstrap)
         .set("linger.ms", "0")
         .set("batch.num.messages", "1")
         .create_with_context(acks.clone())
@@ -2742,10 +2749,8 @@ fn an_input_topic_deleted_while_running_is_logged_and_not_ready_with_memory_boun
     std::thread::sleep(Duration::from_secs(2));
     let readyz = || http_get(port, "/readyz").map(|(s, b)| (s, b.trim().to_string()));
 
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        client(&bootstrap).create().expect("admin client");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -2810,4 +2815,373 @@ fn an_input_topic_deleted_while_running_is_logged_and_not_ready_with_memory_boun
         "{}",
         done.log
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS: tansu 0.6 serves plain TCP only, so these tests put a TLS terminator (stunnel4)
+// in front of a tansu of their own that advertises the terminator's port, with
+// certificates made by openssl here.
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (scripts/test checks it is installed)");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A key and a signing request for `name`, with the extensions of a leaf certificate.
+fn leaf_request(dir: &Path, name: &str, san: &str, usage: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    fs::write(
+        dir.join(format!("{name}.ext")),
+        format!(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+             extendedKeyUsage={usage}\nsubjectAltName={san}\n"
+        ),
+    )
+    .expect("ext file");
+}
+
+/// Two CAs and, signed by `ca`: a server certificate for localhost, one for another
+/// host, one that expired in 2020, and a client certificate.
+fn make_pki(dir: &Path) {
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.crt"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=churnwatch tests {ca}"),
+            ],
+        );
+    }
+    for (name, san, usage) in [
+        ("server", "DNS:localhost,IP:127.0.0.1", "serverAuth"),
+        ("wrong-host", "DNS:wrong.example", "serverAuth"),
+        ("expired", "DNS:localhost,IP:127.0.0.1", "serverAuth"),
+        ("client", "DNS:churnwatch-client", "clientAuth"),
+    ] {
+        leaf_request(dir, name, san, usage);
+        if name == "expired" {
+            continue;
+        }
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.crt"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+    // `openssl x509` (3.0) cannot date a certificate in the past; `openssl ca` can.
+    fs::create_dir_all(dir.join("expired-ca")).expect("ca dir");
+    fs::write(dir.join("expired-ca/index.txt"), "").expect("index");
+    fs::write(dir.join("expired-ca/serial"), "01\n").expect("serial");
+    fs::write(
+        dir.join("expired-ca.cnf"),
+        "[ca]\ndefault_ca = old\n[old]\ndir = ./expired-ca\ndatabase = $dir/index.txt\n\
+         new_certs_dir = $dir\nserial = $dir/serial\ncertificate = ./ca.crt\n\
+         private_key = ./ca.key\ndefault_md = sha256\npolicy = any\n[any]\ncommonName = supplied\n",
+    )
+    .expect("ca config");
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            "expired-ca.cnf",
+            "-extfile",
+            "expired.ext",
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200102000000Z",
+            "-in",
+            "expired.csr",
+            "-out",
+            "expired.crt",
+        ],
+    );
+}
+
+/// A tansu of the test's own behind stunnel4: `bootstrap` is `localhost:PORT` (TLS).
+struct TlsBroker {
+    bootstrap: String,
+    children: Vec<Child>,
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_port(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "port {port} did not open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Serves TLS with the certificate `cert` of `pki`; `mtls` requires a client certificate
+/// signed by the CA.
+fn tls_broker(pki: &Path, cert: &str, mtls: bool) -> TlsBroker {
+    let plain = smtp_server::free_port();
+    let tls = smtp_server::free_port();
+    let tansu = Command::new(tansu_bin())
+        .args(["broker", "--listener-url"])
+        .arg(format!("tcp://127.0.0.1:{plain}"))
+        .arg("--advertised-listener-url")
+        .arg(format!("tcp://localhost:{tls}"))
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu");
+    let mut broker = TlsBroker {
+        bootstrap: format!("localhost:{tls}"),
+        children: vec![tansu],
+    };
+    let p = |f: &str| pki.join(f).display().to_string();
+    let mut conf = format!(
+        "foreground = yes\npid =\nsyslog = no\ndebug = warning\n[kafka]\n\
+         accept = 127.0.0.1:{tls}\nconnect = 127.0.0.1:{plain}\ncert = {}\nkey = {}\n",
+        p(&format!("{cert}.crt")),
+        p(&format!("{cert}.key"))
+    );
+    if mtls {
+        conf.push_str(&format!(
+            "CAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
+            p("ca.crt")
+        ));
+    }
+    let conf_file = pki.join(format!("stunnel-{tls}.conf"));
+    fs::write(&conf_file, conf).expect("stunnel conf");
+    let stunnel = Command::new("stunnel4")
+        .arg(&conf_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("stunnel4 (scripts/test installs it)");
+    broker.children.push(stunnel);
+    wait_port(plain);
+    wait_port(tls);
+    broker
+}
+
+/// `kafka.client` settings as worker environment variables.
+fn client_env(settings: &[(&str, String)]) -> Vec<(String, String)> {
+    settings
+        .iter()
+        .map(|(k, v)| {
+            let key = k.to_ascii_uppercase().replace('.', "__");
+            (format!("CHURNWATCH__KAFKA__CLIENT__{key}"), v.clone())
+        })
+        .collect()
+}
+
+/// README "Connecting to your cluster": over TLS with a client certificate (mutual TLS,
+/// as Aiven runs it), the service decides exactly what replay decides.
+#[test]
+fn run_over_mutual_tls_decides_what_replay_decides() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    make_pki(pki.path());
+    let broker = tls_broker(pki.path(), "server", true);
+    let p = |f: &str| pki.path().join(f).display().to_string();
+    let settings = [
+        ("security.protocol", "SSL".to_string()),
+        ("ssl.ca.location", p("ca.crt")),
+        ("ssl.certificate.location", p("client.crt")),
+        ("ssl.key.location", p("client.key")),
+    ];
+    CLIENT_SETTINGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            broker.bootstrap.clone(),
+            settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        );
+    let bootstrap = broker.bootstrap.clone();
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (records, files) = example_tenth(scratch.path(), &purchases, &support, '3');
+    let (want_alerts, want_export, _, want_emls) = replay(&files, scratch.path());
+    assert!(!want_alerts.is_empty());
+    let ends = produce(&bootstrap, &records);
+    let group = unique("group");
+    let env = client_env(&settings);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut w = Worker::start_with(
+        &bootstrap,
+        &group,
+        &[&purchases, &support],
+        &dlq,
+        &alerts,
+        &env,
+    );
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    let done = w.stop();
+    let got = read_all(&bootstrap, &alerts, want_alerts.len());
+    let mut want_sorted = want_alerts.clone();
+    want_sorted.sort();
+    assert_same(
+        &sorted_payloads(&got),
+        &want_sorted,
+        "alerts over TLS (vs replay)",
+    );
+    assert_same(
+        &lines(&done.export),
+        &lines(&want_export),
+        "customer states over TLS",
+    );
+    assert!(
+        done.emls == want_emls,
+        "emails over TLS differ from replay's"
+    );
+}
+
+/// A TLS failure is named in the log with the broker and librdkafka's cause, the worker
+/// is not ready, and it keeps trying (it neither exits nor hangs silently). librdkafka
+/// reports a wrong CA, an expired certificate and a hostname mismatch alike, as
+/// "certificate verify failed"; a refused client as "certificate required".
+#[test]
+fn each_tls_failure_is_logged_with_its_cause_and_leaves_the_worker_not_ready() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    make_pki(pki.path());
+    let p = |f: &str| pki.path().join(f).display().to_string();
+    // (case, server certificate, client certificate required, the CA the client trusts,
+    // what the log must say)
+    let cases = [
+        (
+            "wrong CA",
+            "server",
+            false,
+            "other-ca.crt",
+            "certificate verify failed",
+        ),
+        (
+            "expired certificate",
+            "expired",
+            false,
+            "ca.crt",
+            "certificate verify failed",
+        ),
+        (
+            "hostname mismatch",
+            "wrong-host",
+            false,
+            "ca.crt",
+            "certificate verify failed",
+        ),
+        (
+            "no client certificate",
+            "server",
+            true,
+            "ca.crt",
+            "certificate required",
+        ),
+    ];
+    for (case, cert, mtls, ca, cause) in cases {
+        let broker = tls_broker(pki.path(), cert, mtls);
+        let settings = [
+            ("ssl.ca.location", p(ca)),
+            ("security.protocol", "SSL".to_string()),
+        ];
+        let port = smtp_server::free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut env = client_env(&settings);
+        env.push(("CHURNWATCH__ADMIN__LISTEN".into(), listen));
+        env.push(("RUST_LOG".into(), "info".into()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut w = Worker::start_with(
+            &broker.bootstrap,
+            &unique("group"),
+            &["t1", "t2"],
+            "d",
+            "a",
+            &env,
+        );
+        let started = Instant::now();
+        loop {
+            w.assert_running();
+            let log = w.log();
+            let failure = log.lines().find(|l| {
+                l.contains(&broker.bootstrap) && l.to_lowercase().contains(&cause.to_lowercase())
+            });
+            if failure.is_some() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{case}: no log line naming {} and `{cause}`:\n{log}",
+                broker.bootstrap
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (status, body) = http_get(port, "/readyz").expect("/readyz");
+        assert_eq!(status, 503, "{case}: {body}");
+        // Still trying, a few seconds on.
+        std::thread::sleep(Duration::from_secs(3));
+        w.assert_running();
+        let done = w.stop();
+        eprintln!(
+            "--- {case}\n{}",
+            done.log.lines().take(12).collect::<Vec<_>>().join("\n")
+        );
+    }
 }
