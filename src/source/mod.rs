@@ -3,6 +3,7 @@
 pub mod file;
 pub mod kafka;
 pub mod task;
+pub mod tls_check;
 pub mod token;
 
 /// The wall clock as a [`Stamp`](crate::engine::clock::Stamp): the ceiling of event time

@@ -199,6 +199,7 @@ fn wait_for_topics(
     cfg: &Config,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Option<i32>> {
+    let mut told = Vec::new();
     loop {
         match kafka::check_topics(consumer, &cfg.kafka, Duration::from_secs(10)) {
             Ok(n) => return Ok(Some(n)),
@@ -207,6 +208,14 @@ fn wait_for_topics(
             }
             Err(e @ TopicError::Unreachable(_)) => {
                 tracing::warn!(error = %e, "waiting for the Kafka cluster");
+                // librdkafka says only "certificate verify failed"; say which failure.
+                let causes = crate::source::tls_check::explain_failures(&cfg.kafka);
+                if causes != told {
+                    for cause in &causes {
+                        tracing::error!(cause = %cause, "kafka: a broker's TLS certificate is refused");
+                    }
+                    told = causes;
+                }
                 if shutdown.requested() {
                     return Ok(None);
                 }
