@@ -1829,6 +1829,15 @@ fn the_dashboard_metrics_are_served_by_a_running_worker() {
         )
         .env("CHURNWATCH__CLOCK", "event")
         .env("CHURNWATCH_LOG_FORMAT", "human")
+        // `run` refuses the shipped keys.
+        .env(
+            "CHURNWATCH__ENGINE__ID_SECRET",
+            "dashboard-test-id-key-5e0d9c8b7a69f4e3d2c1b0a9",
+        )
+        .env(
+            "CHURNWATCH__DELIVERY__OFFER_SECRET",
+            "dashboard-test-offer-key-1a2b3c4d5e6f70819a2b3c4d",
+        )
         .arg("run")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
