@@ -102,17 +102,40 @@ pub fn weakness(value: &str, shipped: Option<&str>, key: bool) -> Option<Weaknes
     }
 }
 
-/// One secret as the config writes it: `inline` (the file's or the environment's value,
-/// the environment's being named `env`) or the contents of `file`, one of them at most.
+/// The environment variable that sets `key` (`smtp.password` → `CHURNWATCH__SMTP__PASSWORD`).
+pub fn env_var(key: &str) -> String {
+    // The SASL password is librdkafka's `sasl.password`, set through `[kafka.client]`.
+    let key = match key {
+        "kafka.sasl_password" => "kafka.client.sasl.password",
+        other => other,
+    };
+    format!(
+        "CHURNWATCH__{}",
+        key.to_ascii_uppercase().replace('.', "__")
+    )
+}
+
+/// One secret as the config writes it: `inline` (the file's or the environment's value)
+/// or the contents of `file`, one of them at most.
 pub struct Source<'a> {
     /// The key of the inline value, as `check` names it (`smtp.password`).
     pub key: &'a str,
-    /// The environment variable an operator sets it with.
-    pub env: &'a str,
     /// The inline value, if any (the shipped default counts as none).
     pub inline: Option<&'a str>,
     /// The `*_file` key's path ("" for none).
     pub file: &'a Path,
+}
+
+/// A key the defaults file ships a value for (`engine.id_secret`): that value counts as
+/// unset, so a `*_file` may replace it, and stays the key when nothing else is set.
+pub fn read_key(key: &str, value: &str, shipped: &str, file: &Path, p: &mut Problems) -> Secret {
+    Source {
+        key,
+        inline: Some(value).filter(|v| *v != shipped),
+        file,
+    }
+    .read(p)
+    .unwrap_or_else(|| Secret::new(value))
 }
 
 impl Source<'_> {
@@ -126,7 +149,9 @@ impl Source<'_> {
         p.when(inline.is_some(), || {
             format!(
                 "{}_file: {} is also set (in the file or {}); set only one",
-                self.key, self.key, self.env
+                self.key,
+                self.key,
+                env_var(self.key)
             )
         });
         match std::fs::read_to_string(self.file) {
@@ -197,13 +222,21 @@ mod tests {
     }
 
     #[test]
+    fn each_secret_names_the_variable_that_sets_it() {
+        assert_eq!(env_var("engine.id_secret"), "CHURNWATCH__ENGINE__ID_SECRET");
+        assert_eq!(
+            env_var("kafka.sasl_password"),
+            "CHURNWATCH__KAFKA__CLIENT__SASL__PASSWORD"
+        );
+    }
+
+    #[test]
     fn a_secret_comes_from_its_file_or_inline_never_both() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("s");
         std::fs::write(&file, "from-the-file\n").expect("write");
         let src = |inline, file| Source {
             key: "engine.id_secret",
-            env: "CHURNWATCH__ENGINE__ID_SECRET",
             inline,
             file,
         };

@@ -62,13 +62,17 @@ fn run_refuses_placeholders_and_short_keys_and_says_which_is_which() {
         )
         .env("CHURNWATCH__DELIVERY__OFFER_SECRET", "9f8e7d6c5b4a")
         .env("CHURNWATCH__SMTP__PASSWORD", "CHANGE_ME")
+        .env(
+            "CHURNWATCH__KAFKA__CLIENT__SASL__PASSWORD",
+            "your-password-here",
+        )
         .env("CHURNWATCH__ADMIN__TOKEN", GOOD_ID)
         .output()
         .expect("run");
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     let lines: Vec<&str> = err.lines().skip(1).collect();
-    assert_eq!(lines.len(), 3, "{err}");
+    assert_eq!(lines.len(), 4, "{err}");
     assert!(
         lines[0].starts_with("engine.id_secret: is a placeholder"),
         "{err}"
@@ -81,7 +85,20 @@ fn run_refuses_placeholders_and_short_keys_and_says_which_is_which() {
         lines[2].starts_with("smtp.password: is a placeholder"),
         "{err}"
     );
-    for value in ["change-me-to-a-long", "9f8e7d6c5b4a", "CHANGE_ME", GOOD_ID] {
+    assert!(
+        lines[3].starts_with("kafka.sasl_password: is a placeholder")
+            && lines[3].ends_with(
+                "kafka.sasl_password_file or in CHURNWATCH__KAFKA__CLIENT__SASL__PASSWORD"
+            ),
+        "names the variable that sets it: {err}"
+    );
+    for value in [
+        "change-me-to-a-long",
+        "9f8e7d6c5b4a",
+        "CHANGE_ME",
+        "your-password-here",
+        GOOD_ID,
+    ] {
         assert!(!err.contains(value), "quotes {value}: {err}");
     }
 }

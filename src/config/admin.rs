@@ -35,7 +35,6 @@ impl RawAdmin {
     pub fn validate(&self, p: &mut Problems) -> AdminSettings {
         let token = secret::Source {
             key: "admin.token",
-            env: "CHURNWATCH__ADMIN__TOKEN",
             inline: self.token.as_deref(),
             file: &self.token_file,
         }

@@ -139,14 +139,13 @@ impl RawDelivery {
             "delivery.window: must be a whole number of days, at least 1d".to_string()
         });
         let send = self.send(p);
-        let offer_secret = secret::Source {
-            key: "delivery.offer_secret",
-            env: "CHURNWATCH__DELIVERY__OFFER_SECRET",
-            inline: Some(d.offer_secret.as_str()).filter(|s| *s != SHIPPED_OFFER_SECRET),
-            file: &d.offer_secret_file,
-        }
-        .read(p)
-        .unwrap_or_else(|| Secret::new(d.offer_secret.clone()));
+        let offer_secret = secret::read_key(
+            "delivery.offer_secret",
+            &d.offer_secret,
+            SHIPPED_OFFER_SECRET,
+            &d.offer_secret_file,
+            p,
+        );
         Delivery {
             offer_secret,
             transport,

@@ -41,14 +41,13 @@ impl RawEngine {
         p.when(self.id_secret.is_empty(), || {
             "engine.id_secret: must not be empty".into()
         });
-        let id_secret = secret::Source {
-            key: "engine.id_secret",
-            env: "CHURNWATCH__ENGINE__ID_SECRET",
-            inline: Some(self.id_secret.as_str()).filter(|s| *s != SHIPPED_ID_SECRET),
-            file: &self.id_secret_file,
-        }
-        .read(p)
-        .unwrap_or_else(|| Secret::new(self.id_secret.clone()));
+        let id_secret = secret::read_key(
+            "engine.id_secret",
+            &self.id_secret,
+            SHIPPED_ID_SECRET,
+            &self.id_secret_file,
+            p,
+        );
         p.when(self.dedup_window.0 < DAY, || {
             "engine.dedup_window: must be at least 1d".into()
         });

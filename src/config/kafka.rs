@@ -139,7 +139,6 @@ impl RawKafka {
             .map(|i| client.remove(i).1);
         let sasl_password = secret::Source {
             key: "kafka.sasl_password",
-            env: "CHURNWATCH__KAFKA__CLIENT__SASL__PASSWORD",
             inline: inline.as_deref(),
             file: &k.sasl_password_file,
         }

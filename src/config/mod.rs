@@ -439,10 +439,7 @@ fn weak_secrets(secrets: &[SecretCheck<'_>]) -> Vec<String> {
         .iter()
         .filter_map(|&(key, value, shipped, is_key)| {
             let why = crate::secret::weakness(value?.expose(), shipped, is_key)?;
-            let env = format!(
-                "CHURNWATCH__{}",
-                key.to_ascii_uppercase().replace('.', "__")
-            );
+            let env = crate::secret::env_var(key);
             Some(format!(
                 "{key}: {why}; set your own{} in a file named by {key}_file or in {env}",
                 if is_key { ", 32 bytes or more," } else { "" }

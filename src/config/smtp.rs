@@ -145,7 +145,6 @@ impl RawSmtp {
     fn password(&self, p: &mut Problems) -> Option<Secret> {
         secret::Source {
             key: "smtp.password",
-            env: "CHURNWATCH__SMTP__PASSWORD",
             inline: self.password.as_deref(),
             file: &self.password_file,
         }

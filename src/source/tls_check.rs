@@ -14,30 +14,22 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::CertificateError;
 
-use crate::config::KafkaSettings;
-
 /// How long one check may take to connect and shake hands.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Whether the clients speak TLS to the brokers, and the CA file they trust ("" for the
-/// system bundle).
-fn tls_of(k: &KafkaSettings) -> Option<String> {
-    let get = |key: &str| {
-        k.client
-            .iter()
-            .chain(&k.consumer)
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    };
-    let protocol = get("security.protocol")?.to_ascii_lowercase();
+/// Whether `client` speaks TLS to the brokers, and the CA file it trusts ("" for the
+/// system bundle, which churnwatch's client settings name `probe`).
+fn tls_of(client: &rdkafka::ClientConfig) -> Option<String> {
+    let protocol = client.get("security.protocol")?.to_ascii_lowercase();
     if protocol != "ssl" && protocol != "sasl_ssl" {
         return None;
     }
     Some(
-        get("ssl.ca.location")
-            .filter(|l| l != "probe")
-            .unwrap_or_default(),
+        client
+            .get("ssl.ca.location")
+            .filter(|l| *l != "probe")
+            .unwrap_or_default()
+            .to_string(),
     )
 }
 
@@ -59,11 +51,11 @@ fn roots(ca_file: &str) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-/// One line per bootstrap broker whose certificate this client would refuse, naming
-/// the broker and why; empty when TLS is off or every certificate is acceptable (then
-/// librdkafka's own message says what else failed).
-pub fn explain_failures(k: &KafkaSettings) -> Vec<String> {
-    let Some(ca_file) = tls_of(k) else {
+/// One line per bootstrap broker whose certificate `client` (the settings librdkafka
+/// runs with) would refuse, naming the broker and why; empty when TLS is off or every
+/// certificate is acceptable (then librdkafka's own message says what else failed).
+pub fn explain_failures(client: &rdkafka::ClientConfig) -> Vec<String> {
+    let Some(ca_file) = tls_of(client) else {
         return Vec::new();
     };
     let roots = match roots(&ca_file) {
@@ -82,7 +74,9 @@ pub fn explain_failures(k: &KafkaSettings) -> Vec<String> {
         return Vec::new();
     };
     let config = Arc::new(builder.with_root_certificates(roots).with_no_client_auth());
-    k.bootstrap_servers
+    client
+        .get("bootstrap.servers")
+        .unwrap_or_default()
         .split(',')
         .map(str::trim)
         .filter(|b| !b.is_empty())

@@ -209,7 +209,8 @@ fn wait_for_topics(
             Err(e @ TopicError::Unreachable(_)) => {
                 tracing::warn!(error = %e, "waiting for the Kafka cluster");
                 // librdkafka says only "certificate verify failed"; say which failure.
-                let causes = crate::source::tls_check::explain_failures(&cfg.kafka);
+                let causes =
+                    crate::source::tls_check::explain_failures(&kafka::consumer_config(&cfg.kafka));
                 if causes != told {
                     for cause in &causes {
                         tracing::error!(cause = %cause, "kafka: a broker's TLS certificate is refused");
