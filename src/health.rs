@@ -17,6 +17,9 @@ pub struct Health {
     stopped: Mutex<Option<String>>,
     /// Input topics the cluster no longer knows (deleted while running).
     missing_topics: Mutex<Vec<String>>,
+    /// Why the cluster turns the worker away (a TLS certificate, a refused login),
+    /// until it connects.
+    refused_by_kafka: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -33,6 +36,9 @@ impl Health {
     /// Records the connection state (from client statistics and errors).
     pub fn set_connected(&self, up: bool) {
         let was = self.connected.swap(up, Ordering::Relaxed);
+        if up {
+            self.set_refused_by_kafka(None);
+        }
         if was != up {
             if up {
                 tracing::info!("kafka connected");
@@ -68,6 +74,18 @@ impl Health {
             .clone()
     }
 
+    /// Records why the cluster turns the worker away (None: it no longer does); true
+    /// when that differs from before, so the finder logs each cause once.
+    pub fn set_refused_by_kafka(&self, why: Option<String>) -> bool {
+        let mut was = self
+            .refused_by_kafka
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let changed = *was != why;
+        *was = why;
+        changed
+    }
+
     /// Records which input topics are missing from the cluster (empty: none).
     pub fn set_missing_topics(&self, topics: Vec<String>) {
         *self
@@ -88,7 +106,14 @@ impl Health {
             why.push(format!("worker stopped: {s}"));
         }
         if !self.connected() {
-            why.push("not connected to Kafka".to_string());
+            match &*self
+                .refused_by_kafka
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+            {
+                Some(cause) => why.push(format!("not connected to Kafka: {cause}")),
+                None => why.push("not connected to Kafka".to_string()),
+            }
         }
         if !self.assigned.load(Ordering::Relaxed) {
             why.push("no partition assignment yet".to_string());
@@ -146,6 +171,15 @@ mod tests {
         assert!(h.readiness().is_ok());
         h.set_connected(false);
         assert!(h.readiness().unwrap_err().contains("not connected"));
+        h.set_refused_by_kafka(Some("authentication refused".into()));
+        assert!(h
+            .readiness()
+            .unwrap_err()
+            .contains("not connected to Kafka: authentication refused"));
+        // Connecting forgets the refusal: a later disconnect has no stale cause.
+        h.set_connected(true);
+        h.set_connected(false);
+        assert!(!h.readiness().unwrap_err().contains("refused"));
         h.set_connected(true);
         h.set_stopped("state volume full (…) at /st: stopping");
         assert!(h

@@ -47,6 +47,22 @@ impl ClientContext for AckContext {
         crate::source::kafka::oauth_token(self.token_file.as_deref())
     }
 
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::source::kafka::forward_log(level, fac, log_message);
+    }
+
+    // The consumer reports connection and login failures (and /readyz has them from
+    // there); the producer meets the same brokers, so its copies are only for debugging.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::RDKafkaErrorCode as Code;
+        match error.rdkafka_error_code() {
+            Some(Code::AllBrokersDown | Code::Authentication | Code::BrokerTransportFailure) => {
+                tracing::debug!(error = %error, reason, "kafka producer error")
+            }
+            _ => tracing::warn!(error = %error, reason, "kafka producer error"),
+        }
+    }
+
     // The consumer's statistics carry what is watched (connection, lag); the producer's
     // would only flood the log once a second.
     fn stats(&self, _: rdkafka::Statistics) {}

@@ -2978,18 +2978,47 @@ fn wait_port(port: u16) {
 /// Serves TLS with the certificate `cert` of `pki`; `mtls` requires a client certificate
 /// signed by the CA.
 fn tls_broker(pki: &Path, cert: &str, mtls: bool) -> TlsBroker {
-    let plain = smtp_server::free_port();
-    let tls = smtp_server::free_port();
-    let tansu = Command::new(tansu_bin())
-        .args(["broker", "--listener-url"])
-        .arg(format!("tcp://127.0.0.1:{plain}"))
+    let (plain, tls) = (smtp_server::free_port(), smtp_server::free_port());
+    let tansu = tansu_broker(plain, &format!("tcp://localhost:{tls}"), None, false);
+    tls_in_front(pki, (cert, mtls), (plain, tls), tansu)
+}
+
+/// A tansu on loopback `port` advertising `advertised`; with `db` it keeps its data in
+/// that sqlite file (tansu resolves the path against its working folder).
+fn tansu_broker(port: u16, advertised: &str, db: Option<&Path>, authentication: bool) -> Child {
+    let mut c = Command::new(tansu_bin());
+    c.args(["broker", "--listener-url"])
+        .arg(format!("tcp://127.0.0.1:{port}"))
         .arg("--advertised-listener-url")
-        .arg(format!("tcp://localhost:{tls}"))
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
+        .arg(advertised);
+    match db {
+        Some(db) => {
+            let dir = db.parent().expect("db folder");
+            let name = db.file_name().expect("db name").to_string_lossy();
+            c.current_dir(dir)
+                .args(["--storage-engine", &format!("sqlite://{name}")]);
+        }
+        None => {
+            c.args(["--storage-engine", "memory://tansu/"]);
+        }
+    }
+    if authentication {
+        c.arg("--authentication");
+    }
+    c.stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("tansu");
+        .expect("tansu")
+}
+
+/// stunnel4 serving `cert` of `pki` on loopback port `tls` in front of `tansu` on
+/// `plain`; `mtls` requires a client certificate signed by the CA.
+fn tls_in_front(
+    pki: &Path,
+    (cert, mtls): (&str, bool),
+    (plain, tls): (u16, u16),
+    tansu: Child,
+) -> TlsBroker {
     let mut broker = TlsBroker {
         bootstrap: format!("localhost:{tls}"),
         children: vec![tansu],
@@ -3019,6 +3048,31 @@ fn tls_broker(pki: &Path, cert: &str, mtls: bool) -> TlsBroker {
     wait_port(plain);
     wait_port(tls);
     broker
+}
+
+/// A tansu requiring SASL (SCRAM-SHA-512, the only mechanism tansu 0.6 verifies) behind
+/// TLS, with the users `users` (name, password). tansu creates users only while
+/// authentication is off, so it runs twice on one sqlite file (CONTRIBUTING "Test").
+fn sasl_tls_broker(pki: &Path, users: &[(&str, &str)]) -> TlsBroker {
+    let db = pki.join("sasl.db");
+    let plain = smtp_server::free_port();
+    let mut setup = tansu_broker(plain, &format!("tcp://127.0.0.1:{plain}"), Some(&db), false);
+    wait_port(plain);
+    for (name, password) in users {
+        let status = Command::new(tansu_bin())
+            .args(["user", "create", name, password, "--mechanism", "scram512"])
+            .arg("--broker")
+            .arg(format!("tcp://127.0.0.1:{plain}"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("tansu user create");
+        assert!(status.success(), "tansu user create {name}: {status}");
+    }
+    let _ = setup.kill();
+    let _ = setup.wait();
+    let tls = smtp_server::free_port();
+    let tansu = tansu_broker(plain, &format!("tcp://localhost:{tls}"), Some(&db), true);
+    tls_in_front(pki, ("server", false), (plain, tls), tansu)
 }
 
 /// `kafka.client` settings as worker environment variables.
@@ -3176,6 +3230,13 @@ fn each_tls_failure_is_logged_with_its_cause_and_leaves_the_worker_not_ready() {
         }
         let (status, body) = http_get(port, "/readyz").expect("/readyz");
         assert_eq!(status, 503, "{case}: {body}");
+        if !mtls {
+            // The worker's own diagnosis reaches the probe too.
+            assert!(
+                body.to_lowercase().contains(&cause.to_lowercase()),
+                "{case}: /readyz does not say `{cause}`: {body}"
+            );
+        }
         // Still trying, a few seconds on.
         std::thread::sleep(Duration::from_secs(3));
         w.assert_running();
@@ -3185,4 +3246,136 @@ fn each_tls_failure_is_logged_with_its_cause_and_leaves_the_worker_not_ready() {
             done.log.lines().take(12).collect::<Vec<_>>().join("\n")
         );
     }
+}
+
+/// README "Connecting to your cluster" (SASL_SSL with SCRAM, as MSK runs it): a wrong
+/// password in `kafka.sasl_password_file` is one clear log line naming the broker and
+/// the cause and leaves the worker not ready, retrying; once the file holds the right
+/// password the worker connects without a restart and decides exactly what replay
+/// decides; neither password is ever logged.
+#[test]
+fn sasl_scram_over_tls_names_a_wrong_password_and_recovers_once_the_file_is_fixed() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    make_pki(pki.path());
+    let (user, right, wrong) = (
+        "churnwatch",
+        "sasl-right-password-5c1e9b7a2d",
+        "sasl-wrong-password-8f3a6c0d4e",
+    );
+    let broker = sasl_tls_broker(pki.path(), &[(user, right)]);
+    let p = |f: &str| pki.path().join(f).display().to_string();
+    let settings = [
+        ("security.protocol", "SASL_SSL".to_string()),
+        ("ssl.ca.location", p("ca.crt")),
+        ("sasl.mechanisms", "SCRAM-SHA-512".to_string()),
+        ("sasl.username", user.to_string()),
+    ];
+    let mut own: Vec<(String, String)> = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    own.push(("sasl.password".into(), right.into()));
+    CLIENT_SETTINGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(broker.bootstrap.clone(), own);
+    let bootstrap = broker.bootstrap.clone();
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (records, files) = example_tenth(scratch.path(), &purchases, &support, '5');
+    let (want_alerts, want_export, _, want_emls) = replay(&files, scratch.path());
+    assert!(!want_alerts.is_empty());
+    let ends = produce(&bootstrap, &records);
+
+    let password_file = scratch.path().join("sasl-password");
+    fs::write(&password_file, format!("{wrong}\n")).expect("password file");
+    let port = smtp_server::free_port();
+    let mut env = client_env(&settings);
+    env.push((
+        "CHURNWATCH__KAFKA__SASL_PASSWORD_FILE".into(),
+        password_file.display().to_string(),
+    ));
+    env.push((
+        "CHURNWATCH__ADMIN__LISTEN".into(),
+        format!("127.0.0.1:{port}"),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let group = unique("group");
+    let mut w = Worker::start_with(
+        &bootstrap,
+        &group,
+        &[&purchases, &support],
+        &dlq,
+        &alerts,
+        &env,
+    );
+    let refused = "the cluster refused the worker's login";
+    let started = Instant::now();
+    let line = loop {
+        w.assert_running();
+        let log = w.log();
+        if let Some(l) = log.lines().find(|l| l.contains(refused)) {
+            break l.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no log line `{refused}`:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        line.contains(&bootstrap) && line.contains("invalid-proof"),
+        "the line names neither the broker nor the cause: {line}"
+    );
+    let (status, body) = http_get(port, "/readyz").expect("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("authentication refused"), "{body}");
+    // Retried, not given up, and said once (librdkafka retries every few seconds).
+    std::thread::sleep(Duration::from_secs(4));
+    w.assert_running();
+    assert_eq!(
+        w.log().matches(refused).count(),
+        1,
+        "the refusal is logged once per cause:\n{}",
+        w.log()
+    );
+    assert!(committed(&bootstrap, &group, &purchases, 0) == Offset::Invalid);
+
+    fs::write(&password_file, format!("{right}\n")).expect("password file");
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    let (status, body) = http_get(port, "/readyz").expect("/readyz");
+    assert_eq!(status, 200, "ready with the right password: {body}");
+    let done = w.stop();
+    eprintln!(
+        "{}",
+        done.log.lines().take(14).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        done.log.contains("kafka.sasl_password_file changed"),
+        "{}",
+        done.log
+    );
+    for secret in [right, wrong] {
+        assert!(
+            !done.log.contains(secret) && !done.stdout.contains(secret),
+            "a SASL password in the worker's output"
+        );
+    }
+    let got = read_all(&bootstrap, &alerts, want_alerts.len());
+    let mut want_sorted = want_alerts.clone();
+    want_sorted.sort();
+    assert_same(
+        &sorted_payloads(&got),
+        &want_sorted,
+        "alerts over SASL_SSL (vs replay)",
+    );
+    assert_same(
+        &lines(&done.export),
+        &lines(&want_export),
+        "customer states over SASL_SSL",
+    );
+    assert!(
+        done.emls == want_emls,
+        "emails over SASL_SSL differ from replay's"
+    );
 }

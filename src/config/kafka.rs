@@ -69,6 +69,9 @@ pub struct KafkaSettings {
     pub max_buffered_records: usize,
     /// librdkafka's `sasl.password`, from `sasl_password_file` or `kafka.client`.
     pub sasl_password: Option<Secret>,
+    /// `kafka.sasl_password_file`, if set: read again while the cluster refuses the
+    /// worker, so a fixed or rotated password is taken without a restart.
+    pub sasl_password_file: Option<PathBuf>,
     /// The OAUTHBEARER token's file, read again before each token expires.
     pub oauthbearer_token_file: Option<PathBuf>,
     /// librdkafka properties for every client (flattened, dotted keys; `sasl.password`
@@ -174,11 +177,32 @@ impl RawKafka {
             max_batch: k.max_batch,
             max_buffered_records: k.max_buffered_records,
             sasl_password,
+            sasl_password_file: (!k.sasl_password_file.as_os_str().is_empty())
+                .then(|| k.sasl_password_file.clone()),
             oauthbearer_token_file,
             client,
             consumer,
             producer,
         }
+    }
+}
+
+impl KafkaSettings {
+    /// `kafka.sasl_password_file` read again: None when no file is configured, an
+    /// error (never quoting the file's content) when it cannot be read or is empty.
+    pub fn reread_sasl_password(&self) -> Option<Result<Secret, String>> {
+        let file = self.sasl_password_file.as_deref()?;
+        let mut p = Problems::new();
+        let read = secret::Source {
+            key: "kafka.sasl_password",
+            inline: None,
+            file,
+        }
+        .read(&mut p);
+        Some(match read {
+            Some(s) if p.is_empty() => Ok(s),
+            _ => Err(p.into_lines().join("; ")),
+        })
     }
 }
 

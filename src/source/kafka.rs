@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Statistics};
@@ -427,6 +427,31 @@ impl WorkerContext {
     }
 }
 
+/// A librdkafka log line as a tracing event at its level (target `librdkafka`), for
+/// every client the worker makes.
+pub fn forward_log(level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", fac, "{log_message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+    }
+}
+
+/// A librdkafka error text without its varying "(after 10ms in state AUTH_REQ)" tail,
+/// so repeats of one cause compare equal.
+fn without_timing(reason: &str) -> &str {
+    match reason.rfind(" (after ") {
+        Some(i) if reason.ends_with(')') => &reason[..i],
+        _ => reason,
+    }
+}
+
 /// The OAUTHBEARER token of `token_file`, for a client context asked for one; a failure
 /// is logged here (librdkafka retries in a few seconds).
 pub fn oauth_token(
@@ -452,17 +477,7 @@ impl ClientContext for WorkerContext {
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
-        }
+        forward_log(level, fac, log_message);
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -474,11 +489,29 @@ impl ClientContext for WorkerContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(rdkafka::error::RDKafkaErrorCode::AllBrokersDown)
-        ) {
-            self.health.set_connected(false);
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                // Logged once as "kafka disconnected", not once per retry.
+                self.health.set_connected(false);
+                tracing::debug!(error = %error, reason, "kafka client error");
+                return;
+            }
+            Some(RDKafkaErrorCode::Authentication) => {
+                // librdkafka retries every few seconds with the same cause: say it once
+                // per cause, and tell /readyz.
+                let cause = without_timing(reason);
+                if self
+                    .health
+                    .set_refused_by_kafka(Some(format!("authentication refused: {cause}")))
+                {
+                    tracing::error!(
+                        cause,
+                        "kafka: the cluster refused the worker's login (check sasl.username and kafka.sasl_password_file)"
+                    );
+                }
+                return;
+            }
+            _ => {}
         }
         tracing::warn!(error = %error, reason, "kafka client error");
     }
@@ -643,6 +676,15 @@ pub enum TopicError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeats_of_one_cause_compare_equal_without_their_timing() {
+        let a = "sasl_ssl://localhost:1/bootstrap: SASL authentication error: SASL SCRAM authentication failed: broker responded with invalid-proof (after 10ms in state AUTH_REQ)";
+        let b = a.replace("10ms", "3ms");
+        assert_eq!(without_timing(a), without_timing(&b));
+        assert!(without_timing(a).ends_with("invalid-proof"));
+        assert_eq!(without_timing("no timing here"), "no timing here");
+    }
 
     #[test]
     fn murmur2_matches_the_java_client() {

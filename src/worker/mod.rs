@@ -37,7 +37,7 @@ use self::effects::{Delivery, Effects};
 use self::input::Input;
 use self::settings::{Live, Startup};
 use self::tasks::Tasks;
-use crate::config::{Config, Transport};
+use crate::config::{Config, KafkaSettings, Transport};
 use crate::disk;
 use crate::health::Health;
 use crate::mail::mailer::{FileMailer, SendLog};
@@ -46,6 +46,7 @@ use crate::mail::template::Templates;
 use crate::metrics::Metrics;
 use crate::outbox::Entry;
 use crate::publisher::Publisher;
+use crate::secret::Secret;
 use crate::shutdown::Shutdown;
 use crate::source::kafka::{self, TopicError, WorkerContext};
 
@@ -136,18 +137,20 @@ pub fn run(
         .map_err(|e| stopped(cfg, &health, anyhow::Error::new(e)))?;
     // Every part takes its restart-only values from here, once.
     let startup = Startup::new(cfg);
-    let k = startup.kafka();
-    let (ctx, rebalances) = WorkerContext::new(health.clone(), k.oauthbearer_token_file.clone());
-    let consumer = kafka::consumer(k, ctx)?;
-    let producer_cfg = kafka::producer_config(k);
-    tracing::info!(config = %kafka::describe(&producer_cfg), "kafka producer");
-    let publisher = Publisher::new(&producer_cfg, k.oauthbearer_token_file.as_deref())?;
-    let Some(partitions) = wait_for_topics(&consumer, cfg, shutdown)? else {
+    let Some(Connected {
+        k,
+        consumer,
+        rebalances,
+        publisher,
+        partitions,
+    }) = connect(startup.kafka(), &health, shutdown)?
+    else {
         return Ok(Outcome {
             clean: true,
             ..Outcome::default()
         });
     };
+    let k = &k;
     // The positions of every task this worker has state for decide, on assignment,
     // which tasks it may run and from where (docs/design.md §11 Restart).
     let tasks = Tasks::open(&startup.state().dir, &k.topics, opts.metrics.clone())?;
@@ -192,35 +195,114 @@ pub fn run(
     Ok(w.tally.out)
 }
 
-/// Checks the topics until the cluster answers; returns the input partition count, or
-/// None when shutdown was requested first.
+/// The Kafka clients, made once the cluster answers with the topics the worker needs.
+struct Connected {
+    /// The settings they were made with (the SASL password as last read).
+    k: KafkaSettings,
+    consumer: kafka::WorkerConsumer,
+    rebalances: kafka::Rebalances,
+    publisher: Publisher<effects::Covered>,
+    /// Partitions of each input topic.
+    partitions: i32,
+}
+
+/// Makes the Kafka clients and waits until the cluster answers; makes them again with
+/// `kafka.sasl_password_file`'s new content when that changes meanwhile (librdkafka
+/// reads `sasl.password` only when a client is made). None when shutdown came first.
+fn connect(
+    k: &KafkaSettings,
+    health: &Arc<Health>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<Connected>> {
+    let mut k = k.clone();
+    loop {
+        let (ctx, rebalances) =
+            WorkerContext::new(health.clone(), k.oauthbearer_token_file.clone());
+        let consumer = kafka::consumer(&k, ctx)?;
+        let producer_cfg = kafka::producer_config(&k);
+        tracing::info!(config = %kafka::describe(&producer_cfg), "kafka producer");
+        let publisher = Publisher::new(&producer_cfg, k.oauthbearer_token_file.as_deref())?;
+        match wait_for_topics(&consumer, &k, health, shutdown)? {
+            Waited::Ready(partitions) => {
+                return Ok(Some(Connected {
+                    k,
+                    consumer,
+                    rebalances,
+                    publisher,
+                    partitions,
+                }))
+            }
+            Waited::Shutdown => return Ok(None),
+            Waited::NewPassword(password) => {
+                tracing::info!(
+                    "kafka: kafka.sasl_password_file changed; connecting again with the new password"
+                );
+                k.sasl_password = Some(password);
+            }
+        }
+    }
+}
+
+/// How waiting for the cluster ended.
+enum Waited {
+    /// It answered: the input partition count.
+    Ready(i32),
+    /// Shutdown was requested first.
+    Shutdown,
+    /// `kafka.sasl_password_file` holds another password than the clients have.
+    NewPassword(Secret),
+}
+
+/// Checks the topics until the cluster answers, saying why it does not meanwhile.
 fn wait_for_topics(
     consumer: &kafka::WorkerConsumer,
-    cfg: &Config,
+    k: &KafkaSettings,
+    health: &Health,
     shutdown: &Shutdown,
-) -> anyhow::Result<Option<i32>> {
+) -> anyhow::Result<Waited> {
     let mut told = Vec::new();
+    let mut unreadable = None;
     loop {
-        match kafka::check_topics(consumer, &cfg.kafka, Duration::from_secs(10)) {
-            Ok(n) => return Ok(Some(n)),
+        match kafka::check_topics(consumer, k, Duration::from_secs(10)) {
+            Ok(n) => return Ok(Waited::Ready(n)),
             Err(TopicError::Invalid(problems)) => {
                 bail!("cannot start: {}", problems.join("; "))
             }
             Err(e @ TopicError::Unreachable(_)) => {
                 tracing::warn!(error = %e, "waiting for the Kafka cluster");
+                // Until subscribed, only polling hands the context librdkafka's errors
+                // (a refused login) and OAUTHBEARER token requests; it also paces retries.
+                let until = Instant::now() + Duration::from_secs(2);
+                while let Some(left) = until.checked_duration_since(Instant::now()) {
+                    let _ = consumer.poll(left);
+                }
                 // librdkafka says only "certificate verify failed"; say which failure.
-                let causes =
-                    crate::source::tls_check::explain_failures(&kafka::consumer_config(&cfg.kafka));
+                let causes = crate::source::tls_check::explain_failures(&kafka::consumer_config(k));
                 if causes != told {
                     for cause in &causes {
                         tracing::error!(cause = %cause, "kafka: a broker's TLS certificate is refused");
                     }
+                    if !causes.is_empty() {
+                        health.set_refused_by_kafka(Some(format!(
+                            "TLS certificate refused: {}",
+                            causes.join("; ")
+                        )));
+                    }
                     told = causes;
                 }
-                if shutdown.requested() {
-                    return Ok(None);
+                match k.reread_sasl_password() {
+                    Some(Ok(now)) if Some(&now) != k.sasl_password.as_ref() => {
+                        return Ok(Waited::NewPassword(now))
+                    }
+                    Some(Err(e)) if unreadable.as_ref() != Some(&e) => {
+                        tracing::error!(error = %e, "kafka: cannot read the SASL password again");
+                        unreadable = Some(e);
+                    }
+                    _ => {}
                 }
-                std::thread::sleep(Duration::from_secs(2));
+                if shutdown.requested() {
+                    return Ok(Waited::Shutdown);
+                }
             }
         }
     }
