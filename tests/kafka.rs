@@ -1411,6 +1411,41 @@ fn admin_endpoint_serves_health_readiness_and_metrics_matching_the_input() {
         &[("CHURNWATCH__ADMIN__TOKEN_FILE", &token_file)],
     );
     assert!(shown.starts_with(&id), "{shown}");
+
+    // A flood of half-sent requests, more than the endpoint keeps open, does not starve
+    // the liveness probe of the running worker, and a half-sent request is let go at the
+    // header timeout.
+    use churnwatch::admin::{CROWDED_HEADER_TIMEOUT, HEADER_TIMEOUT, MAX_OPEN};
+    use std::io::{Read, Write};
+    let flood: Vec<std::net::TcpStream> = (0..MAX_OPEN + 50)
+        .filter_map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").ok()?;
+            Some(s)
+        })
+        .collect();
+    assert!(flood.len() > MAX_OPEN, "only {} connections", flood.len());
+    let flooded = Instant::now();
+    std::thread::sleep(CROWDED_HEADER_TIMEOUT * 2);
+    let asked = Instant::now();
+    assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "/healthz took {:?} under the flood",
+        asked.elapsed()
+    );
+    let mut first = flood.into_iter().next().expect("a connection");
+    first
+        .set_read_timeout(Some(HEADER_TIMEOUT * 3))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let read = first.read_to_end(&mut rest);
+    assert!(
+        read.is_ok() && flooded.elapsed() < HEADER_TIMEOUT + Duration::from_secs(2),
+        "a half-sent request still open after {:?}: {read:?}",
+        flooded.elapsed()
+    );
+    w.assert_running();
     let done = w.stop();
     // Service logs are JSON lines, and carry no email address or name at info level.
     for line in done.log.lines().filter(|l| !l.trim().is_empty()) {
