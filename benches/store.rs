@@ -51,7 +51,7 @@ fn main() {
 
     let st = TaskStore::open(dir.path(), 0).expect("open");
     let t = Instant::now();
-    st.checkpoint(&mut engine, &BTreeMap::new(), &[], 0)
+    st.checkpoint(&mut engine, &BTreeMap::new(), (&[], 0), None)
         .expect("checkpoint");
     let full = t.elapsed();
     let bytes = std::fs::metadata(st.path()).map(|m| m.len()).unwrap_or(0);
@@ -72,7 +72,7 @@ fn main() {
     let changed = engine.changed_since_checkpoint().count();
     let held = engine.len();
     let t = Instant::now();
-    st.checkpoint(&mut engine, &BTreeMap::new(), &[], 0)
+    st.checkpoint(&mut engine, &BTreeMap::new(), (&[], 0), None)
         .expect("checkpoint");
     println!(
         "store/checkpoint_changed: {changed} changed customers in {:.1} ms",

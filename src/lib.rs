@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod alert;
+pub mod changelog;
 pub mod config;
 pub mod disk;
 pub mod engine;

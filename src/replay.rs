@@ -296,7 +296,7 @@ pub fn run(cfg: &Config, templates: Option<&Templates>, opts: &Options) -> anyho
     }
     if opts.write_state {
         let dir = opts.outbox.join("state");
-        TaskStore::open(&dir, 0)?.checkpoint(&mut engine, &Default::default(), &[], 0)?;
+        TaskStore::open(&dir, 0)?.checkpoint(&mut engine, &Default::default(), (&[], 0), None)?;
     }
     summary.stats = engine.stats().clone();
     summary.emails_written = sink.mailer.as_ref().map_or(0, |m| m.written);

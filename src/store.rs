@@ -19,6 +19,7 @@ use redb::{
     ReadableTable, TableDefinition,
 };
 
+use crate::changelog::{Change, Key};
 use crate::engine::checkpoint::{Header, Record, RestoreError};
 use crate::engine::settings::Settings;
 use crate::engine::Engine;
@@ -85,6 +86,73 @@ enum Handle {
 pub struct TaskStore {
     handle: Handle,
     path: PathBuf,
+}
+
+/// A store being rebuilt from a changelog ([`TaskStore::restore`]).
+pub struct Restore<'a> {
+    store: &'a TaskStore,
+    tx: Option<redb::WriteTransaction>,
+    rows: u64,
+}
+
+impl Restore<'_> {
+    /// Applies changelog records, in changelog order (a later one for the same row
+    /// replaces it, a tombstone deletes it). Give them a batch at a time: each call
+    /// opens the tables once.
+    pub fn apply(&mut self, changes: &[Change]) -> Result<(), StoreError> {
+        let st = self.store;
+        let Some(tx) = &self.tx else {
+            return Ok(());
+        };
+        let e = |x: redb::Error| st.err(x);
+        let mut c = tx.open_table(CUSTOMERS).map_err(|x| e(x.into()))?;
+        let mut m = tx.open_table(META).map_err(|x| e(x.into()))?;
+        let mut o = tx.open_table(OUTBOX).map_err(|x| e(x.into()))?;
+        let mut f = tx.open_table(FIRST_FAILURE).map_err(|x| e(x.into()))?;
+        for change in changes {
+            let value = change.value.as_deref();
+            match &change.key {
+                Key::Customer(id) => match value {
+                    Some(v) => c.insert(id.as_str(), v).map(drop),
+                    None => c.remove(id.as_str()).map(drop),
+                },
+                Key::Meta(name) => match value {
+                    Some(v) => m.insert(name.as_str(), v).map(drop),
+                    None => m.remove(name.as_str()).map(drop),
+                },
+                Key::Outbox(n) => match value {
+                    Some(v) => o.insert(*n, v).map(drop),
+                    None => o.remove(*n).map(drop),
+                },
+                Key::FirstFailure(n) => match value {
+                    Some(v) => {
+                        let at = <[u8; 8]>::try_from(v)
+                            .map(i64::from_le_bytes)
+                            .map_err(|_| {
+                                st.damaged(RestoreError::Decode {
+                                    what: "a first-failure time in the changelog".into(),
+                                    error: format!("{} bytes", v.len()),
+                                })
+                            })?;
+                        f.insert(*n, at).map(drop)
+                    }
+                    None => f.remove(*n).map(drop),
+                },
+            }
+            .map_err(|x| e(x.into()))?;
+            self.rows += 1;
+        }
+        Ok(())
+    }
+
+    /// Commits the rebuilt store, synced; returns the records applied.
+    pub fn finish(mut self) -> Result<u64, StoreError> {
+        let st = self.store;
+        if let Some(tx) = self.tx.take() {
+            tx.commit().map_err(|e| st.err(e))?;
+        }
+        Ok(self.rows)
+    }
 }
 
 /// A task's state as loaded at start.
@@ -374,13 +442,19 @@ impl TaskStore {
     /// Commits a checkpoint: the engine's changes and header, `offsets`, and `entries`
     /// numbered from `first_entry`. Synced to disk before it returns; only then does the
     /// engine forget its changes.
+    /// `log`, when given, receives every row written or deleted (for the changelog).
     pub fn checkpoint(
         &self,
         engine: &mut Engine,
         offsets: &BTreeMap<String, i64>,
-        entries: &[Entry],
-        first_entry: u64,
+        (entries, first_entry): (&[Entry], u64),
+        mut log: Option<&mut Vec<Change>>,
     ) -> Result<(), StoreError> {
+        let mut note = |c: Change| {
+            if let Some(log) = log.as_deref_mut() {
+                log.push(c);
+            }
+        };
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
@@ -389,22 +463,29 @@ impl TaskStore {
             let mut c = tx.open_table(CUSTOMERS).map_err(|e| self.err(e))?;
             for id in engine.removed_since_checkpoint() {
                 c.remove(&**id).map_err(|e| self.err(e))?;
+                note(Change::delete(Key::Customer(id.to_string())));
             }
             for (id, bytes) in engine.changed_since_checkpoint() {
                 c.insert(id, bytes.as_slice()).map_err(|e| self.err(e))?;
+                note(Change::put(Key::Customer(id.to_string()), bytes));
             }
             let mut m = tx.open_table(META).map_err(|e| self.err(e))?;
-            m.insert(HEADER, engine.header().encode().as_slice())
-                .map_err(|e| self.err(e))?;
-            let off = postcard::to_allocvec(offsets).unwrap_or_default();
-            m.insert(OFFSETS, off.as_slice()).map_err(|e| self.err(e))?;
             let next = first_entry + entries.len() as u64;
-            m.insert(NEXT_ENTRY, next.to_le_bytes().as_slice())
-                .map_err(|e| self.err(e))?;
+            let meta = [
+                (HEADER, engine.header().encode()),
+                (OFFSETS, postcard::to_allocvec(offsets).unwrap_or_default()),
+                (NEXT_ENTRY, next.to_le_bytes().to_vec()),
+            ];
+            for (key, value) in meta {
+                m.insert(key, value.as_slice()).map_err(|e| self.err(e))?;
+                note(Change::put(Key::Meta(key.to_string()), value));
+            }
             let mut o = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
             for (i, entry) in entries.iter().enumerate() {
-                o.insert(first_entry + i as u64, entry.encode().as_slice())
-                    .map_err(|e| self.err(e))?;
+                let n = first_entry + i as u64;
+                let bytes = entry.encode();
+                o.insert(n, bytes.as_slice()).map_err(|e| self.err(e))?;
+                note(Change::put(Key::Outbox(n), bytes));
             }
         }
         tx.commit().map_err(|e| self.err(e))?;
@@ -414,7 +495,12 @@ impl TaskStore {
 
     /// Removes acknowledged outbox entries, synced: after a crash only entries whose
     /// effect was acknowledged since the last call are handed over again.
-    pub fn mark_done(&self, entries: impl IntoIterator<Item = u64>) -> Result<(), StoreError> {
+    /// `log`, when given, receives the rows deleted (for the changelog).
+    pub fn mark_done(
+        &self,
+        entries: impl IntoIterator<Item = u64>,
+        mut log: Option<&mut Vec<Change>>,
+    ) -> Result<(), StoreError> {
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
@@ -423,8 +509,16 @@ impl TaskStore {
             let mut o = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
             let mut f = tx.open_table(FIRST_FAILURE).map_err(|e| self.err(e))?;
             for n in entries {
-                o.remove(n).map_err(|e| self.err(e))?;
-                f.remove(n).map_err(|e| self.err(e))?;
+                let had_entry = o.remove(n).map_err(|e| self.err(e))?.is_some();
+                let had_failure = f.remove(n).map_err(|e| self.err(e))?.is_some();
+                if let Some(log) = log.as_deref_mut() {
+                    if had_entry {
+                        log.push(Change::delete(Key::Outbox(n)));
+                    }
+                    if had_failure {
+                        log.push(Change::delete(Key::FirstFailure(n)));
+                    }
+                }
             }
         }
         tx.commit().map_err(|e| self.err(e))
@@ -432,7 +526,12 @@ impl TaskStore {
 
     /// Stores when each email entry first failed transiently (Unix seconds), keeping a
     /// time already stored: `smtp.max_retry_age` counts from the first failure ever.
-    pub fn note_first_failures(&self, entries: &[(u64, i64)]) -> Result<(), StoreError> {
+    /// `log`, when given, receives the rows written (for the changelog).
+    pub fn note_first_failures(
+        &self,
+        entries: &[(u64, i64)],
+        mut log: Option<&mut Vec<Change>>,
+    ) -> Result<(), StoreError> {
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
@@ -446,10 +545,38 @@ impl TaskStore {
                 let pending = o.get(n).map_err(|e| self.err(e))?.is_some();
                 if !known && pending {
                     f.insert(n, at).map_err(|e| self.err(e))?;
+                    if let Some(log) = log.as_deref_mut() {
+                        log.push(Change::put(Key::FirstFailure(n), at.to_le_bytes()));
+                    }
                 }
             }
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Starts replacing this store's whole content by a changelog's (a task arriving
+    /// without current local state): nothing of the old content survives, and nothing
+    /// of the new is visible until [`Restore::finish`] commits it, synced.
+    pub fn restore(&self) -> Result<Restore<'_>, StoreError> {
+        let db = self.db()?;
+        let mut tx = db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(e))?;
+        {
+            let mut c = tx.open_table(CUSTOMERS).map_err(|e| self.err(e))?;
+            c.retain(|_, _| false).map_err(|e| self.err(e))?;
+            let mut m = tx.open_table(META).map_err(|e| self.err(e))?;
+            m.retain(|_, _| false).map_err(|e| self.err(e))?;
+            let mut o = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
+            o.retain(|_, _| false).map_err(|e| self.err(e))?;
+            let mut f = tx.open_table(FIRST_FAILURE).map_err(|e| self.err(e))?;
+            f.retain(|_, _| false).map_err(|e| self.err(e))?;
+        }
+        Ok(Restore {
+            store: self,
+            tx: Some(tx),
+            rows: 0,
+        })
     }
 
     /// When each unfinished email entry first failed transiently (Unix seconds).

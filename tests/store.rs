@@ -75,7 +75,7 @@ fn an_engine_restored_from_its_checkpoints_decides_like_one_that_never_stopped()
         }
         {
             let st = TaskStore::open(dir.path(), 3).expect("open");
-            st.checkpoint(&mut engine, &BTreeMap::new(), &[], 0)
+            st.checkpoint(&mut engine, &BTreeMap::new(), (&[], 0), None)
                 .expect("checkpoint");
         }
         // Forget everything in memory: continue from what the file holds.
@@ -140,7 +140,7 @@ fn a_store_restored_under_new_thresholds_decides_like_a_live_reload() {
         engine.apply(event::parse(l.as_bytes()).expect("event"), &mut got);
     }
     let st = TaskStore::open(dir.path(), 0).expect("open");
-    st.checkpoint(&mut engine, &BTreeMap::new(), &[], 0)
+    st.checkpoint(&mut engine, &BTreeMap::new(), (&[], 0), None)
         .expect("checkpoint");
     let mut engine = st
         .load(Arc::new(new.engine.clone()))
@@ -203,9 +203,9 @@ fn outbox_entries_and_offsets_survive_a_reopen_until_removed() {
                 headers: vec![("churnwatch.reject.class".into(), Some(b"json".to_vec()))],
             },
         ];
-        st.checkpoint(&mut e, &offsets, &entries, 10)
+        st.checkpoint(&mut e, &offsets, (&entries, 10), None)
             .expect("checkpoint");
-        st.mark_done([11]).expect("mark");
+        st.mark_done([11], None).expect("mark");
     }
     let st = TaskStore::open(dir.path(), 0).expect("reopen");
     assert_eq!(st.offsets().expect("offsets"), Some(offsets.clone()));
@@ -216,9 +216,9 @@ fn outbox_entries_and_offsets_survive_a_reopen_until_removed() {
     assert!(matches!(loaded.pending[1].1, Entry::DeadLetter { .. }));
     // The next checkpoint numbers on.
     let mut e = loaded.engine;
-    st.checkpoint(&mut e, &offsets, &[email(2)], loaded.next_entry)
+    st.checkpoint(&mut e, &offsets, (&[email(2)], loaded.next_entry), None)
         .expect("checkpoint");
-    st.mark_done([10, 12]).expect("mark");
+    st.mark_done([10, 12], None).expect("mark");
     drop(st);
     let st = TaskStore::open(dir.path(), 0).expect("reopen");
     let loaded = st.load(settings).expect("load").expect("state");
@@ -255,7 +255,7 @@ fn written_store(dir: &Path) -> std::path::PathBuf {
         e.apply(event::parse(l.as_bytes()).expect("event"), &mut out);
     }
     let st = TaskStore::open(dir, 0).expect("open");
-    st.checkpoint(&mut e, &BTreeMap::new(), &[], 0)
+    st.checkpoint(&mut e, &BTreeMap::new(), (&[], 0), None)
         .expect("checkpoint");
     st.path().to_path_buf()
 }
@@ -384,7 +384,7 @@ fn a_customer_silent_for_the_retention_horizon_is_dropped_from_memory_and_store(
     e.apply(ev("a1", "quiet", "2025-01-01T00:00:00Z"), &mut out);
     e.apply(ev("b1", "busy", "2025-01-01T00:00:00Z"), &mut out);
     let st = TaskStore::open(dir.path(), 0).expect("open");
-    st.checkpoint(&mut e, &BTreeMap::new(), &[], 0)
+    st.checkpoint(&mut e, &BTreeMap::new(), (&[], 0), None)
         .expect("checkpoint");
     assert!(st
         .inspect(settings.clone(), "quiet")
@@ -404,7 +404,7 @@ fn a_customer_silent_for_the_retention_horizon_is_dropped_from_memory_and_store(
     assert!(e.snapshot("quiet").is_none(), "past 250 days: dropped");
     assert!(e.snapshot("busy").is_some());
     assert_eq!(e.stats().expired, 1);
-    st.checkpoint(&mut e, &BTreeMap::new(), &[], 0)
+    st.checkpoint(&mut e, &BTreeMap::new(), (&[], 0), None)
         .expect("checkpoint");
     assert!(
         st.inspect(settings.clone(), "quiet")
@@ -415,4 +415,115 @@ fn a_customer_silent_for_the_retention_horizon_is_dropped_from_memory_and_store(
     // A later event starts the customer afresh.
     e.apply(ev("a2", "quiet", "2025-09-10T00:00:00Z"), &mut out);
     assert_eq!(e.snapshot("quiet").map(|s| s.purchases), Some(1));
+}
+
+/// A changelog as a compacted topic keeps it: the latest record per key, in the order
+/// of those latest records (tombstones kept, as Kafka keeps them for a while).
+fn compacted(log: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut last = BTreeMap::new();
+    for (i, (k, _)) in log.iter().enumerate() {
+        last.insert(k.clone(), i);
+    }
+    let mut keep: Vec<usize> = last.into_values().collect();
+    keep.sort_unstable();
+    keep.into_iter().map(|i| log[i].clone()).collect()
+}
+
+fn restore_from(st: &TaskStore, log: &[(Vec<u8>, Option<Vec<u8>>)]) {
+    use churnwatch::changelog::{Change, Key};
+    let changes: Vec<Change> = log
+        .iter()
+        .map(|(k, v)| Change {
+            key: Key::decode(k).expect("a row key"),
+            value: v.clone(),
+        })
+        .collect();
+    let mut r = st.restore().expect("restore");
+    for batch in changes.chunks(500) {
+        r.apply(batch).expect("apply");
+    }
+    assert_eq!(r.finish().expect("finish"), changes.len() as u64);
+}
+
+/// docs/design.md §16 State follows tasks: the changelog of a store's writes, compacted
+/// and replayed into another replica's store (holding stale content of its own), gives
+/// an engine that decides exactly like the original, and the same outbox.
+#[test]
+fn a_store_rebuilt_from_its_compacted_changelog_decides_like_the_original() {
+    let c = cfg();
+    let settings = Arc::new(c.engine.clone());
+    let until = Stamp::parse_rfc3339("2027-03-01T00:00:00Z").expect("until");
+    let input = lines();
+
+    let mut straight = Engine::new(settings.clone());
+    let mut want = Vec::new();
+    for l in &input {
+        straight.apply(event::parse(l.as_bytes()).expect("event"), &mut want);
+    }
+    straight.finish(until, &mut want);
+
+    let here = tempfile::tempdir().expect("tempdir");
+    let there = tempfile::tempdir().expect("tempdir");
+    let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut engine = Engine::new(settings.clone());
+    let mut got = Vec::new();
+    let mut next = 0u64;
+    let mut offsets = BTreeMap::new();
+    // The other replica's store holds something stale, which the restore must replace.
+    {
+        let other = TaskStore::open(there.path(), 0).expect("open");
+        let mut e = Engine::new(settings.clone());
+        for l in &input[..500] {
+            e.apply(event::parse(l.as_bytes()).expect("event"), &mut Vec::new());
+        }
+        other
+            .checkpoint(&mut e, &BTreeMap::new(), (&[email(99)], 1_000_000), None)
+            .expect("stale");
+    }
+    for (round, chunk) in input.chunks(1_499).enumerate() {
+        for l in chunk {
+            engine.apply(event::parse(l.as_bytes()).expect("event"), &mut got);
+        }
+        offsets.insert("t".to_string(), (round as i64 + 1) * 1_499);
+        let st = TaskStore::open(here.path(), 0).expect("open");
+        let entries = [email(round as u32 * 2), email(round as u32 * 2 + 1)];
+        let mut changes = Vec::new();
+        st.checkpoint(&mut engine, &offsets, (&entries, next), Some(&mut changes))
+            .expect("checkpoint");
+        // One entry sent, one failing transiently and waiting.
+        st.mark_done([next], Some(&mut changes)).expect("mark");
+        st.note_first_failures(
+            &[(next + 1, 1_700_000_000 + round as i64)],
+            Some(&mut changes),
+        )
+        .expect("failure");
+        if round > 0 {
+            st.mark_done([next - 1], Some(&mut changes)).expect("mark");
+        }
+        next += 2;
+        log.extend(changes.into_iter().map(|ch| (ch.key.encode(), ch.value)));
+        if round % 5 == 4 {
+            // The task moves: the other replica rebuilds from the compacted changelog
+            // and continues from that.
+            let log = compacted(&log);
+            let other = TaskStore::open(there.path(), 0).expect("open");
+            restore_from(&other, &log);
+            let mine = st.load(settings.clone()).expect("load").expect("state");
+            let moved = other.load(settings.clone()).expect("load").expect("state");
+            assert_eq!(moved.offsets, mine.offsets);
+            assert_eq!(moved.next_entry, mine.next_entry);
+            assert_eq!(moved.pending, mine.pending);
+            assert_eq!(
+                other.first_failures().expect("failures"),
+                st.first_failures().expect("failures")
+            );
+            engine = moved.engine;
+        }
+    }
+    engine.finish(until, &mut got);
+    assert_eq!(json(&got, &c), json(&want, &c), "alerts");
+    assert_eq!(engine.snapshots_sorted(), straight.snapshots_sorted());
+    assert_eq!(engine.stats(), straight.stats());
+    assert_eq!(engine.population(), straight.population());
+    assert_eq!(engine.pending_timers(), straight.pending_timers());
 }

@@ -361,7 +361,7 @@ impl<'a> Effects<'a> {
         }
         for (p, entries) in failing {
             if let Some(st) = tasks.store(p) {
-                st.note_first_failures(&entries)?;
+                st.note_first_failures(&entries, None)?;
             }
         }
         if let Delivery::Smtp { log, .. } = &mut self.delivery {

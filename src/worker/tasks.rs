@@ -259,7 +259,7 @@ impl Tasks {
             .collect();
         let st = open_store(&mut self.stores, &self.dir, p)?;
         let first = task.next_entry;
-        st.checkpoint(&mut task.engine, &offsets, &task.pending, first)
+        st.checkpoint(&mut task.engine, &offsets, (&task.pending, first), None)
             .with_context(|| format!("checkpoint of task {p} failed; stopping so that a restart resumes from the last good one"))?;
         CheckpointCommitted.emit(&self.metrics, out);
         let entries = std::mem::take(&mut task.pending);
@@ -373,7 +373,7 @@ impl Tasks {
     /// Removes finished entries from task `p`'s outbox, synced.
     pub(super) fn mark_done(&self, p: i32, entries: &[u64]) -> Result<(), store::StoreError> {
         match self.stores.get(&p) {
-            Some(st) if !entries.is_empty() => st.mark_done(entries.iter().copied()),
+            Some(st) if !entries.is_empty() => st.mark_done(entries.iter().copied(), None),
             _ => Ok(()),
         }
     }
@@ -387,7 +387,7 @@ impl Tasks {
         }
         self.stores.remove(&p);
         let again = TaskStore::open(&self.dir, p)
-            .and_then(|st| st.mark_done(entries.iter().copied()).map(|()| st));
+            .and_then(|st| st.mark_done(entries.iter().copied(), None).map(|()| st));
         match again {
             Ok(st) => {
                 self.stores.insert(p, st);
