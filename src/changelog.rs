@@ -1,7 +1,21 @@
-//! A task store's writes as changelog records (docs/design.md §16 State follows tasks):
-//! every row a store transaction puts or deletes becomes one keyed record, so that the
-//! latest record per key — what a compacted topic keeps — is the store's content, and a
-//! replica given the task without current local state can rebuild its store from it.
+//! A task store's writes as changelog records, and how a replica rebuilds the store
+//! from them (docs/design.md §16 State follows tasks).
+//!
+//! Every row a store transaction puts or deletes becomes one keyed record, so that the
+//! latest record per key — what a compacted topic keeps — is the store's content. Three
+//! kinds of record share a task's partition:
+//!
+//! - a **claim**, written by a replica taking the task; its offset is the *epoch* of
+//!   everything that replica writes after it;
+//! - **rows**, keyed by epoch and store row;
+//! - a **marker** per epoch, written after each checkpoint's rows: the checkpoint's
+//!   number, how many rows the store holds, and whether the epoch's first full copy of
+//!   the state is complete.
+//!
+//! A restorer follows the latest claim and applies its rows only up to its last marker,
+//! so a checkpoint is all or nothing, a writer that lost the task (a zombie) writes
+//! under an older epoch that nobody follows any more, and compaction never removes a
+//! value a restorer needs: rows of different epochs never share a key.
 //!
 //! Pure: the records are bytes; producing and reading them is the worker's job.
 
@@ -110,6 +124,268 @@ impl Change {
     }
 }
 
+/// Tags of the three kinds of changelog record (the first key byte).
+const ROW: u8 = b'r';
+const CLAIM: u8 = b'C';
+const MARKER: u8 = b'M';
+
+/// What a marker says about its epoch after one checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// The checkpoint's number in this epoch (from 1).
+    pub seq: u64,
+    /// Rows the store holds after it: a restore that ends with fewer has lost some.
+    pub rows: u64,
+    /// The epoch's full copy of the state is complete: from here on the epoch can be
+    /// restored (before, its claim's predecessor is still the state).
+    pub complete: bool,
+}
+
+impl Marker {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(17);
+        v.extend_from_slice(&self.seq.to_le_bytes());
+        v.extend_from_slice(&self.rows.to_le_bytes());
+        v.push(u8::from(self.complete));
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<Marker> {
+        if b.len() != 17 {
+            return None;
+        }
+        let seq = u64::from_le_bytes(b[0..8].try_into().ok()?);
+        let rows = u64::from_le_bytes(b[8..16].try_into().ok()?);
+        Some(Marker {
+            seq,
+            rows,
+            complete: b[16] == 1,
+        })
+    }
+}
+
+/// One changelog record: key and value (None: a tombstone).
+pub type Record = (Vec<u8>, Option<Vec<u8>>);
+
+/// The claim a replica writes when it takes a task. `nonce` makes its key unique, so
+/// compaction keeps every claim until it is cleaned up; `continues` names the epoch it
+/// carries on (its own, after a restart with current state) instead of starting one.
+pub fn claim(nonce: u64, continues: Option<u64>, who: &str) -> Record {
+    let mut key = vec![CLAIM];
+    key.extend_from_slice(&nonce.to_be_bytes());
+    let mut value = continues.unwrap_or(u64::MAX).to_be_bytes().to_vec();
+    value.extend_from_slice(who.as_bytes());
+    (key, Some(value))
+}
+
+/// A store row written under `epoch`.
+pub fn row(epoch: u64, change: &Change) -> Record {
+    let mut key = Vec::with_capacity(9 + 16);
+    key.push(ROW);
+    key.extend_from_slice(&epoch.to_be_bytes());
+    key.extend_from_slice(&change.key.encode());
+    (key, change.value.clone())
+}
+
+/// The marker of `epoch` after a checkpoint (one key per epoch: compaction keeps the last).
+pub fn marker(epoch: u64, m: Marker) -> Record {
+    let mut key = vec![MARKER];
+    key.extend_from_slice(&epoch.to_be_bytes());
+    (key, Some(m.encode()))
+}
+
+/// A record as read: what kind it is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// A claim; `continues` the epoch it carries on, if any.
+    Claim {
+        /// The epoch this claim carries on (None: it starts one at its own offset).
+        continues: Option<u64>,
+    },
+    /// A row of `epoch`.
+    Row {
+        /// Its epoch.
+        epoch: u64,
+        /// The store row and its value.
+        change: Change,
+    },
+    /// The marker of `epoch`.
+    Marker {
+        /// Its epoch.
+        epoch: u64,
+        /// What it says.
+        marker: Marker,
+    },
+    /// A tombstone of a claim or marker (cleaning up): nothing to restore.
+    Cleared,
+}
+
+/// What a record is; an error names only its offset and size.
+pub fn read(offset: i64, key: &[u8], value: Option<&[u8]>) -> Result<Read, BadRecord> {
+    let bad = |what: &'static str| BadRecord {
+        offset,
+        len: key.len(),
+        what,
+    };
+    let (&tag, rest) = key.split_first().ok_or(bad("an empty key"))?;
+    let epoch = || {
+        rest.get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+    };
+    match tag {
+        CLAIM if rest.len() == 8 => match value {
+            None => Ok(Read::Cleared),
+            Some(v) => {
+                let c = v
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or(bad("a claim without its epoch"))?;
+                Ok(Read::Claim {
+                    continues: (c != u64::MAX).then_some(c),
+                })
+            }
+        },
+        MARKER if rest.len() == 8 => match value {
+            None => Ok(Read::Cleared),
+            Some(v) => Ok(Read::Marker {
+                epoch: epoch().ok_or(bad("a marker key"))?,
+                marker: Marker::decode(v).ok_or(bad("a marker value"))?,
+            }),
+        },
+        ROW if rest.len() > 8 => {
+            let key = Key::decode(&rest[8..]).map_err(|_| bad("a row key"))?;
+            Ok(Read::Row {
+                epoch: epoch().ok_or(bad("a row key"))?,
+                change: Change {
+                    key,
+                    value: value.map(<[u8]>::to_vec),
+                },
+            })
+        }
+        _ => Err(bad("a key of no known kind")),
+    }
+}
+
+/// A changelog record that is not one churnwatch writes: restoring stops (the task is
+/// refused) rather than build a store that silently lacks something.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("changelog record at offset {offset} ({len}-byte key): not {what} churnwatch writes")]
+pub struct BadRecord {
+    /// Where it is.
+    pub offset: i64,
+    /// Its key's length (a key may hold a customer id, so it is not quoted).
+    pub len: usize,
+    /// What it failed to be.
+    pub what: &'static str,
+}
+
+/// What the store being rebuilt must do after a record was read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Apply {
+    /// Nothing (a row waiting for its marker, a zombie's record, a duplicate).
+    Nothing,
+    /// Forget everything applied so far: a newer claim took over.
+    Clear,
+    /// Apply these rows, in order: a marker made them part of a checkpoint.
+    Rows(Vec<Change>),
+}
+
+/// How a restore read ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// The state of `epoch` after its checkpoint `marker` is what was applied.
+    State {
+        /// The epoch restored.
+        epoch: u64,
+        /// Its last checkpoint's marker.
+        marker: Marker,
+    },
+    /// No claim at all: the task never had state.
+    Nothing,
+    /// The latest claim never completed a full copy (its writer stopped while making
+    /// it): read again up to `before` (that claim's offset), which follows the one
+    /// before.
+    ReadAgain {
+        /// Read only records before this offset.
+        before: i64,
+    },
+}
+
+/// The restore of one task from its changelog partition, fed its records in offset
+/// order (docs/design.md §16 State follows tasks).
+#[derive(Debug)]
+pub struct Restorer {
+    before: i64,
+    last_offset: i64,
+    /// The epoch followed: the latest claim's (or the epoch it continues).
+    follow: Option<u64>,
+    /// Rows of the followed epoch since its last marker.
+    waiting: Vec<Change>,
+    committed: Option<Marker>,
+}
+
+impl Restorer {
+    /// A restore reading records before offset `before` (a claim of the reader's own,
+    /// or the end of the partition).
+    pub fn new(before: i64) -> Restorer {
+        Restorer {
+            before,
+            last_offset: -1,
+            follow: None,
+            waiting: Vec::new(),
+            committed: None,
+        }
+    }
+
+    /// Takes the record at `offset`. Records at or past `before`, and records read a
+    /// second time (a broker may return some again), change nothing.
+    pub fn feed(&mut self, offset: i64, record: Read) -> Apply {
+        if offset >= self.before || offset <= self.last_offset {
+            return Apply::Nothing;
+        }
+        self.last_offset = offset;
+        match record {
+            Read::Claim { continues } => {
+                let epoch = match continues {
+                    // A restart carrying on its own epoch: nothing changes hands. One
+                    // carrying on an epoch that is no longer the latest was mistaken (its
+                    // writer finds that out by reading up to it, and claims anew).
+                    Some(_) => return Apply::Nothing,
+                    None => offset as u64,
+                };
+                self.follow = Some(epoch);
+                self.waiting.clear();
+                self.committed = None;
+                Apply::Clear
+            }
+            Read::Row { epoch, change } if Some(epoch) == self.follow => {
+                self.waiting.push(change);
+                Apply::Nothing
+            }
+            Read::Marker { epoch, marker } if Some(epoch) == self.follow => {
+                self.committed = Some(marker);
+                Apply::Rows(std::mem::take(&mut self.waiting))
+            }
+            // Another epoch's record: an older owner still writing (a zombie), or left
+            // over from before the claim followed.
+            Read::Row { .. } | Read::Marker { .. } | Read::Cleared => Apply::Nothing,
+        }
+    }
+
+    /// How the read ended, once every record before `before` was fed.
+    pub fn finish(self) -> Restored {
+        match (self.follow, self.committed) {
+            (None, _) => Restored::Nothing,
+            (Some(epoch), Some(marker)) if marker.complete => Restored::State { epoch, marker },
+            (Some(epoch), _) => Restored::ReadAgain {
+                before: epoch as i64,
+            },
+        }
+    }
+}
+
 /// The topic a group's changelog lives in when `kafka.changelog_topic` is not set:
 /// named after the group, as Kafka Streams names its changelogs after the application.
 pub fn default_topic(group_id: &str) -> String {
@@ -119,6 +395,209 @@ pub fn default_topic(group_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::BTreeMap;
+
+    fn put(id: &str, v: &str) -> Change {
+        Change::put(Key::Customer(id.into()), v.as_bytes())
+    }
+
+    fn done(seq: u64, rows: u64) -> Marker {
+        Marker {
+            seq,
+            rows,
+            complete: true,
+        }
+    }
+
+    /// Feeds `log` (offset = position) through `read` and a restorer as the worker
+    /// does, applying to a map as the store would.
+    fn restore(log: &[Record], before: i64) -> (Restored, BTreeMap<Key, Vec<u8>>) {
+        let mut r = Restorer::new(before);
+        let mut store = BTreeMap::new();
+        for (offset, (k, v)) in log.iter().enumerate() {
+            let rec = read(offset as i64, k, v.as_deref()).expect("a churnwatch record");
+            match r.feed(offset as i64, rec) {
+                Apply::Nothing => {}
+                Apply::Clear => store.clear(),
+                Apply::Rows(rows) => {
+                    for c in rows {
+                        match c.value {
+                            Some(v) => store.insert(c.key, v),
+                            None => store.remove(&c.key),
+                        };
+                    }
+                }
+            }
+        }
+        (r.finish(), store)
+    }
+
+    fn ids(store: &BTreeMap<Key, Vec<u8>>) -> Vec<(String, String)> {
+        store
+            .iter()
+            .map(|(k, v)| {
+                let Key::Customer(id) = k else {
+                    panic!("{k:?}")
+                };
+                (id.clone(), String::from_utf8_lossy(v).to_string())
+            })
+            .collect()
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_counts_only_once_its_marker_is_written() {
+        let log = vec![
+            claim(1, None, "a"),
+            row(0, &put("c1", "v1")),
+            marker(0, done(1, 1)),
+            row(0, &put("c1", "v2")),
+            row(0, &put("c2", "v1")),
+        ];
+        let (end, store) = restore(&log, i64::MAX);
+        assert_eq!(
+            end,
+            Restored::State {
+                epoch: 0,
+                marker: done(1, 1)
+            }
+        );
+        assert_eq!(
+            ids(&store),
+            pairs(&[("c1", "v1")]),
+            "the unfinished one is not applied"
+        );
+    }
+
+    #[test]
+    fn a_zombie_writing_after_a_newer_claim_is_ignored() {
+        let log = vec![
+            claim(1, None, "a"),
+            row(0, &put("c1", "a1")),
+            marker(0, done(1, 1)),
+            claim(2, None, "b"), // offset 3: epoch 3
+            row(0, &put("c1", "zombie")),
+            marker(0, done(2, 1)),
+            row(3, &put("c1", "a1")),
+            row(3, &put("c2", "b1")),
+            marker(3, done(1, 2)),
+            row(0, &put("c3", "zombie")),
+            marker(0, done(3, 2)),
+        ];
+        let (end, store) = restore(&log, i64::MAX);
+        assert_eq!(
+            end,
+            Restored::State {
+                epoch: 3,
+                marker: done(1, 2)
+            }
+        );
+        assert_eq!(ids(&store), pairs(&[("c1", "a1"), ("c2", "b1")]));
+    }
+
+    #[test]
+    fn a_claim_that_never_completed_its_copy_sends_the_restorer_to_the_one_before() {
+        let log = vec![
+            claim(1, None, "a"),
+            row(0, &put("c1", "a1")),
+            marker(0, done(1, 1)),
+            claim(2, None, "b"), // offset 3
+            row(3, &put("c1", "a1")),
+            marker(
+                3,
+                Marker {
+                    seq: 1,
+                    rows: 1,
+                    complete: false,
+                },
+            ),
+        ];
+        let (end, _) = restore(&log, i64::MAX);
+        assert_eq!(end, Restored::ReadAgain { before: 3 });
+        let (end, store) = restore(&log, 3);
+        assert_eq!(
+            end,
+            Restored::State {
+                epoch: 0,
+                marker: done(1, 1)
+            }
+        );
+        assert_eq!(ids(&store), pairs(&[("c1", "a1")]));
+        assert_eq!(restore(&[], i64::MAX).0, Restored::Nothing);
+    }
+
+    #[test]
+    fn records_read_twice_or_past_the_end_change_nothing() {
+        let mut r = Restorer::new(3);
+        let (k, v) = claim(1, None, "a");
+        assert_eq!(
+            r.feed(0, read(0, &k, v.as_deref()).expect("claim")),
+            Apply::Clear
+        );
+        let (k, v) = row(0, &put("c1", "v"));
+        assert_eq!(
+            r.feed(1, read(1, &k, v.as_deref()).expect("row")),
+            Apply::Nothing
+        );
+        let (mk, mv) = marker(0, done(1, 1));
+        let rows = r.feed(2, read(2, &mk, mv.as_deref()).expect("marker"));
+        assert_eq!(rows, Apply::Rows(vec![put("c1", "v")]));
+        // The same marker again (tansu returns some records twice), then one past the end.
+        assert_eq!(
+            r.feed(2, read(2, &mk, mv.as_deref()).expect("marker")),
+            Apply::Nothing
+        );
+        assert_eq!(
+            r.feed(1, read(1, &k, v.as_deref()).expect("row")),
+            Apply::Nothing
+        );
+        let (ck, cv) = claim(9, None, "late");
+        assert_eq!(
+            r.feed(3, read(3, &ck, cv.as_deref()).expect("claim")),
+            Apply::Nothing
+        );
+    }
+
+    #[test]
+    fn a_restart_carrying_on_its_epoch_keeps_it() {
+        let log = vec![
+            claim(1, None, "a"),
+            row(0, &put("c1", "a1")),
+            marker(0, done(1, 1)),
+            claim(2, Some(0), "a again"),
+            row(0, &put("c2", "a2")),
+            marker(0, done(2, 2)),
+        ];
+        let (end, store) = restore(&log, i64::MAX);
+        assert_eq!(
+            end,
+            Restored::State {
+                epoch: 0,
+                marker: done(2, 2)
+            }
+        );
+        assert_eq!(ids(&store), pairs(&[("c1", "a1"), ("c2", "a2")]));
+    }
+
+    #[test]
+    fn records_churnwatch_does_not_write_are_refused_by_offset_and_size() {
+        for (k, v) in [
+            (&b""[..], Some(&b"x"[..])),
+            (b"zzz", None),
+            (b"M\x00", Some(b"1")),
+            (b"r\x00\x00\x00\x00\x00\x00\x00\x00x-secret", Some(b"1")),
+        ] {
+            let e = read(42, k, v).expect_err("not ours");
+            assert_eq!((e.offset, e.len), (42, k.len()));
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+    }
 
     #[test]
     fn every_key_reads_back_as_itself() {

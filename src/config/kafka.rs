@@ -32,6 +32,10 @@ pub struct RawKafka {
     /// See the defaults file.
     pub max_buffered_records: usize,
     /// See the defaults file.
+    pub changelog_topic: String,
+    /// See the defaults file.
+    pub changelog: bool,
+    /// See the defaults file.
     pub sasl_password_file: PathBuf,
     /// See the defaults file.
     pub oauthbearer_token_file: PathBuf,
@@ -67,6 +71,8 @@ pub struct KafkaSettings {
     pub max_batch: usize,
     /// Records a task may hold in memory before its partitions are paused.
     pub max_buffered_records: usize,
+    /// The compacted topic each task's store is mirrored to (None: no changelog).
+    pub changelog_topic: Option<String>,
     /// librdkafka's `sasl.password`, from `sasl_password_file` or `kafka.client`.
     pub sasl_password: Option<Secret>,
     /// `kafka.sasl_password_file`, if set: read again while the cluster refuses the
@@ -123,6 +129,24 @@ impl RawKafka {
                 ));
             }
         }
+        let changelog_topic = k.changelog.then(|| {
+            let t = k.changelog_topic.trim();
+            if t.is_empty() {
+                crate::changelog::default_topic(&k.group_id)
+            } else {
+                t.to_string()
+            }
+        });
+        if let Some(t) = &changelog_topic {
+            p.when(
+                k.topics.contains(t) || *t == k.dlq_topic || *t == k.alerts_topic,
+                || {
+                    format!(
+                        "kafka.changelog_topic: `{t}` is also an input or output topic; the changelog needs a topic of its own"
+                    )
+                },
+            );
+        }
         p.when(k.dlq_topic == k.alerts_topic, || {
             "kafka.dlq_topic and kafka.alerts_topic: must differ".into()
         });
@@ -176,6 +200,7 @@ impl RawKafka {
             commit_interval: k.commit_interval.0,
             max_batch: k.max_batch,
             max_buffered_records: k.max_buffered_records,
+            changelog_topic,
             sasl_password,
             sasl_password_file: (!k.sasl_password_file.as_os_str().is_empty())
                 .then(|| k.sasl_password_file.clone()),
