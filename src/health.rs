@@ -20,6 +20,8 @@ pub struct Health {
     /// Why the cluster turns the worker away (a TLS certificate, a refused login),
     /// until it connects.
     refused_by_kafka: Mutex<Option<String>>,
+    /// Tasks being restored from the changelog: (offset read up to, offset to reach).
+    restoring: Mutex<std::collections::BTreeMap<i32, (i64, i64)>>,
 }
 
 impl Health {
@@ -86,6 +88,16 @@ impl Health {
         changed
     }
 
+    /// Records how far the restore of task `task` from the changelog has read (None:
+    /// it ended).
+    pub fn set_restoring(&self, task: i32, progress: Option<(i64, i64)>) {
+        let mut r = self.restoring.lock().unwrap_or_else(PoisonError::into_inner);
+        match progress {
+            Some(p) => r.insert(task, p),
+            None => r.remove(&task),
+        };
+    }
+
     /// Records which input topics are missing from the cluster (empty: none).
     pub fn set_missing_topics(&self, topics: Vec<String>) {
         *self
@@ -129,7 +141,17 @@ impl Health {
         let refused = self.refused.load(Ordering::Relaxed);
         if refused > 0 {
             why.push(format!(
-                "{refused} task(s) refused: committed offsets but no local state"
+                "{refused} task(s) refused: processed elsewhere, and no state here or in a changelog to start from (the log says which)"
+            ));
+        }
+        for (task, (at, of)) in self
+            .restoring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            why.push(format!(
+                "task {task} restoring from the changelog (offset {at} of {of})"
             ));
         }
         let behind = self.catching_up.load(Ordering::Relaxed);
@@ -168,6 +190,13 @@ mod tests {
             "input topic shop.support is missing"
         );
         h.set_missing_topics(Vec::new());
+        assert!(h.readiness().is_ok());
+        h.set_restoring(3, Some((120, 500)));
+        assert_eq!(
+            h.readiness().unwrap_err(),
+            "task 3 restoring from the changelog (offset 120 of 500)"
+        );
+        h.set_restoring(3, None);
         assert!(h.readiness().is_ok());
         h.set_connected(false);
         assert!(h.readiness().unwrap_err().contains("not connected"));

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use redb::{
     Builder, Database, Durability, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
-    ReadableTable, TableDefinition,
+    ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
 use crate::changelog::{Change, Key};
@@ -145,6 +145,15 @@ impl Restore<'_> {
         Ok(())
     }
 
+    /// Forgets everything applied so far (a newer claim took over).
+    pub fn clear(&mut self) -> Result<(), StoreError> {
+        let st = self.store;
+        let Some(tx) = &self.tx else {
+            return Ok(());
+        };
+        clear_tables(st, tx)
+    }
+
     /// Commits the rebuilt store, synced; returns the records applied.
     pub fn finish(mut self) -> Result<u64, StoreError> {
         let st = self.store;
@@ -153,6 +162,19 @@ impl Restore<'_> {
         }
         Ok(self.rows)
     }
+}
+
+/// Empties every table of `st` within `tx`.
+fn clear_tables(st: &TaskStore, tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut c = tx.open_table(CUSTOMERS).map_err(|e| st.err(e))?;
+    c.retain(|_, _| false).map_err(|e| st.err(e))?;
+    let mut m = tx.open_table(META).map_err(|e| st.err(e))?;
+    m.retain(|_, _| false).map_err(|e| st.err(e))?;
+    let mut o = tx.open_table(OUTBOX).map_err(|e| st.err(e))?;
+    o.retain(|_, _| false).map_err(|e| st.err(e))?;
+    let mut f = tx.open_table(FIRST_FAILURE).map_err(|e| st.err(e))?;
+    f.retain(|_, _| false).map_err(|e| st.err(e))?;
+    Ok(())
 }
 
 /// A task's state as loaded at start.
@@ -554,6 +576,63 @@ impl TaskStore {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// Rows the store holds, over every table (what a changelog marker records).
+    pub fn rows(&self) -> Result<u64, StoreError> {
+        let tx = self.read()?;
+        let mut n = 0;
+        macro_rules! count {
+            ($t:expr) => {
+                match tx.open_table($t) {
+                    Ok(t) => n += t.len().map_err(|e| self.err(e))?,
+                    Err(redb::TableError::TableDoesNotExist(_)) => {}
+                    Err(e) => return Err(self.err(e)),
+                }
+            };
+        }
+        count!(CUSTOMERS);
+        count!(META);
+        count!(OUTBOX);
+        count!(FIRST_FAILURE);
+        Ok(n)
+    }
+
+    /// Every row of the store as changelog changes, `batch` at a time (a full copy of
+    /// the state for a new owner's epoch).
+    pub fn for_each_row(
+        &self,
+        batch: usize,
+        mut f: impl FnMut(Vec<Change>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let tx = self.read()?;
+        let mut out = Vec::with_capacity(batch);
+        let mut flush = |out: &mut Vec<Change>, force: bool| -> anyhow::Result<()> {
+            if out.len() >= batch || (force && !out.is_empty()) {
+                f(std::mem::take(out))?;
+            }
+            Ok(())
+        };
+        macro_rules! rows {
+            ($t:expr, $key:expr, $value:expr) => {
+                match tx.open_table($t) {
+                    Ok(t) => {
+                        for item in t.iter().map_err(|e| self.err(e))? {
+                            let (k, v) = item.map_err(|e| self.err(e))?;
+                            out.push(Change::put($key(k.value()), $value(v.value())));
+                            flush(&mut out, false)?;
+                        }
+                    }
+                    Err(redb::TableError::TableDoesNotExist(_)) => {}
+                    Err(e) => return Err(self.err(e).into()),
+                }
+            };
+        }
+        rows!(CUSTOMERS, |k: &str| Key::Customer(k.to_string()), |v: &[u8]| v.to_vec());
+        rows!(META, |k: &str| Key::Meta(k.to_string()), |v: &[u8]| v.to_vec());
+        rows!(OUTBOX, Key::Outbox, |v: &[u8]| v.to_vec());
+        rows!(FIRST_FAILURE, Key::FirstFailure, |v: i64| v.to_le_bytes().to_vec());
+        flush(&mut out, true)
+    }
+
     /// Starts replacing this store's whole content by a changelog's (a task arriving
     /// without current local state): nothing of the old content survives, and nothing
     /// of the new is visible until [`Restore::finish`] commits it, synced.
@@ -562,16 +641,7 @@ impl TaskStore {
         let mut tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| self.err(e))?;
-        {
-            let mut c = tx.open_table(CUSTOMERS).map_err(|e| self.err(e))?;
-            c.retain(|_, _| false).map_err(|e| self.err(e))?;
-            let mut m = tx.open_table(META).map_err(|e| self.err(e))?;
-            m.retain(|_, _| false).map_err(|e| self.err(e))?;
-            let mut o = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
-            o.retain(|_, _| false).map_err(|e| self.err(e))?;
-            let mut f = tx.open_table(FIRST_FAILURE).map_err(|e| self.err(e))?;
-            f.retain(|_, _| false).map_err(|e| self.err(e))?;
-        }
+        clear_tables(self, &tx)?;
         Ok(Restore {
             store: self,
             tx: Some(tx),

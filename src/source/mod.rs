@@ -1,5 +1,6 @@
 //! Where events come from: JSONL files (replay, simulate) and Kafka (the service).
 
+pub mod changelog;
 pub mod file;
 pub mod kafka;
 pub mod task;

@@ -301,7 +301,7 @@ impl<'a> Effects<'a> {
         tasks: &Tasks,
         p: i32,
         entries: Vec<u64>,
-    ) -> Result<(), crate::store::StoreError> {
+    ) -> anyhow::Result<()> {
         let list = self.unmarked.entry(p).or_default();
         list.extend(entries);
         tasks.mark_done(p, list)?;
@@ -360,9 +360,7 @@ impl<'a> Effects<'a> {
             self.mark_done(tasks, p, entries)?;
         }
         for (p, entries) in failing {
-            if let Some(st) = tasks.store(p) {
-                st.note_first_failures(&entries, None)?;
-            }
+            tasks.note_first_failures(p, &entries)?;
         }
         if let Delivery::Smtp { log, .. } = &mut self.delivery {
             for r in &reports {

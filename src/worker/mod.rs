@@ -48,6 +48,7 @@ use crate::outbox::Entry;
 use crate::publisher::Publisher;
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
+use crate::source::changelog::ChangelogTopic;
 use crate::source::kafka::{self, TopicError, WorkerContext};
 
 /// Options of `churnwatch run` beyond the config.
@@ -153,7 +154,21 @@ pub fn run(
     let k = &k;
     // The positions of every task this worker has state for decide, on assignment,
     // which tasks it may run and from where (docs/design.md §11 Restart).
-    let tasks = Tasks::open(&startup.state().dir, &k.topics, opts.metrics.clone())?;
+    let changelog = match &k.changelog_topic {
+        Some(topic) => {
+            let log = ChangelogTopic::new(k, topic)?;
+            log.ensure(partitions)
+                .with_context(|| format!("cannot start: changelog topic {topic}"))?;
+            Some(log)
+        }
+        None => None,
+    };
+    let tasks = Tasks::open(
+        &startup.state().dir,
+        &k.topics,
+        opts.metrics.clone(),
+        changelog,
+    )?;
     let topic_refs: Vec<&str> = k.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
     tracing::info!(topics = ?k.topics, partitions, group = %k.group_id, "subscribed");

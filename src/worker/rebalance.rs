@@ -3,13 +3,14 @@
 //! worker decides (it owns the stores whose positions decide) and answers: `assign`
 //! with the positions it chose, or, on revoke, checkpoint, settle, commit, `unassign`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
+use super::tasks::TakenOver;
 use super::Worker;
 use crate::source::kafka::{self, Rebalanced, Start};
 
@@ -53,6 +54,9 @@ impl Worker<'_> {
     /// Decides where each assigned task starts, or refuses it, and answers the group
     /// with that assignment; then starts the tasks and claims the fresh ones.
     fn assign(&mut self, partitions: &[(String, i32)]) -> anyhow::Result<()> {
+        if self.tasks.has_changelog() {
+            return self.assign_from_changelog(partitions);
+        }
         let timeout = Duration::from_secs(10);
         let (consumer, topics) = (&self.input.consumer, &self.input.topics);
         let committed = kafka::committed_lanes(consumer, topics, partitions, timeout)
@@ -78,6 +82,73 @@ impl Worker<'_> {
             .set_tasks(decided.accepted.len(), decided.refused.len());
         for (p, start) in decided.accepted {
             self.start_task(p, start)?;
+        }
+        Ok(())
+    }
+
+    /// With a changelog: each assigned task is taken over from it (claimed, restored,
+    /// copied under this worker's epoch) before any of its input is read; one the
+    /// changelog has no state for starts fresh only if nobody processed it, else it is
+    /// refused — the changelog topic was deleted or lost records (docs/design.md §16).
+    fn assign_from_changelog(&mut self, partitions: &[(String, i32)]) -> anyhow::Result<()> {
+        let timeout = Duration::from_secs(10);
+        let settings = self.live.engine().clone();
+        let tasks: BTreeSet<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        let mut accepted = BTreeMap::new();
+        let mut refused = BTreeSet::new();
+        let (mut handovers, mut fresh) = (Vec::new(), Vec::new());
+        let mut committed = None;
+        for &p in &tasks {
+            match self.tasks.take_over(p, settings.clone(), &self.health) {
+                Ok(TakenOver::State(pos, left)) => {
+                    accepted.insert(p, Start::Local(pos));
+                    handovers.push(left);
+                }
+                Ok(TakenOver::Nothing(epoch)) => {
+                    let (consumer, topics) = (&self.input.consumer, &self.input.topics);
+                    let c = committed.get_or_insert_with(|| {
+                        kafka::committed_lanes(consumer, topics, partitions, timeout)
+                            .inspect_err(|e| tracing::error!(error = %e, "cannot read the group's committed offsets"))
+                            .ok()
+                    });
+                    let lanes = c.as_ref().map(|c| c.get(&p).cloned().unwrap_or_else(|| vec![None; topics.len()]));
+                    let unprocessed = lanes.as_ref().is_some_and(|l| {
+                        l.iter().all(Option::is_none)
+                            || kafka::nothing_processed(consumer, topics, p, l, timeout)
+                    });
+                    if unprocessed {
+                        accepted.insert(p, Start::Fresh);
+                        fresh.push((p, epoch));
+                    } else {
+                        tracing::error!(
+                            task = p,
+                            "task refused: the changelog has no state for it, but the group has committed offsets for its partitions (was the changelog topic deleted or recreated?); it stays unprocessed and the worker not ready"
+                        );
+                        refused.insert(p);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(task = p, error = %format!("{e:#}"), "task refused: it cannot be restored from the changelog; it stays unprocessed and the worker not ready");
+                    refused.insert(p);
+                }
+            }
+        }
+        kafka::assign(&self.input.consumer, &self.input.topics, partitions, &accepted);
+        tracing::info!(
+            tasks = ?accepted.keys().collect::<Vec<_>>(),
+            refused = ?refused,
+            "tasks assigned"
+        );
+        self.health.set_tasks(accepted.len(), refused.len());
+        for h in handovers {
+            self.effects
+                .hand_over(&self.tasks, h, &mut self.tally.out)?;
+        }
+        for (p, epoch) in fresh {
+            let lows = self.input.low_watermarks(p)?;
+            self.tasks.start_fresh(p, settings.clone(), &lows);
+            self.tasks.set_epoch(p, epoch);
+            self.claim(p)?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! task's checkpoint. The worker owns the stores, so it alone decides: the consumer's
 //! rebalance callback only forwards the assignment.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,13 +13,18 @@ use std::time::Instant;
 use anyhow::Context as _;
 use rdkafka::topic_partition_list::TopicPartitionList;
 
+mod takeover;
+
+pub(super) use self::takeover::TakenOver;
 use super::HandOver;
 use super::Outcome;
+use crate::changelog::{self, Change};
 use crate::engine::settings::Settings;
 use crate::engine::{Engine, Snapshot};
 use crate::metrics::Metrics;
 use crate::observe::{CheckpointCommitted, Observed};
 use crate::outbox::Entry;
+use crate::source::changelog::ChangelogTopic;
 use crate::source::kafka::Start;
 use crate::source::task::TaskMerge;
 use crate::store::{self, TaskStore};
@@ -38,6 +44,9 @@ pub(super) struct Task {
     checkpointed: Vec<Option<i64>>,
     /// Per lane, whether its partition is paused (the task holds too many records).
     pub(super) paused: Vec<bool>,
+    /// The changelog epoch this worker writes the task under, and the number of its
+    /// last marker (None: no changelog).
+    epoch: Option<(u64, Cell<u64>)>,
 }
 
 impl Task {
@@ -50,6 +59,7 @@ impl Task {
             next_entry: 0,
             checkpointed: vec![None; lanes],
             paused: vec![false; lanes],
+            epoch: None,
         }
     }
 }
@@ -78,6 +88,8 @@ pub(super) struct Tasks {
     topics: Vec<String>,
     dir: PathBuf,
     metrics: Arc<Metrics>,
+    /// Where every store write is mirrored (None: `kafka.changelog = false`).
+    changelog: Option<ChangelogTopic>,
 }
 
 impl Tasks {
@@ -86,6 +98,7 @@ impl Tasks {
         dir: &Path,
         topics: &[String],
         metrics: Arc<Metrics>,
+        changelog: Option<ChangelogTopic>,
     ) -> anyhow::Result<Tasks> {
         let mut stores = BTreeMap::new();
         let mut positions = BTreeMap::new();
@@ -106,7 +119,13 @@ impl Tasks {
             topics: topics.to_vec(),
             dir: dir.to_path_buf(),
             metrics,
+            changelog,
         })
+    }
+
+    /// Whether store writes are mirrored to a changelog (and tasks taken over from it).
+    pub(super) fn has_changelog(&self) -> bool {
+        self.changelog.is_some()
     }
 
     /// The store of task `p`, if this worker has opened it.
@@ -259,8 +278,13 @@ impl Tasks {
             .collect();
         let st = open_store(&mut self.stores, &self.dir, p)?;
         let first = task.next_entry;
-        st.checkpoint(&mut task.engine, &offsets, (&task.pending, first), None)
+        let mut changes = Vec::new();
+        let log = task.epoch.is_some().then_some(&mut changes);
+        st.checkpoint(&mut task.engine, &offsets, (&task.pending, first), log)
             .with_context(|| format!("checkpoint of task {p} failed; stopping so that a restart resumes from the last good one"))?;
+        // Effects leave only once the changelog has the checkpoint that decided them:
+        // a replica taking the task over restores it and would decide them again.
+        mirror(self.changelog.as_ref(), st, task, p, &changes)?;
         CheckpointCommitted.emit(&self.metrics, out);
         let entries = std::mem::take(&mut task.pending);
         task.next_entry = first + entries.len() as u64;
@@ -370,12 +394,39 @@ impl Tasks {
         snaps
     }
 
-    /// Removes finished entries from task `p`'s outbox, synced.
-    pub(super) fn mark_done(&self, p: i32, entries: &[u64]) -> Result<(), store::StoreError> {
-        match self.stores.get(&p) {
-            Some(st) if !entries.is_empty() => st.mark_done(entries.iter().copied(), None),
-            _ => Ok(()),
+    /// Removes finished entries from task `p`'s outbox, synced, and from its changelog.
+    pub(super) fn mark_done(&self, p: i32, entries: &[u64]) -> anyhow::Result<()> {
+        let Some(st) = self.stores.get(&p).filter(|_| !entries.is_empty()) else {
+            return Ok(());
+        };
+        let task = self.task(p);
+        let mut changes = Vec::new();
+        let log = task.and_then(|t| t.epoch.as_ref()).map(|_| &mut changes);
+        st.mark_done(entries.iter().copied(), log)?;
+        match task {
+            Some(t) => mirror(self.changelog.as_ref(), st, t, p, &changes),
+            None => Ok(()),
         }
+    }
+
+    /// Stores when email entries of task `p` first failed, and mirrors that.
+    pub(super) fn note_first_failures(&self, p: i32, entries: &[(u64, i64)]) -> anyhow::Result<()> {
+        let Some(st) = self.stores.get(&p) else {
+            return Ok(());
+        };
+        let task = self.task(p);
+        let mut changes = Vec::new();
+        let log = task.and_then(|t| t.epoch.as_ref()).map(|_| &mut changes);
+        st.note_first_failures(entries, log)?;
+        match task {
+            Some(t) => mirror(self.changelog.as_ref(), st, t, p, &changes),
+            None => Ok(()),
+        }
+    }
+
+    /// Task `p`, running or parked.
+    fn task(&self, p: i32) -> Option<&Task> {
+        self.running.get(&p).or_else(|| self.parked.get(&p))
     }
 
     /// [`Tasks::mark_done`] after a disk fault: redb refuses every write after a failed
@@ -396,6 +447,35 @@ impl Tasks {
             Err(_) => false,
         }
     }
+}
+
+/// Writes a store transaction's `changes` of task `p` to the changelog under the
+/// task's epoch, then a marker, and waits for both (docs/design.md §16).
+fn mirror(
+    log: Option<&ChangelogTopic>,
+    st: &TaskStore,
+    task: &Task,
+    p: i32,
+    changes: &[Change],
+) -> anyhow::Result<()> {
+    let (Some(log), Some((epoch, seq))) = (log, &task.epoch) else {
+        return Ok(());
+    };
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut records: Vec<changelog::Record> =
+        changes.iter().map(|c| changelog::row(*epoch, c)).collect();
+    let marker = changelog::Marker {
+        seq: seq.get() + 1,
+        rows: st.rows()?,
+        complete: true,
+    };
+    records.push(changelog::marker(*epoch, marker));
+    log.write(p, &records)
+        .with_context(|| format!("task {p}: cannot write its changelog; stopping so that the next owner restores the last checkpoint it has"))?;
+    seq.set(marker.seq);
+    Ok(())
 }
 
 /// The task store of `p`, opened on first use (kept open: the file stays locked).
@@ -466,7 +546,7 @@ mod tests {
     fn without_the_groups_offsets_every_task_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let topics = ["shop.purchases".to_string()];
-        let tasks = Tasks::open(dir.path(), &topics, Arc::default()).expect("tasks");
+        let tasks = Tasks::open(dir.path(), &topics, Arc::default(), None).expect("tasks");
         let assigned: BTreeSet<i32> = [0, 1].into();
         let d = tasks.decide(&assigned, None, |_, _| true);
         assert!(d.accepted.is_empty());
