@@ -91,7 +91,10 @@ impl Health {
     /// Records how far the restore of task `task` from the changelog has read (None:
     /// it ended).
     pub fn set_restoring(&self, task: i32, progress: Option<(i64, i64)>) {
-        let mut r = self.restoring.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut r = self
+            .restoring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match progress {
             Some(p) => r.insert(task, p),
             None => r.remove(&task),

@@ -531,15 +531,13 @@ impl TaskStore {
             let mut o = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
             let mut f = tx.open_table(FIRST_FAILURE).map_err(|e| self.err(e))?;
             for n in entries {
-                let had_entry = o.remove(n).map_err(|e| self.err(e))?.is_some();
-                let had_failure = f.remove(n).map_err(|e| self.err(e))?.is_some();
+                o.remove(n).map_err(|e| self.err(e))?;
+                f.remove(n).map_err(|e| self.err(e))?;
+                // Also when already gone here: a removal retried because the changelog
+                // write failed must still reach the changelog.
                 if let Some(log) = log.as_deref_mut() {
-                    if had_entry {
-                        log.push(Change::delete(Key::Outbox(n)));
-                    }
-                    if had_failure {
-                        log.push(Change::delete(Key::FirstFailure(n)));
-                    }
+                    log.push(Change::delete(Key::Outbox(n)));
+                    log.push(Change::delete(Key::FirstFailure(n)));
                 }
             }
         }
@@ -626,10 +624,17 @@ impl TaskStore {
                 }
             };
         }
-        rows!(CUSTOMERS, |k: &str| Key::Customer(k.to_string()), |v: &[u8]| v.to_vec());
-        rows!(META, |k: &str| Key::Meta(k.to_string()), |v: &[u8]| v.to_vec());
+        rows!(
+            CUSTOMERS,
+            |k: &str| Key::Customer(k.to_string()),
+            |v: &[u8]| v.to_vec()
+        );
+        rows!(META, |k: &str| Key::Meta(k.to_string()), |v: &[u8]| v
+            .to_vec());
         rows!(OUTBOX, Key::Outbox, |v: &[u8]| v.to_vec());
-        rows!(FIRST_FAILURE, Key::FirstFailure, |v: i64| v.to_le_bytes().to_vec());
+        rows!(FIRST_FAILURE, Key::FirstFailure, |v: i64| v
+            .to_le_bytes()
+            .to_vec());
         flush(&mut out, true)
     }
 

@@ -68,7 +68,10 @@ impl ProducerContext for ChangelogContext {
             Ok(m) => Ok(m.offset()),
             Err((e, _)) => Err(e.to_string()),
         };
-        let mut d = self.delivered.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut d = self
+            .delivered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = d.get_mut(i) {
             *slot = Some(got);
         }
@@ -194,7 +197,9 @@ impl ChangelogTopic {
         }
         for (i, (key, value)) in records.iter().enumerate() {
             let mut rec: BaseRecord<'_, [u8], [u8], usize> =
-                BaseRecord::with_opaque_to(&self.topic, i).partition(p).key(key);
+                BaseRecord::with_opaque_to(&self.topic, i)
+                    .partition(p)
+                    .key(key);
             if let Some(v) = value {
                 rec = rec.payload(v);
             }

@@ -296,12 +296,7 @@ impl<'a> Effects<'a> {
     /// Removes finished entries from task `p`'s outbox, synced. They are remembered until
     /// that succeeds, so that after a disk fault they can still be removed once the
     /// reserve is freed ([`Effects::after_fault`]).
-    fn mark_done(
-        &mut self,
-        tasks: &Tasks,
-        p: i32,
-        entries: Vec<u64>,
-    ) -> anyhow::Result<()> {
+    fn mark_done(&mut self, tasks: &Tasks, p: i32, entries: Vec<u64>) -> anyhow::Result<()> {
         let list = self.unmarked.entry(p).or_default();
         list.extend(entries);
         tasks.mark_done(p, list)?;

@@ -111,7 +111,11 @@ impl Worker<'_> {
                             .inspect_err(|e| tracing::error!(error = %e, "cannot read the group's committed offsets"))
                             .ok()
                     });
-                    let lanes = c.as_ref().map(|c| c.get(&p).cloned().unwrap_or_else(|| vec![None; topics.len()]));
+                    let lanes = c.as_ref().map(|c| {
+                        c.get(&p)
+                            .cloned()
+                            .unwrap_or_else(|| vec![None; topics.len()])
+                    });
                     let unprocessed = lanes.as_ref().is_some_and(|l| {
                         l.iter().all(Option::is_none)
                             || kafka::nothing_processed(consumer, topics, p, l, timeout)
@@ -133,7 +137,12 @@ impl Worker<'_> {
                 }
             }
         }
-        kafka::assign(&self.input.consumer, &self.input.topics, partitions, &accepted);
+        kafka::assign(
+            &self.input.consumer,
+            &self.input.topics,
+            partitions,
+            &accepted,
+        );
         tracing::info!(
             tasks = ?accepted.keys().collect::<Vec<_>>(),
             refused = ?refused,

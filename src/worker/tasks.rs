@@ -437,12 +437,10 @@ impl Tasks {
             return true;
         }
         self.stores.remove(&p);
-        let again = TaskStore::open(&self.dir, p)
-            .and_then(|st| st.mark_done(entries.iter().copied(), None).map(|()| st));
-        match again {
+        match TaskStore::open(&self.dir, p) {
             Ok(st) => {
                 self.stores.insert(p, st);
-                true
+                self.mark_done(p, entries).is_ok()
             }
             Err(_) => false,
         }

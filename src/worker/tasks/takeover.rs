@@ -79,10 +79,18 @@ impl Tasks {
         health.set_restoring(p, None);
         let from = match end {
             Restored::Nothing => {
-                tracing::info!(task = p, epoch, records, "changelog: no state for this task");
+                tracing::info!(
+                    task = p,
+                    epoch,
+                    records,
+                    "changelog: no state for this task"
+                );
                 return Ok(TakenOver::Nothing(epoch));
             }
-            Restored::State { epoch: from, marker } => {
+            Restored::State {
+                epoch: from,
+                marker,
+            } => {
                 let have = st.rows()?;
                 if have != marker.rows {
                     bail!(
