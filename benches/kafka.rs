@@ -11,8 +11,7 @@
 //! `CHURNWATCH_BENCH_EVENTS` sets N (default 300000).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -22,68 +21,14 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, Message};
 
+#[path = "support/broker.rs"]
+mod broker;
 #[path = "support/gen.rs"]
 mod gen;
 
+use broker::broker;
+
 const PARTITIONS: i32 = 2;
-
-struct Broker {
-    addr: String,
-    child: Option<Child>,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn broker() -> Broker {
-    if let Ok(addr) = std::env::var("CHURNWATCH_TEST_KAFKA") {
-        return Broker { addr, child: None };
-    }
-    let bin = std::env::var_os("TANSU_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/churnwatch/tansu-0.6.0/bin/tansu")
-        });
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(&bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {} ({e}); run scripts/test once to build it",
-                bin.display()
-            )
-        });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Broker {
-        addr: format!("127.0.0.1:{port}"),
-        child: Some(child),
-    }
-}
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` runs this too: do nothing then.
@@ -179,19 +124,49 @@ fn main() {
     println!("plain consumer: {seen} records ({bytes} bytes) in {plain_secs:.2}s = {plain_rate:.0} records/s");
     drop(plain);
 
-    // 2. The worker, until its group has committed the end of every partition.
+    // 2. The worker doing its whole job, with and without the changelog (README
+    // "State follows tasks"), each from the start of the same topics.
+    let topics = (
+        purchases.as_str(),
+        support.as_str(),
+        dlq.as_str(),
+        alerts.as_str(),
+    );
+    let (with, with_summary) = worker_rate(&broker.addr, topics, n, true);
+    let (without, without_summary) = worker_rate(&broker.addr, topics, n, false);
+    println!("worker: {}", with_summary.trim());
+    println!("worker without changelog: {}", without_summary.trim());
+    println!(
+        "worker / plain consumer = {:.0}% (target ≥ 90%); without the changelog {:.0}%; the changelog costs {:.0}% of the worker's rate",
+        100.0 * with / plain_rate.max(1e-9),
+        100.0 * without / plain_rate.max(1e-9),
+        100.0 * (1.0 - with / without.max(1e-9))
+    );
+}
+
+/// Runs `churnwatch run` over `topics` (purchases, support, dlq, alerts) until its group
+/// has committed the end of every partition; its records/s and exit summary.
+fn worker_rate(
+    addr: &str,
+    topics: (&str, &str, &str, &str),
+    n: usize,
+    changelog: bool,
+) -> (f64, String) {
+    let (purchases, support, dlq, alerts) = topics;
+    let tag = std::process::id();
     let dir = tempfile::tempdir().expect("tempdir");
-    let group = format!("bench-worker-{tag}");
+    let group = format!("bench-worker-{tag}-{changelog}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_churnwatch"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("CHURNWATCH__KAFKA__BOOTSTRAP_SERVERS", &broker.addr)
+        .env("CHURNWATCH__KAFKA__BOOTSTRAP_SERVERS", addr)
         .env("CHURNWATCH__KAFKA__GROUP_ID", &group)
         .env(
             "CHURNWATCH__KAFKA__TOPICS",
             format!("{purchases},{support}"),
         )
-        .env("CHURNWATCH__KAFKA__DLQ_TOPIC", &dlq)
-        .env("CHURNWATCH__KAFKA__ALERTS_TOPIC", &alerts)
+        .env("CHURNWATCH__KAFKA__DLQ_TOPIC", dlq)
+        .env("CHURNWATCH__KAFKA__ALERTS_TOPIC", alerts)
+        .env("CHURNWATCH__KAFKA__CHANGELOG", changelog.to_string())
         .env("CHURNWATCH__CLOCK", "event")
         .env("CHURNWATCH__ADMIN__LISTEN", "")
         .env("CHURNWATCH__DELIVERY__FILE_DIR", dir.path())
@@ -211,12 +186,12 @@ fn main() {
         .spawn()
         .expect("churnwatch run");
     let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
+        .set("bootstrap.servers", addr)
         .set("group.id", &group)
         .create()
         .expect("offset reader");
     let mut tpl = TopicPartitionList::new();
-    for t in [&purchases, &support] {
+    for t in [purchases, support] {
         for p in 0..PARTITIONS {
             tpl.add_partition(t, p);
         }
@@ -265,9 +240,5 @@ fn main() {
         .and_then(|r| r.split(' ').next())
         .and_then(|r| r.parse().ok())
         .unwrap_or(0.0);
-    println!("worker: {}", summary.trim());
-    println!(
-        "worker / plain consumer = {:.0}% (target ≥ 90%)",
-        100.0 * worker_rate / plain_rate.max(1e-9)
-    );
+    (worker_rate, summary)
 }

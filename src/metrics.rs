@@ -51,6 +51,8 @@ pub struct Metrics {
     pub tasks: Gauge,
     /// Checkpoints committed.
     pub checkpoints: Counter,
+    /// Changelog offsets still to read by the tasks being restored here.
+    pub restore_remaining: Gauge,
     /// Emails not sent because the customer cannot be reached, by `reason` and `at`
     /// (`decision`: the guard at event time; `send`: checked again before sending).
     pub emails_suppressed: Family<Labels, Counter>,
@@ -114,6 +116,7 @@ impl Metrics {
             dedup_evicted: Gauge::default(),
             tasks: Gauge::default(),
             checkpoints: Counter::default(),
+            restore_remaining: Gauge::default(),
             emails_suppressed: Family::default(),
             retention_rate: Gauge::default(),
             winback_customers: Family::default(),
@@ -195,6 +198,11 @@ impl Metrics {
             "checkpoints",
             "Checkpoints committed to the state store",
             self.checkpoints.clone(),
+        );
+        r.register(
+            "restore_remaining",
+            "Changelog records still to read by the tasks being restored in this worker",
+            self.restore_remaining.clone(),
         );
     }
 

@@ -46,6 +46,7 @@ impl Tasks {
         self.parked.remove(&p);
         self.positions.remove(&p);
         let st = open_store(&mut self.stores, &self.dir, p)?;
+        let metrics = &self.metrics;
         // Every key read: once this epoch has its full copy, older ones are garbage.
         let mut old: HashSet<Vec<u8>> = HashSet::new();
         let mut before = epoch as i64;
@@ -59,6 +60,7 @@ impl Tasks {
                     old.remove(key);
                 }
                 health.set_restoring(p, Some((offset + 1, epoch as i64)));
+                metrics.restore_remaining.set(epoch as i64 - offset - 1);
                 match r.feed(offset, changelog::read(offset, key, value)?) {
                     Apply::Nothing => {}
                     Apply::Clear => w.clear()?,
@@ -77,6 +79,7 @@ impl Tasks {
             }
         };
         health.set_restoring(p, None);
+        metrics.restore_remaining.set(0);
         let from = match end {
             Restored::Nothing => {
                 tracing::info!(
