@@ -32,6 +32,9 @@ impl Worker<'_> {
     /// (a lost grace period leaves entries in the outbox: handed over again, never lost).
     fn revoke(&mut self) -> anyhow::Result<()> {
         self.health.set_tasks(0, 0);
+        if self.tasks.has_changelog() && self.input.consumer.assignment_lost() {
+            return self.drop_lost();
+        }
         self.checkpoint_all()?;
         self.settle_all()?;
         match self.input.consumer.commit_consumer_state(CommitMode::Sync) {
@@ -45,6 +48,25 @@ impl Worker<'_> {
         // Resumed only once given up: a partition resumed while still assigned would be
         // fetched again (perhaps from a topic just deleted).
         let resume = self.tasks.park_all();
+        self.input
+            .pause_resume(&rdkafka::TopicPartitionList::new(), &resume);
+        self.set_paused_gauge();
+        Ok(())
+    }
+
+    /// The group took the tasks away without asking (this worker missed its session
+    /// timeout: paused, cut off): another member may own them already, so nothing more
+    /// of them is checkpointed, handed over or committed. They are dropped, not parked;
+    /// their next owner restores the last checkpoint the changelog has
+    /// (docs/design.md §16 State follows tasks).
+    fn drop_lost(&mut self) -> anyhow::Result<()> {
+        tracing::warn!(
+            tasks = ?self.tasks.running.keys().collect::<Vec<_>>(),
+            "tasks lost (this worker was out of the group too long): dropped without a checkpoint; their next owner restores them from the changelog"
+        );
+        self.effects.withdraw(&self.tasks);
+        kafka::unassign(&self.input.consumer);
+        let resume = self.tasks.drop_all();
         self.input
             .pause_resume(&rdkafka::TopicPartitionList::new(), &resume);
         self.set_paused_gauge();

@@ -310,6 +310,19 @@ impl Tasks {
         resume
     }
 
+    /// Every running task is dropped (lost to the group): what it decided since its
+    /// last checkpoint is forgotten. Returns the partitions to resume, as
+    /// [`Tasks::park_all`].
+    pub(super) fn drop_all(&mut self) -> TopicPartitionList {
+        let resume = self.park_all();
+        let lost: Vec<i32> = self.parked.keys().copied().collect();
+        for p in lost {
+            self.parked.remove(&p);
+            self.positions.remove(&p);
+        }
+        resume
+    }
+
     /// New engine settings (a reload) for every running and parked task.
     pub(super) fn set_settings(&mut self, settings: &Arc<Settings>) {
         for t in self.running.values_mut().chain(self.parked.values_mut()) {
