@@ -13,8 +13,6 @@ use std::time::Instant;
 
 use churnwatch::changelog::{self, Apply, Restored, Restorer};
 use churnwatch::config;
-use churnwatch::engine::Engine;
-use churnwatch::event;
 use churnwatch::source::changelog::ChangelogTopic;
 use churnwatch::store::TaskStore;
 
@@ -49,22 +47,7 @@ fn main() {
     .expect("config");
     let settings = Arc::new(cfg.engine.clone());
 
-    // A store of about `customers` customers, three events each on average.
-    let mut engine = Engine::new(settings.clone());
-    let mut out = Vec::new();
-    let (total, chunk) = ((customers * 3) as usize, 300_000);
-    let (mut done, mut seed) = (0, 11);
-    while done < total {
-        let n = chunk.min(total - done);
-        for l in gen::lines(n, customers, seed) {
-            if let Ok(ev) = event::parse(l.as_bytes()) {
-                engine.apply(ev, &mut out);
-            }
-            out.clear();
-        }
-        done += n;
-        seed += 1;
-    }
+    let mut engine = gen::engine_of(customers, settings.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let st = TaskStore::open(dir.path(), 0).expect("open");
     st.checkpoint(&mut engine, &BTreeMap::new(), (&[], 0), None)

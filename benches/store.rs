@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use churnwatch::config;
-use churnwatch::engine::Engine;
 use churnwatch::event;
 use churnwatch::mail::template::Templates;
 use churnwatch::replay;
@@ -29,23 +28,8 @@ fn main() {
     let settings = Arc::new(cfg.engine.clone());
     let dir = tempfile::tempdir().expect("tempdir");
 
-    // An engine holding about `customers` customers: three events each on average.
-    let mut engine = Engine::new(settings.clone());
+    let mut engine = gen::engine_of(customers, settings.clone());
     let mut out = Vec::new();
-    let total = (customers * 3) as usize;
-    let chunk = 300_000;
-    let (mut done, mut seed) = (0, 11);
-    while done < total {
-        let n = chunk.min(total - done);
-        for l in gen::lines(n, customers, seed) {
-            if let Ok(ev) = event::parse(l.as_bytes()) {
-                engine.apply(ev, &mut out);
-            }
-            out.clear();
-        }
-        done += n;
-        seed += 1;
-    }
     let held = engine.len();
     println!("store: {held} customers");
 

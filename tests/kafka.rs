@@ -3100,6 +3100,34 @@ fn sasl_tls_broker(pki: &Path, users: &[(&str, &str)]) -> TlsBroker {
     tls_in_front(pki, ("server", false), (plain, tls), tansu)
 }
 
+/// The alerts on `alerts`, the worker's customer states and its emails equal what
+/// replay decided (`want`: alerts, export, emails) — over `what` (a connection kind).
+fn assert_decided_as_replay(
+    bootstrap: &str,
+    alerts: &str,
+    done: &Finished,
+    (want_alerts, want_export, want_emls): (&[String], &str, &BTreeMap<String, Vec<u8>>),
+    what: &str,
+) {
+    let got = read_all(bootstrap, alerts, want_alerts.len());
+    let mut want_sorted = want_alerts.to_vec();
+    want_sorted.sort();
+    assert_same(
+        &sorted_payloads(&got),
+        &want_sorted,
+        &format!("alerts over {what} (vs replay)"),
+    );
+    assert_same(
+        &lines(&done.export),
+        &lines(want_export),
+        &format!("customer states over {what}"),
+    );
+    assert!(
+        done.emls == *want_emls,
+        "emails over {what} differ from replay's"
+    );
+}
+
 /// `kafka.client` settings as worker environment variables.
 fn client_env(settings: &[(&str, String)]) -> Vec<(String, String)> {
     settings
@@ -3155,22 +3183,12 @@ fn run_over_mutual_tls_decides_what_replay_decides() {
     );
     wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
     let done = w.stop();
-    let got = read_all(&bootstrap, &alerts, want_alerts.len());
-    let mut want_sorted = want_alerts.clone();
-    want_sorted.sort();
-    assert_same(
-        &sorted_payloads(&got),
-        &want_sorted,
-        "alerts over TLS (vs replay)",
-    );
-    assert_same(
-        &lines(&done.export),
-        &lines(&want_export),
-        "customer states over TLS",
-    );
-    assert!(
-        done.emls == want_emls,
-        "emails over TLS differ from replay's"
+    assert_decided_as_replay(
+        &bootstrap,
+        &alerts,
+        &done,
+        (&want_alerts, &want_export, &want_emls),
+        "TLS",
     );
 }
 
@@ -3386,22 +3404,12 @@ fn sasl_scram_over_tls_names_a_wrong_password_and_recovers_once_the_file_is_fixe
             "a SASL password in the worker's output"
         );
     }
-    let got = read_all(&bootstrap, &alerts, want_alerts.len());
-    let mut want_sorted = want_alerts.clone();
-    want_sorted.sort();
-    assert_same(
-        &sorted_payloads(&got),
-        &want_sorted,
-        "alerts over SASL_SSL (vs replay)",
-    );
-    assert_same(
-        &lines(&done.export),
-        &lines(&want_export),
-        "customer states over SASL_SSL",
-    );
-    assert!(
-        done.emls == want_emls,
-        "emails over SASL_SSL differ from replay's"
+    assert_decided_as_replay(
+        &bootstrap,
+        &alerts,
+        &done,
+        (&want_alerts, &want_export, &want_emls),
+        "SASL_SSL",
     );
 }
 

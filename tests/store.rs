@@ -49,6 +49,32 @@ fn json(alerts: &[Alert], c: &Config) -> Vec<String> {
         .collect()
 }
 
+/// An engine fed all of `input` without a stop, finished at `until`, and its alerts.
+fn never_stopped(
+    settings: &Arc<churnwatch::engine::settings::Settings>,
+    input: &[String],
+    until: Stamp,
+) -> (Engine, Vec<Alert>) {
+    let mut straight = Engine::new(settings.clone());
+    let mut want = Vec::new();
+    for l in input {
+        straight.apply(event::parse(l.as_bytes()).expect("event"), &mut want);
+    }
+    straight.finish(until, &mut want);
+    (straight, want)
+}
+
+/// The same alerts, customers, counters, population statistics and timers.
+fn assert_decides_alike(got: (&Engine, &[Alert]), want: (&Engine, &[Alert]), c: &Config) {
+    let ((engine, got), (straight, want)) = (got, want);
+    assert_eq!(json(got, c), json(want, c), "alerts");
+    assert_eq!(engine.snapshots_sorted(), straight.snapshots_sorted());
+    assert_eq!(engine.stats(), straight.stats());
+    assert_eq!(engine.population(), straight.population());
+    assert_eq!(engine.len(), straight.len());
+    assert_eq!(engine.pending_timers(), straight.pending_timers());
+}
+
 #[test]
 fn an_engine_restored_from_its_checkpoints_decides_like_one_that_never_stopped() {
     let c = cfg();
@@ -56,12 +82,7 @@ fn an_engine_restored_from_its_checkpoints_decides_like_one_that_never_stopped()
     let until = Stamp::parse_rfc3339("2027-03-01T00:00:00Z").expect("until");
     let input = lines();
 
-    let mut straight = Engine::new(settings.clone());
-    let mut want = Vec::new();
-    for l in &input {
-        straight.apply(event::parse(l.as_bytes()).expect("event"), &mut want);
-    }
-    straight.finish(until, &mut want);
+    let (straight, want) = never_stopped(&settings, &input, until);
     assert!(straight.stats().expired > 0, "retention must be exercised");
     assert!(straight.stats().erased > 0, "erasure must be exercised");
 
@@ -89,12 +110,7 @@ fn an_engine_restored_from_its_checkpoints_decides_like_one_that_never_stopped()
     }
     engine.finish(until, &mut got);
     assert!(restores > 25);
-    assert_eq!(json(&got, &c), json(&want, &c), "alerts");
-    assert_eq!(engine.snapshots_sorted(), straight.snapshots_sorted());
-    assert_eq!(engine.stats(), straight.stats());
-    assert_eq!(engine.population(), straight.population());
-    assert_eq!(engine.len(), straight.len());
-    assert_eq!(engine.pending_timers(), straight.pending_timers());
+    assert_decides_alike((&engine, &got), (&straight, &want), &c);
 }
 
 #[test]
@@ -455,12 +471,7 @@ fn a_store_rebuilt_from_its_compacted_changelog_decides_like_the_original() {
     let until = Stamp::parse_rfc3339("2027-03-01T00:00:00Z").expect("until");
     let input = lines();
 
-    let mut straight = Engine::new(settings.clone());
-    let mut want = Vec::new();
-    for l in &input {
-        straight.apply(event::parse(l.as_bytes()).expect("event"), &mut want);
-    }
-    straight.finish(until, &mut want);
+    let (straight, want) = never_stopped(&settings, &input, until);
 
     let here = tempfile::tempdir().expect("tempdir");
     let there = tempfile::tempdir().expect("tempdir");
@@ -521,9 +532,5 @@ fn a_store_rebuilt_from_its_compacted_changelog_decides_like_the_original() {
         }
     }
     engine.finish(until, &mut got);
-    assert_eq!(json(&got, &c), json(&want, &c), "alerts");
-    assert_eq!(engine.snapshots_sorted(), straight.snapshots_sorted());
-    assert_eq!(engine.stats(), straight.stats());
-    assert_eq!(engine.population(), straight.population());
-    assert_eq!(engine.pending_timers(), straight.pending_timers());
+    assert_decides_alike((&engine, &got), (&straight, &want), &c);
 }

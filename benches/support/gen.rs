@@ -31,6 +31,31 @@ pub fn lines(n: usize, customers: u64, seed: u64) -> Vec<String> {
     lines_part(n, customers, seed, 0, 1)
 }
 
+/// An engine holding about `customers` customers: three generated events each on
+/// average, fed in chunks so the lines never all sit in memory.
+#[allow(dead_code)]
+pub fn engine_of(
+    customers: u64,
+    settings: std::sync::Arc<churnwatch::engine::settings::Settings>,
+) -> churnwatch::engine::Engine {
+    let mut engine = churnwatch::engine::Engine::new(settings);
+    let mut out = Vec::new();
+    let (total, chunk) = ((customers * 3) as usize, 300_000);
+    let (mut done, mut seed) = (0, 11);
+    while done < total {
+        let n = chunk.min(total - done);
+        for l in lines(n, customers, seed) {
+            if let Ok(ev) = churnwatch::event::parse(l.as_bytes()) {
+                engine.apply(ev, &mut out);
+            }
+            out.clear();
+        }
+        done += n;
+        seed += 1;
+    }
+    engine
+}
+
 /// Part `part` of `parts` of one time-ordered history: the parts' times follow each other,
 /// so a history generated in chunks reads like one stream.
 #[allow(dead_code)]
