@@ -60,6 +60,19 @@ fn client(bootstrap: &str) -> ClientConfig {
     c
 }
 
+/// The tests' own clients of `bootstrap` use `settings` (the worker's) plus `extra`.
+fn use_client_settings(bootstrap: &str, settings: &[(&str, String)], extra: &[(&str, &str)]) {
+    let all = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    CLIENT_SETTINGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(bootstrap.to_string(), all);
+}
+
 fn tansu_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TANSU_BIN") {
         return PathBuf::from(p);
@@ -3153,16 +3166,7 @@ fn run_over_mutual_tls_decides_what_replay_decides() {
         ("ssl.certificate.location", p("client.crt")),
         ("ssl.key.location", p("client.key")),
     ];
-    CLIENT_SETTINGS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            broker.bootstrap.clone(),
-            settings
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        );
+    use_client_settings(&broker.bootstrap, &settings, &[]);
     let bootstrap = broker.bootstrap.clone();
     let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -3313,15 +3317,7 @@ fn sasl_scram_over_tls_names_a_wrong_password_and_recovers_once_the_file_is_fixe
         ("sasl.mechanisms", "SCRAM-SHA-512".to_string()),
         ("sasl.username", user.to_string()),
     ];
-    let mut own: Vec<(String, String)> = settings
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    own.push(("sasl.password".into(), right.into()));
-    CLIENT_SETTINGS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(broker.bootstrap.clone(), own);
+    use_client_settings(&broker.bootstrap, &settings, &[("sasl.password", right)]);
     let bootstrap = broker.bootstrap.clone();
     let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 1);
     let scratch = tempfile::tempdir().expect("tempdir");
