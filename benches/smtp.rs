@@ -78,7 +78,13 @@ fn main() {
             })
             .collect();
         let from: lettre::message::Mailbox = cfg.mail.from.parse().expect("from");
-        let mut sender = Sender::start(&cfg.smtp, &cfg.send, from.email).expect("sender");
+        let mut sender = Sender::start(
+            &cfg.smtp,
+            &cfg.send,
+            from.email,
+            churnwatch::pause::PauseWatch::never(),
+        )
+        .expect("sender");
         let started = Instant::now();
         for (i, email) in emails.into_iter().enumerate() {
             sender.send(Job {

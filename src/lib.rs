@@ -20,6 +20,7 @@ pub mod mail;
 pub mod metrics;
 pub mod observe;
 pub mod outbox;
+pub mod pause;
 pub mod preview;
 pub mod problems;
 pub mod progress;

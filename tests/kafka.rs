@@ -521,6 +521,36 @@ impl Worker {
         }
     }
 
+    /// Message-ID → final status (sent, suppressed, failed, expired) of every email its
+    /// send log has finished so far.
+    fn finished(&self) -> BTreeMap<String, String> {
+        fs::read_to_string(self.dir.join("state/sends.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| {
+                ["sent", "suppressed", "failed", "expired"]
+                    .contains(&v["status"].as_str().unwrap_or(""))
+            })
+            .map(|v| {
+                (
+                    v["message_id"].as_str().unwrap_or("").to_string(),
+                    v["status"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Sends `SIG<name>` (STOP, CONT) to the worker.
+    fn signal(&mut self, name: &str) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name}");
+    }
+
     /// SIGKILL: no chance to checkpoint, commit or flush anything.
     fn kill9(mut self) {
         let mut child = self.child.take().expect("running");
@@ -3409,17 +3439,11 @@ fn sasl_scram_over_tls_names_a_wrong_password_and_recovers_once_the_file_is_fixe
     );
 }
 
-/// README "State follows tasks": a worker given a task someone else processed, with
-/// none of its state (another machine, a lost volume), restores it from the changelog
-/// before reading and carries on exactly where the first left off: together they
-/// decide what one replay of everything decides, and no email is written twice.
-#[test]
-fn a_task_moved_without_its_state_is_restored_from_the_changelog_and_carries_on() {
+/// The records split at their middle event time: every event of the second half is
+/// later than every one of the first, so a stop or a move in between changes no order
+/// (lines that are not events go first).
+fn halves_in_time(records: Vec<Outgoing>) -> (Vec<Outgoing>, Vec<Outgoing>) {
     use churnwatch::engine::clock::Stamp;
-    let bootstrap = broker();
-    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 2);
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let (records, _) = example_tenth(scratch.path(), &purchases, &support, '7');
     let at = |r: &Outgoing| -> Option<Stamp> {
         let v: Value = serde_json::from_slice(&r.2).ok()?;
         Stamp::parse_rfc3339(v["occurred_at"].as_str()?).ok()
@@ -3427,11 +3451,22 @@ fn a_task_moved_without_its_state_is_restored_from_the_changelog_and_carries_on(
     let mut times: Vec<Stamp> = records.iter().filter_map(at).collect();
     times.sort();
     let middle = times[times.len() / 2];
-    // Every event of the second part is later than every one of the first, so the
-    // stop in between changes no order (lines that are not events go first).
-    let (first, second): (Vec<Outgoing>, Vec<Outgoing>) = records
+    records
         .into_iter()
-        .partition(|r| at(r).is_none_or(|t| t < middle));
+        .partition(|r| at(r).is_none_or(|t| t < middle))
+}
+
+/// README "State follows tasks": a worker given a task someone else processed, with
+/// none of its state (another machine, a lost volume), restores it from the changelog
+/// before reading and carries on exactly where the first left off: together they
+/// decide what one replay of everything decides, and no email is written twice.
+#[test]
+fn a_task_moved_without_its_state_is_restored_from_the_changelog_and_carries_on() {
+    let bootstrap = broker();
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 2);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (records, _) = example_tenth(scratch.path(), &purchases, &support, '7');
+    let (first, second) = halves_in_time(records);
     let all: Vec<Outgoing> = first.iter().chain(&second).cloned().collect();
     let want = replay_per_task(&all, &[&purchases, &support], 2);
     let (want_alerts, want_export, want_emls) = (want.alerts, want.export, want.emls);
@@ -3486,5 +3521,189 @@ fn a_task_moved_without_its_state_is_restored_from_the_changelog_and_carries_on(
         "emails differ from replay's: {} vs {}",
         emls.len(),
         want_emls.len()
+    );
+}
+
+/// SMTP delivery to `port` for a test worker: no quiet hours or rate limit, and a
+/// transient failure tried again only after `retry` (from half of it, with jitter).
+fn smtp_env(port: &str, retry: &'static str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CHURNWATCH__DELIVERY__TRANSPORT", "smtp".into()),
+        ("CHURNWATCH__SMTP__HOST", "127.0.0.1".into()),
+        ("CHURNWATCH__SMTP__PORT", port.to_string()),
+        ("CHURNWATCH__SMTP__TLS", "none".into()),
+        ("CHURNWATCH__SMTP__POOL_SIZE", "4".into()),
+        ("CHURNWATCH__SMTP__RETRY_INITIAL", retry.into()),
+        ("CHURNWATCH__SMTP__RETRY_MAX", retry.into()),
+        ("CHURNWATCH__DELIVERY__QUIET_HOURS", "".into()),
+        ("CHURNWATCH__DELIVERY__RATE_LIMIT", "0".into()),
+    ]
+}
+
+/// README "State follows tasks", zombies: a worker stopped with SIGSTOP past its session
+/// timeout, while its emails wait to be tried again, loses its tasks to another
+/// replica, which restores them and sends those emails. Resumed, the zombie must not
+/// send them too, nor checkpoint or commit what it held: it waits for the group's word,
+/// drops the tasks, and rejoins. Together the two decide what one replay decides, and
+/// the SMTP server accepts every Message-ID exactly once.
+#[test]
+fn a_zombie_resumed_after_its_tasks_moved_sends_commits_and_checkpoints_nothing_of_them() {
+    let bootstrap = broker();
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 2);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (records, _) = example_tenth(scratch.path(), &purchases, &support, '3');
+    let (first, second) = halves_in_time(records);
+    let all: Vec<Outgoing> = first.iter().chain(&second).cloned().collect();
+    let want = replay_per_task(&all, &[&purchases, &support], 2);
+    let want_first = replay_per_task(&first, &[&purchases, &support], 2);
+    let ids = |emls: &BTreeMap<String, Vec<u8>>| -> BTreeSet<String> {
+        emls.keys()
+            .map(|n| format!("<{}>", n.trim_end_matches(".eml")))
+            .collect()
+    };
+    let (want_ids, first_ids) = (ids(&want.emls), ids(&want_first.emls));
+    assert!(first_ids.len() > 50, "{}", first_ids.len());
+
+    // Every Message-ID's first try is refused (451): the zombie's emails all wait to be
+    // tried again when it is stopped, and its tries after the pause would be accepted.
+    let server = smtp_server::Server::start(&["--transient", "1"]);
+    let port = server.port.to_string();
+    let env_a = smtp_env(&port, "20s");
+    let env_a: Vec<(&str, &str)> = env_a.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let group = unique("group");
+    let topics = [purchases.as_str(), support.as_str()];
+    produce(&bootstrap, &first);
+    let mut a = Worker::start_with(&bootstrap, &group, &topics, &dlq, &alerts, &env_a);
+    let refused = |s: &smtp_server::Server| -> BTreeSet<String> {
+        s.attempts()
+            .iter()
+            .filter(|t| t["code"] == 451)
+            .map(|t| t["message_id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    // Tried once or finished (a suppression that came first) by the first worker.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !first_ids
+        .iter()
+        .all(|m| refused(&server).contains(m) || a.finished().contains_key(m))
+    {
+        a.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} first tries seen:\n{}",
+            refused(&server).len(),
+            first_ids.len(),
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(server.received().is_empty(), "accepted before any retry");
+    let paused = Instant::now();
+    a.signal("STOP");
+
+    // The group expels the stopped member after its session timeout (6 s); the second
+    // worker, with an empty state folder, restores both tasks and sends their emails.
+    let env_b = smtp_env(&port, "1s");
+    let env_b: Vec<(&str, &str)> = env_b.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut b = Worker::start_with(&bootstrap, &group, &topics, &dlq, &alerts, &env_b);
+    b.wait_tasks(2);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done_by = |ws: [&Worker; 2], ids: &BTreeSet<String>| {
+        let mut f = ws[0].finished();
+        f.extend(ws[1].finished());
+        ids.iter().all(|m| f.contains_key(m))
+    };
+    while !done_by([&a, &b], &first_ids) {
+        b.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} finished by the new owner:\n{}",
+            b.finished().len(),
+            first_ids.len(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Long enough that every one of the zombie's retries (due 10 to 20 s after its
+    // first try) is overdue the instant it resumes.
+    if let Some(left) = Duration::from_secs(22).checked_sub(paused.elapsed()) {
+        std::thread::sleep(left);
+    }
+    a.signal("CONT");
+    // The zombie learns it was expelled, drops the tasks and rejoins: the group splits
+    // the tasks again, one each.
+    a.wait_tasks(1);
+    b.wait_tasks(1);
+    let ends = produce(&bootstrap, &second);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut a, &mut b]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done_by([&a, &b], &want_ids) {
+        assert!(Instant::now() < deadline, "not every email finished");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Read before stopping: the workers' folders go with them.
+    let mut finals = a.finished();
+    finals.extend(b.finished());
+    let (da, db) = (a.stop(), b.stop());
+    assert!(
+        da.log.contains("this process was stopped"),
+        "the pause went unnoticed:\n{}",
+        da.log
+    );
+    assert!(da.log.contains("tasks lost"), "{}", da.log);
+    let story: Vec<&str> = da
+        .log
+        .lines()
+        .filter(|l| {
+            ["stopped", "held", "lost", "assigned", "group"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .collect();
+    eprintln!("the zombie's story:\n{}", story.join("\n"));
+    let received: Vec<String> = server
+        .received()
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let twice: Vec<&String> = received
+        .iter()
+        .filter(|m| !seen.insert(m.to_string()))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "accepted twice (the zombie sent what the new owner sent): {twice:?}\n{}",
+        da.log
+    );
+    let suppressed: BTreeSet<String> = finals
+        .iter()
+        .filter(|(_, status)| *status == "suppressed")
+        .map(|(m, _)| m.clone())
+        .collect();
+    assert!(seen.is_disjoint(&suppressed));
+    let sent_or_suppressed: BTreeSet<String> = seen.union(&suppressed).cloned().collect();
+    assert_same(
+        &sent_or_suppressed.into_iter().collect::<Vec<_>>(),
+        &want_ids.iter().cloned().collect::<Vec<_>>(),
+        "emails accepted or suppressed (vs replay's)",
+    );
+    let mut export = lines(&da.export);
+    export.extend(lines(&db.export));
+    export.sort();
+    assert_same(
+        &export,
+        &want.export,
+        "customer states after the zombie (vs replay of everything, per task)",
+    );
+    let got: BTreeSet<String> = sorted_payloads(&read_all(&bootstrap, &alerts, want.alerts.len()))
+        .into_iter()
+        .collect();
+    let want_alerts: BTreeSet<String> = want.alerts.iter().cloned().collect();
+    assert!(
+        got == want_alerts,
+        "alerts: {} vs {} of replay",
+        got.len(),
+        want_alerts.len()
     );
 }

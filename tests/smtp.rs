@@ -68,7 +68,13 @@ fn config(port: u16, extra: &[(&str, &str)]) -> Config {
 
 fn start(cfg: &Config) -> Sender {
     let from: lettre::message::Mailbox = cfg.mail.from.parse().unwrap();
-    Sender::start(&cfg.smtp, &cfg.send, from.email).expect("sender starts")
+    Sender::start(
+        &cfg.smtp,
+        &cfg.send,
+        from.email,
+        churnwatch::pause::PauseWatch::never(),
+    )
+    .expect("sender starts")
 }
 
 fn mail_ctx(email: &str, name: &str, locale: &str) -> MailContext {

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use super::settings::{SendSettings, SmtpSettings};
 use super::smtp::{self, Failure, Pool};
 use crate::outbox::Email;
+use crate::pause::PauseWatch;
 
 /// One email to send: its outbox entry and the message.
 #[derive(Clone, Debug)]
@@ -124,11 +125,13 @@ pub fn backoff(initial: Duration, max: Duration, attempt: u32, message_id: &str)
 }
 
 impl Sender {
-    /// Starts the sender thread with its pool to the relay. `from` is the envelope sender.
+    /// Starts the sender thread with its pool to the relay. `from` is the envelope sender;
+    /// no email starts while `pause` refuses (this process may no longer own its tasks).
     pub fn start(
         smtp: &SmtpSettings,
         send: &SendSettings,
         from: Address,
+        pause: PauseWatch,
     ) -> anyhow::Result<Sender> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -152,6 +155,7 @@ impl Sender {
             held: held.clone(),
             queue: BTreeMap::new(),
             seq: 0,
+            pause,
         };
         let thread = std::thread::Builder::new()
             .name("churnwatch-sender".into())
@@ -236,6 +240,8 @@ struct Core {
     /// Emails waiting for their time, by due instant (then arrival).
     queue: BTreeMap<(Instant, u64), Waiting>,
     seq: u64,
+    /// Refuses after this process was paused, until the worker knows its tasks again.
+    pause: PauseWatch,
 }
 
 impl Core {
@@ -258,7 +264,11 @@ impl Core {
         });
         loop {
             self.dispatch(&mut inflight, slots);
-            let next_due = self.queue.keys().next().map(|k| k.0);
+            let mut next_due = self.queue.keys().next().map(|k| k.0);
+            if next_due.is_some() && !self.pause.may_act() {
+                // Held: look again shortly (the hold is lifted, or the task withdrawn).
+                next_due = Some(Instant::now() + Duration::from_millis(100));
+            }
             let can_start = inflight.len() < slots && next_due.is_some();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -311,7 +321,9 @@ impl Core {
 
     /// Starts every due email there is a connection and a rate-limit slot for.
     fn dispatch(&mut self, inflight: &mut JoinSet<Outcome>, slots: usize) {
-        while inflight.len() < slots {
+        // Checked before each email: the residual window is a pause that begins between
+        // this check and the email's transmission (docs/design.md §16, "Zombies").
+        while inflight.len() < slots && self.pause.may_act() {
             let now = Instant::now();
             let Some(entry) = self.queue.first_entry() else {
                 return;

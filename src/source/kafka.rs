@@ -115,6 +115,21 @@ pub fn consumer_config(k: &KafkaSettings) -> ClientConfig {
     client_config(k, &defaults, &k.consumer)
 }
 
+/// The group's session timeout and heartbeat interval, as the consumer will use them
+/// (librdkafka's defaults, 45 s and 3 s, unless `kafka.consumer` sets them).
+pub fn group_timing(k: &KafkaSettings) -> (Duration, Duration) {
+    let c = consumer_config(k);
+    let ms = |key: &str, default: u64| {
+        c.get(key)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(Duration::from_millis(default), Duration::from_millis)
+    };
+    (
+        ms("session.timeout.ms", 45_000),
+        ms("heartbeat.interval.ms", 3_000),
+    )
+}
+
 /// The librdkafka settings of the producer of alerts and dead letters.
 pub fn producer_config(k: &KafkaSettings) -> ClientConfig {
     let defaults = [
@@ -892,6 +907,11 @@ mod tests {
         assert_eq!(c.get("session.timeout.ms"), Some("6000"));
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(c.get("partition.assignment.strategy"), Some("range"));
+        assert_eq!(
+            group_timing(&cfg.kafka),
+            (Duration::from_secs(6), Duration::from_secs(3)),
+            "the pause watch times its hold by what the consumer really uses"
+        );
         let p = producer_config(&cfg.kafka);
         assert_eq!(p.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(p.get("session.timeout.ms"), None);

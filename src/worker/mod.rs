@@ -45,6 +45,7 @@ use crate::mail::sender::Sender;
 use crate::mail::template::Templates;
 use crate::metrics::Metrics;
 use crate::outbox::Entry;
+use crate::pause::PauseWatch;
 use crate::publisher::Publisher;
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
@@ -121,6 +122,24 @@ struct Worker<'a> {
     last_checkpoint: Instant,
     /// Space on the state volume given back on a disk fault.
     reserve: disk::Reserve,
+    /// Whether this process was paused and may no longer own its tasks.
+    pause: PauseWatch,
+    /// While held after a pause: when the hold ends if the group has not taken the
+    /// tasks away meanwhile, and the hand-overs it kept back.
+    hold: Hold,
+}
+
+/// What a hold after a pause keeps (docs/design.md §16 State follows tasks, "Zombies").
+#[derive(Default)]
+struct Hold {
+    /// The hold's end, once the loop has seen it begin.
+    until: Option<Instant>,
+    /// How long a hold lasts without word from the group: a session timeout and two
+    /// heartbeats, by which the heartbeat thread has learnt whether the group expelled
+    /// this member.
+    window: Duration,
+    /// Checkpoints made durable while held: handed over once the hold is lifted.
+    kept: Vec<HandOver>,
 }
 
 /// Runs the service until `shutdown` is requested. Blocking: call it from a thread of
@@ -152,6 +171,10 @@ pub fn run(
         });
     };
     let k = &k;
+    // A pause of a third of the session timeout cannot have cost the membership yet
+    // (the heartbeat thread also runs every third of it or more often).
+    let (session, heartbeat) = kafka::group_timing(k);
+    let pause = PauseWatch::start(session / 3)?;
     // The positions of every task this worker has state for decide, on assignment,
     // which tasks it may run and from where (docs/design.md §11 Restart).
     let changelog = match &k.changelog_topic {
@@ -174,7 +197,7 @@ pub fn run(
     tracing::info!(topics = ?k.topics, partitions, group = %k.group_id, "subscribed");
     let effects = Effects::new(
         publisher,
-        delivery(cfg, templates)?,
+        delivery(cfg, templates, &pause)?,
         (&k.alerts_topic, &k.dlq_topic),
         startup.smtp_queue_limit(),
         opts.metrics.clone(),
@@ -200,6 +223,11 @@ pub fn run(
         tally: Tally::default(),
         last_checkpoint: Instant::now(),
         reserve,
+        pause,
+        hold: Hold {
+            window: session + 2 * heartbeat,
+            ..Hold::default()
+        },
     };
     let clean = match w.main_loop() {
         Ok(clean) => clean,
@@ -324,7 +352,11 @@ fn wait_for_topics(
 }
 
 /// The email delivery `delivery.transport` names, started.
-fn delivery<'a>(cfg: &'a Config, templates: &'a Templates) -> anyhow::Result<Delivery<'a>> {
+fn delivery<'a>(
+    cfg: &'a Config,
+    templates: &'a Templates,
+    pause: &PauseWatch,
+) -> anyhow::Result<Delivery<'a>> {
     if cfg.transport == Transport::File {
         return Ok(Delivery::File(FileMailer::new(
             &cfg.mail,
@@ -339,7 +371,7 @@ fn delivery<'a>(cfg: &'a Config, templates: &'a Templates) -> anyhow::Result<Del
         .from
         .parse()
         .with_context(|| format!("smtp.from `{}` is not a mailbox", cfg.mail.from))?;
-    let sender = Sender::start(&cfg.smtp, &cfg.send, from.email)?;
+    let sender = Sender::start(&cfg.smtp, &cfg.send, from.email, pause.clone())?;
     tracing::info!(host = %cfg.smtp.host, port = cfg.smtp.port, tls = ?cfg.smtp.tls, pool = cfg.smtp.pool_size, "sending emails over SMTP");
     Ok(Delivery::Smtp {
         sender,
@@ -372,6 +404,9 @@ impl<'a> Worker<'a> {
             self.take_rebalances()?;
             self.input.check_topics();
             self.apply_tasks();
+            if self.holding()? {
+                continue;
+            }
             self.checkpoint_if_due()?;
             self.settle_effects()?;
             if !self.wait_for_acknowledgements()? {
@@ -379,8 +414,48 @@ impl<'a> Worker<'a> {
             }
             self.log_progress(&mut progress);
         }
+        if self.pause.held() {
+            // Perhaps no longer the owner: leave the tasks as the last checkpoint has them.
+            return Ok(false);
+        }
         self.checkpoint_all()?;
         self.settle_all()
+    }
+
+    /// Whether the worker is held after a pause (docs/design.md §16, "Zombies"): then it
+    /// polls and applies, and the group's answer comes as a revoke (the tasks are
+    /// dropped, see [`Worker::revoke`]) or an assignment, but nothing is checkpointed,
+    /// handed over, stored or committed. A hold that outlasts its window with no such
+    /// answer is lifted: the membership held.
+    fn holding(&mut self) -> anyhow::Result<bool> {
+        if !self.pause.held() {
+            return Ok(false);
+        }
+        let window = self.hold.window;
+        let until = *self.hold.until.get_or_insert_with(|| {
+            tracing::info!(
+                wait_secs = window.as_secs_f64(),
+                "held after a pause: waiting for the Kafka group to say whether this worker still owns its tasks"
+            );
+            Instant::now() + window
+        });
+        if Instant::now() < until {
+            return Ok(true);
+        }
+        tracing::info!("the group kept this worker's tasks through the pause: carrying on");
+        self.lift_hold()?;
+        Ok(false)
+    }
+
+    /// Ends a hold: what it kept back is handed over.
+    fn lift_hold(&mut self) -> anyhow::Result<()> {
+        self.pause.lift();
+        self.hold.until = None;
+        for h in std::mem::take(&mut self.hold.kept) {
+            self.effects
+                .hand_over(&self.tasks, h, &mut self.tally.out)?;
+        }
+        Ok(())
     }
 
     /// Takes a requested reload (docs/design.md §14 Hot reload): new engine settings go
@@ -421,6 +496,10 @@ impl<'a> Worker<'a> {
             if self.shutdown.expired() {
                 return Ok(false);
             }
+            if !self.pause.may_act() {
+                // Paused meanwhile: the loop holds (nothing is stored until it ends).
+                return Ok(true);
+            }
             std::thread::sleep(Duration::from_millis(1));
             self.store_settled()?;
         }
@@ -456,7 +535,8 @@ impl<'a> Worker<'a> {
             if self.effects.unsettled() == 0 {
                 return Ok(true);
             }
-            if self.shutdown.expired() {
+            // Paused meanwhile: what is unsettled stays in the outbox.
+            if self.shutdown.expired() || self.pause.held() {
                 return Ok(false);
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -466,6 +546,9 @@ impl<'a> Worker<'a> {
     /// Removes the outbox entries of every settled batch and stores its checkpoint's
     /// offsets for the periodic group commit.
     fn store_settled(&mut self) -> anyhow::Result<()> {
+        if !self.pause.may_act() {
+            return Ok(());
+        }
         let Some(latest) = self.effects.settled(&self.tasks)? else {
             return Ok(());
         };
@@ -490,6 +573,11 @@ impl<'a> Worker<'a> {
     /// One task's checkpoint, then the hand-over of what it made durable.
     fn checkpoint(&mut self, p: i32) -> anyhow::Result<()> {
         match self.tasks.checkpoint(p, &mut self.tally.out)? {
+            // A pause began during the checkpoint: its effects wait for the hold's end.
+            Some(h) if !self.pause.may_act() => {
+                self.hold.kept.push(h);
+                Ok(())
+            }
             Some(h) => self.effects.hand_over(&self.tasks, h, &mut self.tally.out),
             None => Ok(()),
         }

@@ -32,7 +32,11 @@ impl Worker<'_> {
     /// (a lost grace period leaves entries in the outbox: handed over again, never lost).
     fn revoke(&mut self) -> anyhow::Result<()> {
         self.health.set_tasks(0, 0);
-        if self.tasks.has_changelog() && self.input.consumer.assignment_lost() {
+        // Held after a pause, a revoke is how the group says it moved on without us,
+        // whatever librdkafka calls it: nothing more of these tasks may leave.
+        if self.pause.held()
+            || (self.tasks.has_changelog() && self.input.consumer.assignment_lost())
+        {
             return self.drop_lost();
         }
         self.checkpoint_all()?;
@@ -57,13 +61,14 @@ impl Worker<'_> {
     /// The group took the tasks away without asking (this worker missed its session
     /// timeout: paused, cut off): another member may own them already, so nothing more
     /// of them is checkpointed, handed over or committed. They are dropped, not parked;
-    /// their next owner restores the last checkpoint the changelog has
-    /// (docs/design.md §16 State follows tasks).
+    /// their next owner starts from the last checkpoint (restored from the changelog,
+    /// or this worker's own store) (docs/design.md §16 State follows tasks).
     fn drop_lost(&mut self) -> anyhow::Result<()> {
         tracing::warn!(
             tasks = ?self.tasks.running.keys().collect::<Vec<_>>(),
-            "tasks lost (this worker was out of the group too long): dropped without a checkpoint; their next owner restores them from the changelog"
+            "tasks lost (this worker was out of the group too long): dropped without a checkpoint; their next owner starts from their last checkpoint"
         );
+        self.hold.kept.clear();
         self.effects.withdraw(&self.tasks);
         kafka::unassign(&self.input.consumer);
         let resume = self.tasks.drop_all();
@@ -76,6 +81,11 @@ impl Worker<'_> {
     /// Decides where each assigned task starts, or refuses it, and answers the group
     /// with that assignment; then starts the tasks and claims the fresh ones.
     fn assign(&mut self, partitions: &[(String, i32)]) -> anyhow::Result<()> {
+        // An assignment is the group's word: this member owns exactly these now.
+        if self.pause.held() {
+            tracing::info!("the group answered after the pause with a new assignment");
+            self.lift_hold()?;
+        }
         if self.tasks.has_changelog() {
             return self.assign_from_changelog(partitions);
         }
