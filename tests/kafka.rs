@@ -452,9 +452,24 @@ impl Worker {
         alerts: &str,
         env: &[(&str, &str)],
     ) -> Worker {
+        Worker::start_under(&[], dir, bootstrap, group, topics, dlq, alerts, env)
+    }
+
+    /// [`Worker::start_in`], run by `prefix` (a tracer) when given.
+    #[allow(clippy::too_many_arguments)]
+    fn start_under(
+        prefix: &[String],
+        dir: &Path,
+        bootstrap: &str,
+        group: &str,
+        topics: &[&str],
+        dlq: &str,
+        alerts: &str,
+        env: &[(&str, &str)],
+    ) -> Worker {
         let log = fs::File::create(dir.join("log")).expect("log");
         let out = fs::File::create(dir.join("stdout")).expect("stdout");
-        let mut c = churnwatch();
+        let mut c = churnwatch_under(prefix);
         c.env("CHURNWATCH__KAFKA__BOOTSTRAP_SERVERS", bootstrap)
             .env("CHURNWATCH__KAFKA__GROUP_ID", group)
             .env("CHURNWATCH__KAFKA__TOPICS", topics.join(","))
@@ -499,46 +514,33 @@ impl Worker {
         }
     }
 
+    /// The running tasks of the worker's latest assignment (None before the first).
+    fn tasks_now(&self) -> Option<usize> {
+        let log = self.log();
+        let last = log.lines().rev().find(|l| l.contains("tasks assigned"))?;
+        last.split("tasks=[")
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .map(|s| s.split(',').filter(|x| !x.trim().is_empty()).count())
+    }
+
     /// Waits until the worker's latest assignment has `n` running tasks.
     fn wait_tasks(&mut self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        while self.tasks_now() != Some(n) {
             self.assert_running();
-            let log = self.log();
-            let last = log.lines().rev().find(|l| l.contains("tasks assigned"));
-            if let Some(l) = last {
-                let tasks = l
-                    .split("tasks=[")
-                    .nth(1)
-                    .and_then(|r| r.split(']').next())
-                    .map(|s| s.split(',').filter(|x| !x.trim().is_empty()).count());
-                if tasks == Some(n) {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "never got {n} tasks:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "never got {n} tasks:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
-    /// Message-ID → final status (sent, suppressed, failed, expired) of every email its
-    /// send log has finished so far.
+    /// Message-ID → final status of every email its send log has finished so far.
     fn finished(&self) -> BTreeMap<String, String> {
-        fs::read_to_string(self.dir.join("state/sends.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| {
-                ["sent", "suppressed", "failed", "expired"]
-                    .contains(&v["status"].as_str().unwrap_or(""))
-            })
-            .map(|v| {
-                (
-                    v["message_id"].as_str().unwrap_or("").to_string(),
-                    v["status"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
+        finished_in(&self.dir)
     }
 
     /// Sends `SIG<name>` (STOP, CONT) to the worker.
@@ -2242,7 +2244,20 @@ fn a_claimed_empty_task_moves_freely_and_the_claim_is_committed_before_reading()
 
 /// The binary, in the crate's folder, with no `CHURNWATCH*` or `RUST_LOG` from the caller.
 fn churnwatch() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_churnwatch"));
+    churnwatch_under(&[])
+}
+
+/// The churnwatch command run by `prefix` (a tracer and its arguments) when given.
+fn churnwatch_under(prefix: &[String]) -> Command {
+    let bin = env!("CARGO_BIN_EXE_churnwatch");
+    let mut c = match prefix.split_first() {
+        Some((tool, args)) => {
+            let mut c = Command::new(tool);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     c.current_dir(manifest_dir());
     for (k, _) in std::env::vars() {
         if k.starts_with("CHURNWATCH") || k == "RUST_LOG" {
@@ -3706,4 +3721,367 @@ fn a_zombie_resumed_after_its_tasks_moved_sends_commits_and_checkpoints_nothing_
         got.len(),
         want_alerts.len()
     );
+}
+
+/// Message-ID → final status (sent, suppressed, failed, expired) of every email the send
+/// log of the worker folder `dir` has finished.
+fn finished_in(dir: &Path) -> BTreeMap<String, String> {
+    fs::read_to_string(dir.join("state/sends.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            ["sent", "suppressed", "failed", "expired"]
+                .contains(&v["status"].as_str().unwrap_or(""))
+        })
+        .map(|v| {
+            (
+                v["message_id"].as_str().unwrap_or("").to_string(),
+                v["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the workers' latest assignments cover `total` tasks, each at least one.
+fn wait_spread(workers: &mut [&mut Worker], total: usize) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now: Vec<Option<usize>> = workers.iter().map(|w| w.tasks_now()).collect();
+        if now.iter().all(|n| n.is_some_and(|n| n >= 1))
+            && now.iter().flatten().sum::<usize>() == total
+        {
+            return;
+        }
+        for w in workers.iter_mut() {
+            w.assert_running();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tasks never spread as {total} over {} workers: {now:?}\n{}",
+            workers.len(),
+            workers
+                .iter()
+                .map(|w| w.log())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The process `strace` (pid `tracer`) runs.
+fn traced_child(tracer: u32) -> Option<u32> {
+    fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether a thread of `pid` is stopped by its tracer on entering fsync or fdatasync
+/// (x86-64 numbers 74 and 75): held there by a delay strace injects into the store's
+/// syncs.
+fn in_store_sync(pid: u32) -> bool {
+    let Ok(threads) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.flatten().any(|t| {
+        let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        let call = fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+        let nr = call.split_whitespace().next().unwrap_or("");
+        state == Some("t") && (nr == "74" || nr == "75")
+    })
+}
+
+/// README "State follows tasks", the scale test: events flow while the group goes from
+/// one worker to three, to two (one killed with SIGKILL while it is inside a store
+/// commit's sync, held there by strace), to one (a clean stop, whose state folder is
+/// then deleted), to two (that worker back with nothing), to one. Every move is taken
+/// over from the changelog. At the end: every customer's state equals a replay of its
+/// task's events, the alerts are the replay's, the SMTP server accepted each email the
+/// replay decides exactly once — except an email it accepted before the kill that no
+/// worker had recorded yet (the window between acceptance and the mark, measured at the
+/// kill) — and every dead letter arrived.
+#[test]
+fn tasks_follow_the_group_from_one_worker_to_three_to_two_to_one_through_a_kill_and_a_lost_volume()
+{
+    let bootstrap = broker();
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 4);
+    let topics = [purchases.as_str(), support.as_str()];
+    let mut input: Vec<String> = Vec::new();
+    for (i, line) in gen::lines(12_000, 1_500, 0x5ca1e).into_iter().enumerate() {
+        if i % 500 == 123 {
+            let v: Value = serde_json::from_str(&line).expect("generated json");
+            input.push(format!(
+                r#"{{"customer_id":{},"broken":{i}}}"#,
+                v["customer_id"]
+            ));
+        }
+        input.push(line);
+    }
+    let malformed = input.iter().filter(|l| l.contains("\"broken\"")).count();
+    let records = split_by_type(input.iter().map(|l| l.as_bytes()), &purchases, &support);
+    let want = replay_per_task(&records, &topics, 4);
+    let want_ids: BTreeSet<String> = want
+        .emls
+        .keys()
+        .map(|n| format!("<{}>", n.trim_end_matches(".eml")))
+        .collect();
+    assert!(want_ids.len() > 200, "{}", want_ids.len());
+    assert_eq!(want.rejects.len(), malformed);
+
+    let server = smtp_server::Server::start(&[]);
+    let port = server.port.to_string();
+    let mut env = smtp_env(&port, "1s");
+    env.push(("CHURNWATCH__KAFKA__MAX_TASK_IDLE", "10s".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let group = unique("scale");
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let start = |i: usize| {
+        Worker::start_in(
+            dirs[i].path(),
+            &bootstrap,
+            &group,
+            &topics,
+            &dlq,
+            &alerts,
+            &env,
+        )
+    };
+    let accepted = |s: &smtp_server::Server| -> Vec<String> {
+        s.received()
+            .iter()
+            .map(|m| m["message_id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+
+    // The events flow for about 50 s, in order, 50 slices a second apart.
+    let slices: Vec<Vec<Outgoing>> = records
+        .chunks(records.len() / 50 + 1)
+        .map(<[_]>::to_vec)
+        .collect();
+    let producer = {
+        let bootstrap = bootstrap.clone();
+        std::thread::spawn(move || {
+            let mut ends = BTreeMap::new();
+            for slice in slices {
+                // One record per batch: a restored task resumes inside a batch, and
+                // tansu 0.6 answers a fetch there with the next batch (README).
+                for (k, end) in produce_one_per_batch(&bootstrap, &slice) {
+                    let e = ends.entry(k).or_insert(end);
+                    *e = (*e).max(end);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            ends
+        })
+    };
+
+    // One worker, then three: the second runs under strace, which holds every sync of
+    // its stores for 1.5 s.
+    let mut w1 = start(0);
+    w1.wait_tasks(4);
+    let stores: Vec<String> = (0..4)
+        .flat_map(|p| {
+            [
+                "-P".to_string(),
+                dirs[1]
+                    .path()
+                    .join(format!("state/task-{p}.redb"))
+                    .display()
+                    .to_string(),
+            ]
+        })
+        .collect();
+    let mut strace = vec!["strace".to_string(), "-f".into(), "-qq".into()];
+    strace.extend([
+        "-o".into(),
+        dirs[1].path().join("strace").display().to_string(),
+    ]);
+    strace.extend(stores);
+    strace.extend([
+        "-e".into(),
+        "trace=fsync,fdatasync".into(),
+        "-e".into(),
+        "inject=fsync,fdatasync:delay_enter=1500000".into(),
+    ]);
+    let mut w2 = Worker::start_under(
+        &strace,
+        dirs[1].path(),
+        &bootstrap,
+        &group,
+        &topics,
+        &dlq,
+        &alerts,
+        &env,
+    );
+    let mut w3 = start(2);
+    wait_spread(&mut [&mut w1, &mut w2, &mut w3], 4);
+    println!(
+        "three workers: {:?}",
+        [w1.tasks_now(), w2.tasks_now(), w3.tasks_now()]
+    );
+
+    // Three to two: SIGKILL the second while a commit of its store is held in its sync.
+    let tracer = w2.child.as_ref().expect("running").id();
+    let pid = traced_child(tracer).expect("the traced worker");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !in_store_sync(pid) {
+        w2.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "never inside a store sync:\n{}",
+            w2.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let mut finals = BTreeMap::new();
+    for w in [&w1, &w2, &w3] {
+        finals.extend(w.finished());
+    }
+    // Accepted by the relay but recorded by no worker: the window of the kill.
+    let window: BTreeSet<String> = accepted(&server)
+        .into_iter()
+        .filter(|m| finals.get(m).is_none_or(|s| s != "sent"))
+        .collect();
+    println!(
+        "killed inside a store sync; {} emails in the window",
+        window.len()
+    );
+    if let Some(mut c) = w2.child.take() {
+        let _ = c.wait();
+    }
+    // The group expels the killed member after its session timeout (6 s). tansu 0.6 then
+    // lets the two others carry on in the same generation, leaving the killed member's
+    // tasks unowned (real Kafka makes every member rejoin); the next join or leave makes
+    // it assign them. So: wait past the timeout, then the next move.
+    std::thread::sleep(Duration::from_secs(9));
+    w1.assert_running();
+    w3.assert_running();
+
+    // Two to one: the first stops cleanly and loses its state folder; the third takes
+    // every task, the killed one's among them.
+    let d1 = w1.stop();
+    finals.extend(finished_in(dirs[0].path()));
+    fs::remove_dir_all(dirs[0].path().join("state")).expect("delete the state folder");
+    w3.wait_tasks(4);
+    // One to two: it comes back with nothing; then two to one again.
+    let mut w1 = start(0);
+    wait_spread(&mut [&mut w1, &mut w3], 4);
+    let d3 = w3.stop();
+    finals.extend(finished_in(dirs[2].path()));
+    w1.wait_tasks(4);
+
+    let ends = producer.join().expect("producer");
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w1]);
+    // Every email finished somewhere; what did not after two minutes is reported below.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut f = finals.clone();
+        f.extend(w1.finished());
+        if want_ids.iter().all(|m| f.contains_key(m)) || Instant::now() > deadline {
+            finals = f;
+            break;
+        }
+        w1.assert_running();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let task_of: BTreeMap<String, i32> = want
+        .alerts
+        .iter()
+        .filter_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            let c = v["customer_id"].as_str()?;
+            let task = churnwatch::source::kafka::partition_for(c.as_bytes(), 4);
+            Some((v["alert_id"].as_str()?.to_string(), task))
+        })
+        .collect();
+    let mut unfinished: BTreeMap<i32, usize> = BTreeMap::new();
+    for m in want_ids.iter().filter(|m| !finals.contains_key(*m)) {
+        let alert = m.trim_matches(['<', '>']).split('@').next().unwrap_or("");
+        *unfinished
+            .entry(task_of.get(alert).copied().unwrap_or(-1))
+            .or_default() += 1;
+    }
+    println!("emails never finished, by task: {unfinished:?}");
+    let done = w1.stop();
+    let moves = [&d1.log, &d3.log, &done.log]
+        .iter()
+        .map(|l| l.matches("task restored from the changelog").count())
+        .sum::<usize>();
+    println!("{moves} tasks restored from the changelog by the survivors");
+    assert!(!done.log.contains("task refused"), "{}", done.log);
+
+    assert_same(
+        &lines(&done.export),
+        &want.export,
+        "customer states after the moves (vs replay, per task)",
+    );
+    let got: BTreeSet<String> = sorted_payloads(&read_all(&bootstrap, &alerts, want.alerts.len()))
+        .into_iter()
+        .collect();
+    let want_alerts: BTreeSet<String> = want.alerts.iter().cloned().collect();
+    assert!(
+        got == want_alerts,
+        "alerts: {} vs {} of replay",
+        got.len(),
+        want_alerts.len()
+    );
+    let received = accepted(&server);
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let twice: BTreeSet<String> = received
+        .iter()
+        .filter(|m| !seen.insert(m.to_string()))
+        .cloned()
+        .collect();
+    println!(
+        "{} emails accepted, {} of them twice",
+        seen.len(),
+        twice.len()
+    );
+    assert!(
+        twice.is_subset(&window),
+        "accepted twice outside the kill's window: {:?}",
+        twice.difference(&window).collect::<Vec<_>>()
+    );
+    let suppressed: BTreeSet<String> = finals
+        .iter()
+        .filter(|(_, s)| *s == "suppressed")
+        .map(|(m, _)| m.clone())
+        .collect();
+    let sent_or_suppressed: BTreeSet<String> = seen.union(&suppressed).cloned().collect();
+    assert_same(
+        &sent_or_suppressed.into_iter().collect::<Vec<_>>(),
+        &want_ids.iter().cloned().collect::<Vec<_>>(),
+        "emails accepted or suppressed (vs replay's)",
+    );
+    // Dead letters: at-least-once with stable ids; every malformed record arrived.
+    let dead = read_all(&bootstrap, &dlq, malformed);
+    let origins: BTreeSet<(String, String)> = dead
+        .iter()
+        .map(|(_, _, h)| {
+            (
+                header(h, "churnwatch.source.partition")
+                    .unwrap_or("")
+                    .to_string(),
+                header(h, "churnwatch.source.offset")
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    println!("{} dead letters, {} distinct", dead.len(), origins.len());
+    assert_eq!(origins.len(), malformed, "distinct dead letters");
 }
