@@ -563,13 +563,24 @@ impl Worker {
         child.wait().expect("wait");
     }
 
-    fn stop(mut self) -> Finished {
-        let mut child = self.child.take().expect("running");
+    fn stop(self) -> Finished {
+        self.terminate();
+        self.finish()
+    }
+
+    /// Sends SIGTERM: the worker checkpoints, commits and exits.
+    fn terminate(&self) {
+        let child = self.child.as_ref().expect("running");
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
+    }
+
+    /// Waits for the exit after [`Worker::terminate`] and collects what it left.
+    fn finish(mut self) -> Finished {
+        let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(30);
         let exit = loop {
             if let Some(s) = child.try_wait().expect("wait") {
@@ -3659,7 +3670,11 @@ fn a_zombie_resumed_after_its_tasks_moved_sends_commits_and_checkpoints_nothing_
     // Read before stopping: the workers' folders go with them.
     let mut finals = a.finished();
     finals.extend(b.finished());
-    let (da, db) = (a.stop(), b.stop());
+    // Both at once: one leaving first would move its task to the other mid-shutdown,
+    // and neither export would hold it.
+    a.terminate();
+    b.terminate();
+    let (da, db) = (a.finish(), b.finish());
     assert!(
         da.log.contains("this process was stopped"),
         "the pause went unnoticed:\n{}",
