@@ -2192,19 +2192,7 @@ fn kill_9_at_random_points_loses_nothing_and_sends_nothing_twice() {
     );
     // Dead letters: every malformed record arrived (repeats allowed).
     let dead = read_all(&bootstrap, &dlq, malformed);
-    let origins: BTreeSet<(String, String)> = dead
-        .iter()
-        .map(|(_, _, h)| {
-            (
-                header(h, "churnwatch.source.partition")
-                    .unwrap_or("")
-                    .to_string(),
-                header(h, "churnwatch.source.offset")
-                    .unwrap_or("")
-                    .to_string(),
-            )
-        })
-        .collect();
+    let origins = dead_letter_origins(&dead);
     assert_eq!(origins.len(), malformed, "distinct dead letters");
     assert_eq!(want.rejects.len(), malformed);
     if std::env::var_os("CHURNWATCH_CRASH_KEEP").is_some() {
@@ -3482,6 +3470,19 @@ fn halves_in_time(records: Vec<Outgoing>) -> (Vec<Outgoing>, Vec<Outgoing>) {
         .partition(|r| at(r).is_none_or(|t| t < middle))
 }
 
+/// The distinct records dead letters came from: (source partition, source offset).
+fn dead_letter_origins(dead: &[Received]) -> BTreeSet<(String, String)> {
+    dead.iter()
+        .map(|(_, _, h)| {
+            let at = |k: &str| header(h, k).unwrap_or("").to_string();
+            (
+                at("churnwatch.source.partition"),
+                at("churnwatch.source.offset"),
+            )
+        })
+        .collect()
+}
+
 /// README "State follows tasks": a worker given a task someone else processed, with
 /// none of its state (another machine, a lost volume), restores it from the changelog
 /// before reading and carries on exactly where the first left off: together they
@@ -4084,19 +4085,7 @@ fn tasks_follow_the_group_from_one_worker_to_three_to_two_to_one_through_a_kill_
     );
     // Dead letters: at-least-once with stable ids; every malformed record arrived.
     let dead = read_all(&bootstrap, &dlq, malformed);
-    let origins: BTreeSet<(String, String)> = dead
-        .iter()
-        .map(|(_, _, h)| {
-            (
-                header(h, "churnwatch.source.partition")
-                    .unwrap_or("")
-                    .to_string(),
-                header(h, "churnwatch.source.offset")
-                    .unwrap_or("")
-                    .to_string(),
-            )
-        })
-        .collect();
+    let origins = dead_letter_origins(&dead);
     println!("{} dead letters, {} distinct", dead.len(), origins.len());
     assert_eq!(origins.len(), malformed, "distinct dead letters");
 }
