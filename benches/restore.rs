@@ -110,7 +110,7 @@ fn main() {
     let mut r = Restorer::new(claim);
     let mut w = target.restore().expect("restore");
     let read = log
-        .read(0, claim, |offset, key, value| {
+        .read(0, 0, claim, |offset, key, value| {
             match r.feed(offset, changelog::read(offset, key, value)?) {
                 Apply::Nothing => {}
                 Apply::Clear => w.clear()?,

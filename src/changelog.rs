@@ -386,6 +386,127 @@ impl Restorer {
     }
 }
 
+/// Where a task's changelog stood when its store last changed, as the writer knows it:
+/// kept in the store beside the state (never mirrored), so that a replica given the
+/// task back can tell whether its own state is still the latest without reading the
+/// whole partition (docs/design.md §16 "Carrying on").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// The epoch the store's state was written under.
+    pub epoch: u64,
+    /// The number of the epoch's marker that matches the store's state.
+    pub seq: u64,
+    /// The offset up to which the partition is known to hold nothing but this
+    /// writer's records since its claim (None: something else was seen, or a write
+    /// came back out of order; then only a full restore is trusted).
+    pub verified_to: Option<i64>,
+    /// The number of the last marker at or before `verified_to`.
+    pub verified_seq: u64,
+}
+
+impl Position {
+    /// Its bytes in the store.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(32);
+        v.extend_from_slice(&self.epoch.to_le_bytes());
+        v.extend_from_slice(&self.seq.to_le_bytes());
+        v.extend_from_slice(&self.verified_to.unwrap_or(i64::MIN).to_le_bytes());
+        v.extend_from_slice(&self.verified_seq.to_le_bytes());
+        v
+    }
+
+    /// A position from its bytes (None: not one).
+    pub fn decode(b: &[u8]) -> Option<Position> {
+        let word = |i: usize| -> Option<[u8; 8]> { b.get(i * 8..i * 8 + 8)?.try_into().ok() };
+        if b.len() != 32 {
+            return None;
+        }
+        let verified = i64::from_le_bytes(word(2)?);
+        Some(Position {
+            epoch: u64::from_le_bytes(word(0)?),
+            seq: u64::from_le_bytes(word(1)?),
+            verified_to: (verified != i64::MIN).then_some(verified),
+            verified_seq: u64::from_le_bytes(word(3)?),
+        })
+    }
+}
+
+/// Where the partition is verified to after this writer's records landed at `offsets`
+/// (in order): only if they follow `verified` without a gap, since a gap is somebody
+/// else's record — possibly a newer claim.
+pub fn verified_after(verified: Option<i64>, offsets: &[i64]) -> Option<i64> {
+    offsets
+        .iter()
+        .try_fold(verified?, |v, &o| (o == v + 1).then_some(o))
+}
+
+/// The check that a task's local state is still its changelog's latest: the records
+/// from just after [`Position::verified_to`] up to the reader's own continuing claim
+/// must all be the same epoch's, without a gap, and end with the marker the store
+/// matches. Anything else — another replica's claim or records, a gap (compaction, a
+/// record not returned), a marker the store does not have — and the task is restored
+/// in full instead.
+#[derive(Debug)]
+pub struct Tail {
+    at: Position,
+    next: i64,
+    before: i64,
+    last_seq: u64,
+    broken: Option<&'static str>,
+}
+
+impl Tail {
+    /// The check of `at` against records before `before` (the continuing claim's
+    /// offset); None when `at` was never verified.
+    pub fn new(at: Position, before: i64) -> Option<Tail> {
+        Some(Tail {
+            at,
+            next: at.verified_to? + 1,
+            before,
+            last_seq: at.verified_seq,
+            broken: None,
+        })
+    }
+
+    /// The first offset to read.
+    pub fn from(&self) -> i64 {
+        self.next
+    }
+
+    /// Takes the record at `offset` (in offset order; a record read twice is ignored).
+    pub fn feed(&mut self, offset: i64, record: Read) {
+        if self.broken.is_some() || offset >= self.before || offset < self.next {
+            return;
+        }
+        if offset != self.next {
+            self.broken = Some("a gap in the changelog after this replica's last record");
+            return;
+        }
+        self.next = offset + 1;
+        let epoch = self.at.epoch;
+        match record {
+            Read::Row { epoch: e, .. } if e == epoch => {}
+            Read::Marker { epoch: e, marker } if e == epoch => self.last_seq = marker.seq,
+            Read::Claim { continues } if continues == Some(epoch) => {}
+            _ => self.broken = Some("another replica wrote to the changelog since"),
+        }
+    }
+
+    /// Ok when the local state is the latest; else why not.
+    pub fn finish(self) -> Result<(), &'static str> {
+        if let Some(why) = self.broken {
+            return Err(why);
+        }
+        if self.next != self.before {
+            return Err("the changelog ended before this replica's claim");
+        }
+        if self.last_seq != self.at.seq {
+            return Err("the local state and the changelog's last checkpoint differ");
+        }
+        Ok(())
+    }
+}
+
 /// The topic a group's changelog lives in when `kafka.changelog_topic` is not set:
 /// named after the group, as Kafka Streams names its changelogs after the application.
 pub fn default_topic(group_id: &str) -> String {
@@ -583,6 +704,131 @@ mod tests {
             }
         );
         assert_eq!(ids(&store), pairs(&[("c1", "a1"), ("c2", "a2")]));
+    }
+
+    /// Feeds `log` from `at`'s next offset up to `before` through a tail check.
+    fn tail(log: &[Record], at: Position, before: i64) -> Result<(), &'static str> {
+        let mut t = Tail::new(at, before).expect("verified");
+        for (offset, (k, v)) in log.iter().enumerate().skip(t.from() as usize) {
+            t.feed(
+                offset as i64,
+                read(offset as i64, k, v.as_deref()).expect("ours"),
+            );
+        }
+        t.finish()
+    }
+
+    fn at(seq: u64, verified_to: i64, verified_seq: u64) -> Position {
+        Position {
+            epoch: 0,
+            seq,
+            verified_to: Some(verified_to),
+            verified_seq,
+        }
+    }
+
+    /// The log of epoch 0 after two checkpoints, then a continuing claim (offset 5).
+    fn carried() -> Vec<Record> {
+        vec![
+            claim(1, None, "a"),
+            row(0, &put("c1", "a1")),
+            marker(0, done(1, 1)),
+            row(0, &put("c2", "a2")),
+            marker(0, done(2, 2)),
+            claim(2, Some(0), "a again"),
+        ]
+    }
+
+    #[test]
+    fn local_state_is_current_when_only_its_own_epoch_follows_up_to_its_marker() {
+        // The store wrote checkpoint 2 knowing the partition up to offset 2.
+        assert_eq!(tail(&carried(), at(2, 2, 1), 5), Ok(()));
+        // Written by a full copy that ended at offset 4: nothing after it but the claim.
+        assert_eq!(tail(&carried(), at(2, 4, 2), 5), Ok(()));
+        // Its own earlier continuing claims are no one else's.
+        let mut log = carried();
+        log.push(claim(3, Some(0), "a, third start"));
+        assert_eq!(tail(&log, at(2, 2, 1), 6), Ok(()));
+    }
+
+    #[test]
+    fn local_state_is_not_current_after_a_foreign_claim_a_gap_or_another_marker() {
+        // The store is ahead: its checkpoint 2 never reached the changelog.
+        let mut log = carried();
+        log.truncate(3);
+        log.push(claim(2, Some(0), "a again"));
+        assert!(tail(&log, at(2, 2, 1), 4).is_err());
+        // The store is behind (an old copy of the volume): marker 2 is not its state.
+        assert!(tail(&carried(), at(1, 0, 0), 5).is_err());
+        // Another replica claimed the task in between.
+        let mut log = carried();
+        log.insert(3, claim(9, None, "b"));
+        assert!(tail(&log, at(2, 2, 1), 6).is_err());
+        // A zombie of an older epoch wrote in between: not ours, so not trusted.
+        let mut log = carried();
+        log.insert(3, row(7, &put("c9", "z")));
+        assert!(tail(&log, at(2, 2, 1), 6).is_err());
+        // A record not returned (or compacted away) hides what it was.
+        let mut t = Tail::new(at(2, 2, 1), 5).expect("verified");
+        let log = carried();
+        for offset in [4, 3] {
+            let (k, v) = &log[offset];
+            t.feed(
+                offset as i64,
+                read(offset as i64, k, v.as_deref()).expect("ours"),
+            );
+        }
+        assert!(t.finish().is_err());
+        // The read ended early.
+        let mut t = Tail::new(at(2, 2, 1), 5).expect("verified");
+        let (k, v) = &carried()[3];
+        t.feed(3, read(3, k, v.as_deref()).expect("ours"));
+        assert!(t.finish().is_err());
+        // Never verified: no check at all.
+        let mut p = at(2, 2, 1);
+        p.verified_to = None;
+        assert!(Tail::new(p, 5).is_none());
+    }
+
+    #[test]
+    fn records_read_twice_do_not_break_a_tail() {
+        let log = carried();
+        let mut t = Tail::new(at(2, 2, 1), 5).expect("verified");
+        for offset in [3, 4, 3, 4] {
+            let (k, v) = &log[offset];
+            t.feed(
+                offset as i64,
+                read(offset as i64, k, v.as_deref()).expect("ours"),
+            );
+        }
+        assert_eq!(t.finish(), Ok(()));
+    }
+
+    #[test]
+    fn the_verified_offset_moves_only_over_a_run_without_gaps() {
+        assert_eq!(verified_after(Some(4), &[5, 6, 7]), Some(7));
+        assert_eq!(verified_after(Some(4), &[]), Some(4));
+        assert_eq!(
+            verified_after(Some(4), &[6, 7]),
+            None,
+            "offset 5 is someone's"
+        );
+        assert_eq!(verified_after(Some(4), &[5, 7]), None);
+        assert_eq!(verified_after(None, &[5]), None, "once lost, lost");
+    }
+
+    #[test]
+    fn a_position_reads_back_as_itself() {
+        for p in [
+            at(3, 17, 2),
+            Position {
+                verified_to: None,
+                ..at(1, 0, 0)
+            },
+        ] {
+            assert_eq!(Position::decode(&p.encode()), Some(p));
+        }
+        assert_eq!(Position::decode(b"short"), None);
     }
 
     #[test]

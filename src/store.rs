@@ -19,7 +19,7 @@ use redb::{
     ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
-use crate::changelog::{Change, Key};
+use crate::changelog::{Change, Key, Position};
 use crate::engine::checkpoint::{Header, Record, RestoreError};
 use crate::engine::settings::Settings;
 use crate::engine::Engine;
@@ -31,6 +31,9 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// Per email entry, when its first transient SMTP failure happened (Unix seconds): kept
 /// here so that `smtp.max_retry_age` counts across restarts.
 const FIRST_FAILURE: TableDefinition<u64, i64> = TableDefinition::new("first_failure");
+/// Where the task's changelog stood when the state last changed (local only: neither
+/// mirrored nor counted as a state row; docs/design.md §16 "Carrying on").
+const POSITION: TableDefinition<&str, &[u8]> = TableDefinition::new("changelog_position");
 
 const HEADER: &str = "header";
 const OFFSETS: &str = "offsets";
@@ -174,6 +177,8 @@ fn clear_tables(st: &TaskStore, tx: &redb::WriteTransaction) -> Result<(), Store
     o.retain(|_, _| false).map_err(|e| st.err(e))?;
     let mut f = tx.open_table(FIRST_FAILURE).map_err(|e| st.err(e))?;
     f.retain(|_, _| false).map_err(|e| st.err(e))?;
+    let mut p = tx.open_table(POSITION).map_err(|e| st.err(e))?;
+    p.retain(|_, _| false).map_err(|e| st.err(e))?;
     Ok(())
 }
 
@@ -201,6 +206,59 @@ pub struct Found {
 
 /// A checkpoint's engine header, offsets and outbox counter.
 type Stored = (Header, BTreeMap<String, i64>, u64);
+
+/// What a store transaction mirrored to a changelog collects and keeps: the rows it
+/// wrote or deleted, and — when there are any — the changelog position its state will
+/// have once they are written under the next marker (docs/design.md §16).
+#[derive(Debug)]
+pub struct Mirror {
+    /// Every row written or deleted, in order.
+    pub changes: Vec<Change>,
+    /// The epoch the rows go under.
+    pub epoch: u64,
+    /// The number of the epoch's last marker so far (the rows get the next).
+    pub seq: u64,
+    /// Where the partition is verified to so far (see [`Position`]).
+    pub verified_to: Option<i64>,
+}
+
+impl Mirror {
+    /// An empty mirror of a transaction under `epoch`.
+    pub fn new(epoch: u64, seq: u64, verified_to: Option<i64>) -> Mirror {
+        Mirror {
+            changes: Vec::new(),
+            epoch,
+            seq,
+            verified_to,
+        }
+    }
+
+    /// The position the store keeps once the transaction wrote something.
+    fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            seq: self.seq + 1,
+            verified_to: self.verified_to,
+            verified_seq: self.seq,
+        }
+    }
+}
+
+/// Records `m`'s position in `tx` when the transaction changed a row.
+fn keep_position(
+    st: &TaskStore,
+    tx: &redb::WriteTransaction,
+    m: Option<&Mirror>,
+) -> Result<(), StoreError> {
+    if let Some(m) = m.filter(|m| !m.changes.is_empty()) {
+        let mut t = tx.open_table(POSITION).map_err(|e| st.err(e))?;
+        t.insert(POSITION_KEY, m.position().encode().as_slice())
+            .map_err(|e| st.err(e))?;
+    }
+    Ok(())
+}
+
+const POSITION_KEY: &str = "position";
 
 /// The file of task `task` in `dir`.
 pub fn task_path(dir: &Path, task: i32) -> PathBuf {
@@ -464,17 +522,17 @@ impl TaskStore {
     /// Commits a checkpoint: the engine's changes and header, `offsets`, and `entries`
     /// numbered from `first_entry`. Synced to disk before it returns; only then does the
     /// engine forget its changes.
-    /// `log`, when given, receives every row written or deleted (for the changelog).
+    /// `mirror`, when given, receives every row written or deleted (for the changelog).
     pub fn checkpoint(
         &self,
         engine: &mut Engine,
         offsets: &BTreeMap<String, i64>,
         (entries, first_entry): (&[Entry], u64),
-        mut log: Option<&mut Vec<Change>>,
+        mut mirror: Option<&mut Mirror>,
     ) -> Result<(), StoreError> {
         let mut note = |c: Change| {
-            if let Some(log) = log.as_deref_mut() {
-                log.push(c);
+            if let Some(m) = mirror.as_deref_mut() {
+                m.changes.push(c);
             }
         };
         let db = self.db()?;
@@ -510,6 +568,7 @@ impl TaskStore {
                 note(Change::put(Key::Outbox(n), bytes));
             }
         }
+        keep_position(self, &tx, mirror.as_deref())?;
         tx.commit().map_err(|e| self.err(e))?;
         engine.checkpoint_done();
         Ok(())
@@ -517,11 +576,11 @@ impl TaskStore {
 
     /// Removes acknowledged outbox entries, synced: after a crash only entries whose
     /// effect was acknowledged since the last call are handed over again.
-    /// `log`, when given, receives the rows deleted (for the changelog).
+    /// `mirror`, when given, receives the rows deleted (for the changelog).
     pub fn mark_done(
         &self,
         entries: impl IntoIterator<Item = u64>,
-        mut log: Option<&mut Vec<Change>>,
+        mut mirror: Option<&mut Mirror>,
     ) -> Result<(), StoreError> {
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(|e| self.err(e))?;
@@ -535,22 +594,23 @@ impl TaskStore {
                 f.remove(n).map_err(|e| self.err(e))?;
                 // Also when already gone here: a removal retried because the changelog
                 // write failed must still reach the changelog.
-                if let Some(log) = log.as_deref_mut() {
-                    log.push(Change::delete(Key::Outbox(n)));
-                    log.push(Change::delete(Key::FirstFailure(n)));
+                if let Some(m) = mirror.as_deref_mut() {
+                    m.changes.push(Change::delete(Key::Outbox(n)));
+                    m.changes.push(Change::delete(Key::FirstFailure(n)));
                 }
             }
         }
+        keep_position(self, &tx, mirror.as_deref())?;
         tx.commit().map_err(|e| self.err(e))
     }
 
     /// Stores when each email entry first failed transiently (Unix seconds), keeping a
     /// time already stored: `smtp.max_retry_age` counts from the first failure ever.
-    /// `log`, when given, receives the rows written (for the changelog).
+    /// `mirror`, when given, receives the rows written (for the changelog).
     pub fn note_first_failures(
         &self,
         entries: &[(u64, i64)],
-        mut log: Option<&mut Vec<Change>>,
+        mut mirror: Option<&mut Mirror>,
     ) -> Result<(), StoreError> {
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(|e| self.err(e))?;
@@ -565,11 +625,41 @@ impl TaskStore {
                 let pending = o.get(n).map_err(|e| self.err(e))?.is_some();
                 if !known && pending {
                     f.insert(n, at).map_err(|e| self.err(e))?;
-                    if let Some(log) = log.as_deref_mut() {
-                        log.push(Change::put(Key::FirstFailure(n), at.to_le_bytes()));
+                    if let Some(m) = mirror.as_deref_mut() {
+                        m.changes
+                            .push(Change::put(Key::FirstFailure(n), at.to_le_bytes()));
                     }
                 }
             }
+        }
+        keep_position(self, &tx, mirror.as_deref())?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Where the task's changelog stood when this store's state last changed (None:
+    /// not known — no changelog, or the state was just replaced by a restore).
+    pub fn position(&self) -> Result<Option<Position>, StoreError> {
+        let tx = self.read()?;
+        let t = match tx.open_table(POSITION) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let got = t.get(POSITION_KEY).map_err(|e| self.err(e))?;
+        Ok(got.and_then(|v| Position::decode(v.value())))
+    }
+
+    /// Keeps `at` as the changelog's position of the state as it stands (after a full
+    /// copy under a new epoch), synced.
+    pub fn set_position(&self, at: Position) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let mut tx = db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(POSITION).map_err(|e| self.err(e))?;
+            t.insert(POSITION_KEY, at.encode().as_slice())
+                .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }

@@ -1999,6 +1999,89 @@ fn without_a_changelog_a_task_with_committed_offsets_but_no_state_is_refused() {
     assert_eq!(read_all(&bootstrap, &alerts, 2).len(), 2);
 }
 
+/// Without a changelog, a worker that was paused past its session timeout drops its
+/// tasks (another member may own them), but its store still holds their last
+/// checkpoint: given them back, it starts them from there instead of refusing them.
+#[test]
+fn without_a_changelog_a_worker_paused_past_its_session_starts_its_tasks_again_from_its_store() {
+    let bootstrap = broker();
+    let (input, dlq, alerts) = (unique("in"), unique("dlq"), unique("alerts"));
+    create_topics(&bootstrap, &[(&input, 1), (&dlq, 1), (&alerts, 1)]);
+    let complaint = |id: &str| -> Outgoing {
+        (
+            input.clone(),
+            Some(format!("c-{id}")),
+            format!(r#"{{"event_id":"{id}","type":"complaint","customer_id":"c-{id}","occurred_at":"2025-01-01T00:00:00Z"}}"#)
+                .into_bytes(),
+            None,
+        )
+    };
+    let group = unique("group");
+    let ends = produce(&bootstrap, &[complaint("e1"), complaint("e2")]);
+    let off = [("CHURNWATCH__KAFKA__CHANGELOG", "false")];
+    let mut w = Worker::start_with(&bootstrap, &group, &[&input], &dlq, &alerts, &off);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    // Past the 6 s session timeout.
+    w.signal("STOP");
+    std::thread::sleep(Duration::from_secs(9));
+    w.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let given_back = |log: &str| {
+        log.split_once("tasks lost")
+            .is_some_and(|(_, after)| after.contains("tasks assigned"))
+    };
+    while !given_back(&w.log()) {
+        w.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "never lost and given back:\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ends = produce(&bootstrap, &[complaint("e3")]);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    let done = w.stop();
+    assert!(!done.log.contains("task refused"), "{}", done.log);
+    let alerts = read_all(&bootstrap, &alerts, 3);
+    assert_eq!(
+        alerts.len(),
+        3,
+        "one alert per complaint, none again after the pause"
+    );
+}
+
+/// A changelog topic that exists with a partition count other than the task count
+/// stops the worker at start with one message naming both, before anything is read.
+#[test]
+fn a_changelog_topic_of_the_wrong_shape_stops_the_worker_with_one_clear_error() {
+    let bootstrap = broker();
+    let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 2);
+    let group = unique("group");
+    let changelog = format!("{group}-state-changelog");
+    create_topics(&bootstrap, &[(&changelog, 3)]);
+    let topics = [purchases.as_str(), support.as_str()];
+    let mut w = Worker::start(&bootstrap, &group, &topics, &dlq, &alerts);
+    let mut child = w.child.take().expect("running");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still running:\n{}", w.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = w.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(&format!(
+            "the changelog topic {changelog} has 3 partitions but there are 2 tasks"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("tasks assigned"), "{log}");
+}
+
 #[test]
 fn kill_9_at_random_points_loses_nothing_and_sends_nothing_twice() {
     let seed: u64 = std::env::var("CHURNWATCH_CRASH_SEED")
@@ -3485,45 +3568,90 @@ fn dead_letter_origins(dead: &[Received]) -> BTreeSet<(String, String)> {
 
 /// README "State follows tasks": a worker given a task someone else processed, with
 /// none of its state (another machine, a lost volume), restores it from the changelog
-/// before reading and carries on exactly where the first left off: together they
-/// decide what one replay of everything decides, and no email is written twice.
+/// before reading and carries on exactly where the first left off; restarted on its
+/// own current state it carries on from that, reading only the changelog's tail; and
+/// the first worker, back on its stale volume, sees the others' claims and restores in
+/// full. Together they decide what one replay of everything decides, and no email is
+/// written twice.
 #[test]
 fn a_task_moved_without_its_state_is_restored_from_the_changelog_and_carries_on() {
     let bootstrap = broker();
     let (purchases, support, dlq, alerts) = shop_topics(&bootstrap, 2);
     let scratch = tempfile::tempdir().expect("tempdir");
     let (records, _) = example_tenth(scratch.path(), &purchases, &support, '7');
-    let (first, second) = halves_in_time(records);
-    let all: Vec<Outgoing> = first.iter().chain(&second).cloned().collect();
+    let (early, late) = halves_in_time(records);
+    let (q1, q2) = halves_in_time(early);
+    let (q3, q4) = halves_in_time(late);
+    let all: Vec<Outgoing> = [&q1, &q2, &q3, &q4]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
     let want = replay_per_task(&all, &[&purchases, &support], 2);
     let (want_alerts, want_export, want_emls) = (want.alerts, want.export, want.emls);
 
     let group = unique("group");
     let topics = [purchases.as_str(), support.as_str()];
-    let ends = produce(&bootstrap, &first);
-    let mut a = Worker::start(&bootstrap, &group, &topics, &dlq, &alerts);
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    let start = |dir: &Path| Worker::start_in(dir, &bootstrap, &group, &topics, &dlq, &alerts, &[]);
+    let count = |log: &str, what: &str| log.matches(what).count();
+    const RESTORED: &str = "task restored from the changelog";
+    const CARRIED: &str = "task carried on from its local state";
+
+    let ends = produce(&bootstrap, &q1);
+    let mut a = start(dir_a.path());
     wait_committed(&bootstrap, &group, &ends, &mut [&mut a]);
     let da = a.stop();
     assert!(!da.emls.is_empty(), "the first worker sent emails");
 
     // Another worker, with an empty state folder of its own.
-    let mut b = Worker::start(&bootstrap, &group, &topics, &dlq, &alerts);
+    let mut b = start(dir_b.path());
     b.wait_tasks(2);
-    let ends = produce(&bootstrap, &second);
+    let ends = produce(&bootstrap, &q2);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut b]);
+    let db = b.stop();
+    assert_eq!(count(&db.log, RESTORED), 2, "{}", db.log);
+    assert!(!db.log.contains("task refused"), "{}", db.log);
+
+    // The same worker restarted on its state: nobody took the tasks meanwhile.
+    let mut b = start(dir_b.path());
+    b.wait_tasks(2);
+    let ends = produce(&bootstrap, &q3);
     wait_committed(&bootstrap, &group, &ends, &mut [&mut b]);
     let db = b.stop();
     assert_eq!(
-        db.log.matches("task restored from the changelog").count(),
-        2,
+        (count(&db.log, CARRIED), count(&db.log, RESTORED)),
+        (2, 0),
         "{}",
         db.log
     );
-    assert!(!db.log.contains("task refused"), "{}", db.log);
+
+    // The first worker back on its volume, which is two owners behind.
+    let mut a = start(dir_a.path());
+    a.wait_tasks(2);
+    let ends = produce(&bootstrap, &q4);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut a]);
+    let da = a.stop();
+    assert_eq!(
+        (count(&da.log, CARRIED), count(&da.log, RESTORED)),
+        (0, 2),
+        "{}",
+        da.log
+    );
+    assert_eq!(
+        count(&da.log, "local state is not the changelog's latest"),
+        2,
+        "{}",
+        da.log
+    );
 
     assert_same(
-        &lines(&db.export),
+        &lines(&da.export),
         &want_export,
-        "customer states after the move (vs replay of everything, per task)",
+        "customer states after the moves (vs replay of everything, per task)",
     );
     let got: BTreeSet<String> = sorted_payloads(&read_all(&bootstrap, &alerts, want_alerts.len()))
         .into_iter()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use churnwatch::engine::clock::Stamp;
 use churnwatch::engine::Engine;
 use churnwatch::outbox::{Email, Entry};
-use churnwatch::store::{StoreError, TaskStore};
+use churnwatch::store::{Mirror, StoreError, TaskStore};
 use churnwatch::{config, event, Alert, Config};
 
 #[path = "../benches/support/gen.rs"]
@@ -498,21 +498,18 @@ fn a_store_rebuilt_from_its_compacted_changelog_decides_like_the_original() {
         offsets.insert("t".to_string(), (round as i64 + 1) * 1_499);
         let st = TaskStore::open(here.path(), 0).expect("open");
         let entries = [email(round as u32 * 2), email(round as u32 * 2 + 1)];
-        let mut changes = Vec::new();
-        st.checkpoint(&mut engine, &offsets, (&entries, next), Some(&mut changes))
+        let mut m = Mirror::new(0, 0, Some(0));
+        st.checkpoint(&mut engine, &offsets, (&entries, next), Some(&mut m))
             .expect("checkpoint");
         // One entry sent, one failing transiently and waiting.
-        st.mark_done([next], Some(&mut changes)).expect("mark");
-        st.note_first_failures(
-            &[(next + 1, 1_700_000_000 + round as i64)],
-            Some(&mut changes),
-        )
-        .expect("failure");
+        st.mark_done([next], Some(&mut m)).expect("mark");
+        st.note_first_failures(&[(next + 1, 1_700_000_000 + round as i64)], Some(&mut m))
+            .expect("failure");
         if round > 0 {
-            st.mark_done([next - 1], Some(&mut changes)).expect("mark");
+            st.mark_done([next - 1], Some(&mut m)).expect("mark");
         }
         next += 2;
-        log.extend(changes.into_iter().map(|ch| (ch.key.encode(), ch.value)));
+        log.extend(m.changes.into_iter().map(|ch| (ch.key.encode(), ch.value)));
         if round % 5 == 4 {
             // The task moves: the other replica rebuilds from the compacted changelog
             // and continues from that.
@@ -533,4 +530,69 @@ fn a_store_rebuilt_from_its_compacted_changelog_decides_like_the_original() {
     }
     engine.finish(until, &mut got);
     assert_decides_alike((&engine, &got), (&straight, &want), &c);
+}
+
+/// docs/design.md §16 "Carrying on": each mirrored write keeps, in the same
+/// transaction, the changelog position its state will have; the position is the
+/// store's own (no state row, not in a full copy) and goes when a restore replaces the
+/// state.
+#[test]
+fn a_mirrored_write_keeps_its_changelog_position_beside_the_state_and_a_restore_drops_it() {
+    use churnwatch::changelog::Position;
+    let c = cfg();
+    let settings = Arc::new(c.engine.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let st = TaskStore::open(dir.path(), 0).expect("open");
+    assert_eq!(st.position().expect("position"), None);
+    let mut engine = Engine::new(settings);
+    for l in &lines()[..200] {
+        engine.apply(event::parse(l.as_bytes()).expect("event"), &mut Vec::new());
+    }
+    let mut m = Mirror::new(7, 3, Some(40));
+    st.checkpoint(
+        &mut engine,
+        &BTreeMap::new(),
+        (&[email(1)], 0),
+        Some(&mut m),
+    )
+    .expect("checkpoint");
+    let want = Position {
+        epoch: 7,
+        seq: 4,
+        verified_to: Some(40),
+        verified_seq: 3,
+    };
+    assert_eq!(st.position().expect("position"), Some(want));
+    // A write that changes nothing keeps the position as it was.
+    let mut m = Mirror::new(7, 4, Some(52));
+    st.note_first_failures(&[(99, 1)], Some(&mut m))
+        .expect("nothing pending as 99");
+    assert!(m.changes.is_empty());
+    assert_eq!(st.position().expect("position"), Some(want));
+    // Unverified (another writer seen): kept as such, so no carrying on from it.
+    let mut m = Mirror::new(7, 4, None);
+    st.mark_done([0], Some(&mut m)).expect("mark");
+    assert_eq!(
+        st.position()
+            .expect("position")
+            .map(|p| (p.seq, p.verified_to)),
+        Some((5, None))
+    );
+    let rows = st.rows().expect("rows");
+    let mut copied = 0;
+    st.for_each_row(1000, |batch| {
+        copied += batch.len() as u64;
+        Ok(())
+    })
+    .expect("copy");
+    assert_eq!(copied, rows, "the position is no state row");
+    st.set_position(want).expect("set");
+    assert_eq!(st.position().expect("position"), Some(want));
+    let r = st.restore().expect("restore");
+    r.finish().expect("finish");
+    assert_eq!(
+        st.position().expect("position"),
+        None,
+        "a restored state has no position until its copy is written"
+    );
 }

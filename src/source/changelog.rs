@@ -135,48 +135,68 @@ impl ChangelogTopic {
             .enable_all()
             .build()?;
         let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-        let md = admin
-            .inner()
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
-            .context("cannot read the changelog topic's metadata")?;
-        let found = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic && t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| t.partitions().len() as i32);
+        let found = || -> anyhow::Result<Option<i32>> {
+            let md = admin
+                .inner()
+                .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
+                .context("cannot read the changelog topic's metadata")?;
+            Ok(md
+                .topics()
+                .iter()
+                .find(|t| {
+                    t.name() == self.topic && t.error().is_none() && !t.partitions().is_empty()
+                })
+                .map(|t| t.partitions().len() as i32))
+        };
         let t = &self.topic;
-        match found {
-            None => {
-                let new = NewTopic::new(t, partitions, TopicReplication::Fixed(-1))
-                    .set("cleanup.policy", "compact")
-                    .set("min.compaction.lag.ms", MIN_COMPACTION_LAG_MS);
-                let res = rt.block_on(admin.create_topics([&new], &opts))?;
-                for r in res {
-                    if let Err((name, e)) = r {
-                        if e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
-                            bail!("cannot create the changelog topic {name}: {e}");
-                        }
-                    }
+        let mut shape = found()?;
+        if shape.is_none() {
+            let new = NewTopic::new(t, partitions, TopicReplication::Fixed(-1))
+                .set("cleanup.policy", "compact")
+                .set("min.compaction.lag.ms", MIN_COMPACTION_LAG_MS);
+            let res = rt.block_on(admin.create_topics([&new], &opts))?;
+            let mut exists = false;
+            for r in res {
+                match r {
+                    Ok(_) => {}
+                    Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => exists = true,
+                    Err((name, e)) => bail!("cannot create the changelog topic {name}: {e}"),
                 }
-                tracing::info!(topic = %t, partitions, "changelog topic created");
             }
-            Some(n) if n != partitions => bail!(
-                "the changelog topic {t} has {n} partitions but there are {partitions} tasks (kafka.changelog_topic; it needs one partition per task)"
-            ),
-            Some(_) => {
-                let res = rt.block_on(admin.describe_configs([&ResourceSpecifier::Topic(t)], &opts))?;
-                for r in res {
-                    let policy = r
-                        .ok()
-                        .and_then(|c| c.get("cleanup.policy").and_then(|e| e.value.clone()));
-                    match policy {
-                        Some(p) if p.split(',').any(|v| v.trim() == "compact") => {}
-                        Some(p) => bail!(
-                            "the changelog topic {t} has cleanup.policy={p}; it needs compact (old state would be deleted by time, not replaced by newer)"
-                        ),
-                        None => tracing::warn!(topic = %t, "cannot read the changelog topic's cleanup.policy; assuming compact"),
-                    }
+            if !exists {
+                tracing::info!(topic = %t, partitions, "changelog topic created");
+                return Ok(());
+            }
+            // Another replica created it a moment ago: its shape is checked like any
+            // existing topic's, once the metadata shows it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while shape.is_none() {
+                if Instant::now() > deadline {
+                    bail!("the changelog topic {t} exists but its metadata shows no partitions");
                 }
+                std::thread::sleep(Duration::from_millis(200));
+                shape = found()?;
+            }
+        }
+        let Some(n) = shape else {
+            bail!("the changelog topic {t} was not found after it was created");
+        };
+        if n != partitions {
+            bail!(
+                "the changelog topic {t} has {n} partitions but there are {partitions} tasks (kafka.changelog_topic; it needs one partition per task)"
+            );
+        }
+        let res = rt.block_on(admin.describe_configs([&ResourceSpecifier::Topic(t)], &opts))?;
+        for r in res {
+            let policy = r
+                .ok()
+                .and_then(|c| c.get("cleanup.policy").and_then(|e| e.value.clone()));
+            match policy {
+                Some(p) if p.split(',').any(|v| v.trim() == "compact") => {}
+                Some(p) => bail!(
+                    "the changelog topic {t} has cleanup.policy={p}; it needs compact (old state would be deleted by time, not replaced by newer)"
+                ),
+                None => tracing::warn!(topic = %t, "cannot read the changelog topic's cleanup.policy; assuming compact"),
             }
         }
         Ok(())
@@ -243,11 +263,13 @@ impl ChangelogTopic {
         }
     }
 
-    /// Reads partition `p` from its start up to (not including) offset `before`, handing
-    /// each record to `take` in order; progress is logged every 10 s.
+    /// Reads partition `p` from offset `from` (0: its start) up to (not including)
+    /// offset `before`, handing each record to `take` in order; progress is logged
+    /// every 10 s.
     pub fn read(
         &self,
         p: i32,
+        from: i64,
         before: i64,
         mut take: impl FnMut(i64, &[u8], Option<&[u8]>) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
@@ -260,9 +282,13 @@ impl ChangelogTopic {
             crate::source::token::set_first(consumer.client(), path);
         }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, p, Offset::Beginning)?;
+        let start = match from {
+            0 => Offset::Beginning,
+            o => Offset::Offset(o),
+        };
+        tpl.add_partition_offset(&self.topic, p, start)?;
         consumer.assign(&tpl)?;
-        let (mut read, mut last) = (0u64, -1i64);
+        let (mut read, mut last) = (0u64, from - 1);
         let (mut progressed, mut logged) = (Instant::now(), Instant::now());
         while last + 1 < before {
             match consumer.poll(Duration::from_millis(100)) {

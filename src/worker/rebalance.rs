@@ -130,11 +130,15 @@ impl Worker<'_> {
         let mut refused = BTreeSet::new();
         let (mut handovers, mut fresh) = (Vec::new(), Vec::new());
         let mut committed = None;
+        let resend = self.effects.sender().is_some();
         for &p in &tasks {
-            match self.tasks.take_over(p, settings.clone(), &self.health) {
+            match self
+                .tasks
+                .take_over(p, settings.clone(), &self.health, resend)
+            {
                 Ok(TakenOver::State(pos, left)) => {
                     accepted.insert(p, Start::Local(pos));
-                    handovers.push(left);
+                    handovers.extend(left);
                 }
                 Ok(TakenOver::Nothing(epoch)) => {
                     let (consumer, topics) = (&self.input.consumer, &self.input.topics);

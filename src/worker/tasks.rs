@@ -18,7 +18,7 @@ mod takeover;
 pub(super) use self::takeover::TakenOver;
 use super::HandOver;
 use super::Outcome;
-use crate::changelog::{self, Change};
+use crate::changelog;
 use crate::engine::settings::Settings;
 use crate::engine::{Engine, Snapshot};
 use crate::metrics::Metrics;
@@ -27,7 +27,7 @@ use crate::outbox::Entry;
 use crate::source::changelog::ChangelogTopic;
 use crate::source::kafka::Start;
 use crate::source::task::TaskMerge;
-use crate::store::{self, TaskStore};
+use crate::store::{self, Mirror, TaskStore};
 
 /// One running (or parked) task: its engine, its merge of lanes, and what it decided
 /// since its last checkpoint.
@@ -44,9 +44,36 @@ pub(super) struct Task {
     checkpointed: Vec<Option<i64>>,
     /// Per lane, whether its partition is paused (the task holds too many records).
     pub(super) paused: Vec<bool>,
-    /// The changelog epoch this worker writes the task under, and the number of its
-    /// last marker (None: no changelog).
-    epoch: Option<(u64, Cell<u64>)>,
+    /// The changelog epoch this worker writes the task under (None: no changelog).
+    epoch: Option<Epoch>,
+}
+
+/// The changelog epoch a task is written under and how far this worker has got in it.
+/// Cells: mirroring happens through a shared borrow of the task list.
+#[derive(Debug)]
+pub(super) struct Epoch {
+    /// The epoch: the offset of the claim that started it.
+    id: u64,
+    /// The number of its last marker.
+    seq: Cell<u64>,
+    /// Where the partition is verified to (see `changelog::Position`).
+    verified_to: Cell<Option<i64>>,
+}
+
+impl Epoch {
+    /// Epoch `id` at marker `seq`, the partition verified up to `verified_to`.
+    pub(super) fn new(id: u64, seq: u64, verified_to: Option<i64>) -> Epoch {
+        Epoch {
+            id,
+            seq: Cell::new(seq),
+            verified_to: Cell::new(verified_to),
+        }
+    }
+
+    /// A mirror for the next store transaction.
+    fn mirror(&self) -> Mirror {
+        Mirror::new(self.id, self.seq.get(), self.verified_to.get())
+    }
 }
 
 impl Task {
@@ -278,13 +305,12 @@ impl Tasks {
             .collect();
         let st = open_store(&mut self.stores, &self.dir, p)?;
         let first = task.next_entry;
-        let mut changes = Vec::new();
-        let log = task.epoch.is_some().then_some(&mut changes);
-        st.checkpoint(&mut task.engine, &offsets, (&task.pending, first), log)
+        let mut m = task.epoch.as_ref().map(Epoch::mirror);
+        st.checkpoint(&mut task.engine, &offsets, (&task.pending, first), m.as_mut())
             .with_context(|| format!("checkpoint of task {p} failed; stopping so that a restart resumes from the last good one"))?;
         // Effects leave only once the changelog has the checkpoint that decided them:
         // a replica taking the task over restores it and would decide them again.
-        mirror(self.changelog.as_ref(), st, task, p, &changes)?;
+        mirror(self.changelog.as_ref(), st, task, p, m)?;
         CheckpointCommitted.emit(&self.metrics, out);
         let entries = std::mem::take(&mut task.pending);
         task.next_entry = first + entries.len() as u64;
@@ -311,14 +337,33 @@ impl Tasks {
     }
 
     /// Every running task is dropped (lost to the group): what it decided since its
-    /// last checkpoint is forgotten. Returns the partitions to resume, as
+    /// last checkpoint is forgotten; its store still holds that checkpoint, so the
+    /// task can start from it when given back (after the usual checks: the group's
+    /// offsets, or the changelog). Returns the partitions to resume, as
     /// [`Tasks::park_all`].
     pub(super) fn drop_all(&mut self) -> TopicPartitionList {
         let resume = self.park_all();
         let lost: Vec<i32> = self.parked.keys().copied().collect();
         for p in lost {
             self.parked.remove(&p);
-            self.positions.remove(&p);
+            let stored = self.stores.get(&p).map(TaskStore::offsets);
+            match stored {
+                Some(Ok(Some(offsets))) => {
+                    let lanes = self
+                        .topics
+                        .iter()
+                        .map(|t| offsets.get(t).copied())
+                        .collect();
+                    self.positions.insert(p, lanes);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(task = p, error = %e, "cannot read the dropped task's stored offsets; it is treated as having no state");
+                    self.positions.remove(&p);
+                }
+                _ => {
+                    self.positions.remove(&p);
+                }
+            }
         }
         resume
     }
@@ -413,11 +458,10 @@ impl Tasks {
             return Ok(());
         };
         let task = self.task(p);
-        let mut changes = Vec::new();
-        let log = task.and_then(|t| t.epoch.as_ref()).map(|_| &mut changes);
-        st.mark_done(entries.iter().copied(), log)?;
+        let mut m = task.and_then(|t| t.epoch.as_ref()).map(Epoch::mirror);
+        st.mark_done(entries.iter().copied(), m.as_mut())?;
         match task {
-            Some(t) => mirror(self.changelog.as_ref(), st, t, p, &changes),
+            Some(t) => mirror(self.changelog.as_ref(), st, t, p, m),
             None => Ok(()),
         }
     }
@@ -428,11 +472,10 @@ impl Tasks {
             return Ok(());
         };
         let task = self.task(p);
-        let mut changes = Vec::new();
-        let log = task.and_then(|t| t.epoch.as_ref()).map(|_| &mut changes);
-        st.note_first_failures(entries, log)?;
+        let mut m = task.and_then(|t| t.epoch.as_ref()).map(Epoch::mirror);
+        st.note_first_failures(entries, m.as_mut())?;
         match task {
-            Some(t) => mirror(self.changelog.as_ref(), st, t, p, &changes),
+            Some(t) => mirror(self.changelog.as_ref(), st, t, p, m),
             None => Ok(()),
         }
     }
@@ -460,32 +503,45 @@ impl Tasks {
     }
 }
 
-/// Writes a store transaction's `changes` of task `p` to the changelog under the
-/// task's epoch, then a marker, and waits for both (docs/design.md §16).
+/// Writes a store transaction's rows (`m`) of task `p` to the changelog under the
+/// task's epoch, then a marker, and waits for both (docs/design.md §16). Where they
+/// landed tells how far the partition is known to hold only this worker's records.
 fn mirror(
     log: Option<&ChangelogTopic>,
     st: &TaskStore,
     task: &Task,
     p: i32,
-    changes: &[Change],
+    m: Option<Mirror>,
 ) -> anyhow::Result<()> {
-    let (Some(log), Some((epoch, seq))) = (log, &task.epoch) else {
+    let (Some(log), Some(epoch), Some(m)) = (log, &task.epoch, m) else {
         return Ok(());
     };
-    if changes.is_empty() {
+    if m.changes.is_empty() {
         return Ok(());
     }
-    let mut records: Vec<changelog::Record> =
-        changes.iter().map(|c| changelog::row(*epoch, c)).collect();
+    let mut records: Vec<changelog::Record> = m
+        .changes
+        .iter()
+        .map(|c| changelog::row(epoch.id, c))
+        .collect();
     let marker = changelog::Marker {
-        seq: seq.get() + 1,
+        seq: m.seq + 1,
         rows: st.rows()?,
         complete: true,
     };
-    records.push(changelog::marker(*epoch, marker));
-    log.write(p, &records)
+    records.push(changelog::marker(epoch.id, marker));
+    let offsets = log.write(p, &records)
         .with_context(|| format!("task {p}: cannot write its changelog; stopping so that the next owner restores the last checkpoint it has"))?;
-    seq.set(marker.seq);
+    epoch.seq.set(marker.seq);
+    let verified = changelog::verified_after(m.verified_to, &offsets);
+    if verified.is_none() && m.verified_to.is_some() {
+        tracing::warn!(
+            task = p,
+            epoch = epoch.id,
+            "changelog: another writer's records landed between this worker's; the task's next assignment restores it in full"
+        );
+    }
+    epoch.verified_to.set(verified);
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! Taking a task over from the changelog (docs/design.md §16 State follows tasks):
-//! claim it (the claim's offset is this worker's epoch), restore the latest complete
-//! state written before the claim, write a full copy of it under the new epoch, then
-//! clear what older epochs left. Nothing of the task's input is read before that.
+//! carry on from the local state when the changelog has nothing newer; else claim it
+//! (the claim's offset is this worker's epoch), restore the latest complete state
+//! written before the claim, write a full copy of it under the new epoch, then clear
+//! what older epochs left. Nothing of the task's input is read before that.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,8 +10,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 
-use super::{open_store, Tasks};
-use crate::changelog::{self, Apply, Restored, Restorer};
+use super::{open_store, Epoch, Tasks};
+use crate::changelog::{self, Apply, Position, Restored, Restorer, Tail};
 use crate::engine::settings::Settings;
 use crate::health::Health;
 use crate::worker::HandOver;
@@ -21,23 +22,29 @@ const COPY_BATCH: usize = 5_000;
 
 /// What taking a task over found.
 pub(in crate::worker) enum TakenOver {
-    /// Its state, restored and written under this worker's epoch: the task is running
-    /// from these per-lane offsets, and its outbox left-overs are to be handed over.
-    State(Vec<Option<i64>>, HandOver),
+    /// Its state, carried on or restored and written under this worker's epoch: the
+    /// task is running from these per-lane offsets, and its outbox left-overs are to be
+    /// handed over.
+    State(Vec<Option<i64>>, Option<HandOver>),
     /// The changelog holds no state for it (its store is now empty): the caller decides
     /// whether it may start fresh. The epoch to write under once it does.
     Nothing(u64),
 }
 
 impl Tasks {
-    /// Takes task `p` over from the changelog: claim, restore, copy, clean up.
-    /// `health` shows the restore's progress at `/readyz`.
+    /// Takes task `p` over from the changelog: carried on from its local state, or
+    /// claimed, restored, copied, cleaned up. `health` shows the restore's progress at
+    /// `/readyz`; `resend_emails` as [`Tasks::start_local`].
     pub(in crate::worker) fn take_over(
         &mut self,
         p: i32,
         settings: Arc<Settings>,
         health: &Health,
+        resend_emails: bool,
     ) -> anyhow::Result<TakenOver> {
+        if let Some(carried) = self.carry_on(p, settings.clone(), health, resend_emails)? {
+            return Ok(carried);
+        }
         let log = self.changelog.as_ref().context("no changelog configured")?;
         let started = Instant::now();
         let epoch = log.write(p, &[changelog::claim(nonce(p), None, &who())])?[0];
@@ -53,7 +60,7 @@ impl Tasks {
         let (end, records) = loop {
             let mut r = Restorer::new(before);
             let mut w = st.restore()?;
-            let records = log.read(p, before, |offset, key, value| {
+            let records = log.read(p, 0, before, |offset, key, value| {
                 if value.is_some() {
                     old.insert(key.to_vec());
                 } else {
@@ -109,6 +116,7 @@ impl Tasks {
         // The full copy under this worker's epoch, then the old epochs' records cleared.
         let mut copied = 0u64;
         let mut seq = 0;
+        let mut verified = Some(epoch as i64);
         let total = st.rows()?;
         st.for_each_row(COPY_BATCH, |rows| {
             copied += rows.len() as u64;
@@ -121,14 +129,22 @@ impl Tasks {
                 complete: copied == total,
             };
             records.push(changelog::marker(epoch, marker));
-            log.write(p, &records).map(drop)
+            verified = changelog::verified_after(verified, &log.write(p, &records)?);
+            Ok(())
         })?;
         let old: Vec<changelog::Record> = old.into_iter().map(|k| (k, None)).collect();
         for chunk in old.chunks(COPY_BATCH) {
-            log.write(p, chunk)?;
+            verified = changelog::verified_after(verified, &log.write(p, chunk)?);
         }
+        // From here the local state can carry the epoch on (see `carry_on`).
+        st.set_position(Position {
+            epoch,
+            seq,
+            verified_to: verified,
+            verified_seq: seq,
+        })?;
         let (mut task, left) = self.load(p, settings)?;
-        task.epoch = Some((epoch, std::cell::Cell::new(seq)));
+        task.epoch = Some(Epoch::new(epoch, seq, verified));
         let pos = task.checkpointed.clone();
         for (lane, o) in pos.iter().enumerate() {
             task.merge.start(lane, *o);
@@ -145,14 +161,76 @@ impl Tasks {
         );
         self.positions.insert(p, pos.clone());
         self.running.insert(p, task);
-        Ok(TakenOver::State(pos, left))
+        Ok(TakenOver::State(pos, Some(left)))
+    }
+
+    /// Starts task `p` from its local state, carrying its epoch on, when the changelog
+    /// holds nothing newer (docs/design.md §16 "Carrying on"): a continuing claim marks
+    /// the partition's end, and every record between the last one this store knows to
+    /// be its own and that claim must be of the same epoch, without a gap, and end with
+    /// the marker the store matches. None: a full take-over is needed.
+    fn carry_on(
+        &mut self,
+        p: i32,
+        settings: Arc<Settings>,
+        health: &Health,
+        resend_emails: bool,
+    ) -> anyhow::Result<Option<TakenOver>> {
+        let Some(pos) = self.positions.get(&p).cloned() else {
+            return Ok(None);
+        };
+        let log = self.changelog.as_ref().context("no changelog configured")?;
+        let st = open_store(&mut self.stores, &self.dir, p)?;
+        let Some(at) = st.position()? else {
+            return Ok(None);
+        };
+        if at.verified_to.is_none() {
+            tracing::info!(
+                task = p,
+                "local state: its changelog position was never verified; restoring in full"
+            );
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let end = log.write(p, &[changelog::claim(nonce(p), Some(at.epoch), &who())])?[0];
+        let Some(mut tail) = Tail::new(at, end) else {
+            return Ok(None);
+        };
+        let records = log.read(p, tail.from(), end, |offset, key, value| {
+            health.set_restoring(p, Some((offset + 1, end)));
+            tail.feed(offset, changelog::read(offset, key, value)?);
+            Ok(())
+        })?;
+        health.set_restoring(p, None);
+        if let Err(why) = tail.finish() {
+            tracing::info!(
+                task = p,
+                epoch = at.epoch,
+                records,
+                why,
+                "local state is not the changelog's latest; restoring in full"
+            );
+            return Ok(None);
+        }
+        let left = self.start_local(p, pos.clone(), settings, resend_emails)?;
+        if let Some(t) = self.running.get_mut(&p) {
+            t.epoch = Some(Epoch::new(at.epoch, at.seq, Some(end)));
+        }
+        tracing::info!(
+            task = p,
+            epoch = at.epoch,
+            records,
+            secs = started.elapsed().as_secs_f64(),
+            "task carried on from its local state (the changelog holds nothing newer)"
+        );
+        Ok(Some(TakenOver::State(pos, left)))
     }
 
     /// Marks fresh task `p` (just started) as written under `epoch`: its first
     /// checkpoint is the epoch's full copy.
     pub(in crate::worker) fn set_epoch(&mut self, p: i32, epoch: u64) {
         if let Some(t) = self.running.get_mut(&p) {
-            t.epoch = Some((epoch, std::cell::Cell::new(0)));
+            t.epoch = Some(Epoch::new(epoch, 0, Some(epoch as i64)));
         }
     }
 }
