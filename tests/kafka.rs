@@ -2051,6 +2051,53 @@ fn without_a_changelog_a_worker_paused_past_its_session_starts_its_tasks_again_f
     );
 }
 
+/// A pause longer than a third of the session timeout but shorter than the timeout
+/// holds the worker (it cannot know yet whether the group expelled it); when the group
+/// keeps its membership, the hold is lifted after a session timeout and two heartbeats
+/// and the worker carries on with what it held.
+#[test]
+fn a_worker_paused_shorter_than_its_session_is_held_then_carries_on_with_its_tasks() {
+    let bootstrap = broker();
+    let (input, dlq, alerts) = (unique("in"), unique("dlq"), unique("alerts"));
+    create_topics(&bootstrap, &[(&input, 1), (&dlq, 1), (&alerts, 1)]);
+    let complaint = |id: &str| -> Outgoing {
+        (
+            input.clone(),
+            Some(format!("c-{id}")),
+            format!(r#"{{"event_id":"{id}","type":"complaint","customer_id":"c-{id}","occurred_at":"2025-01-01T00:00:00Z"}}"#)
+                .into_bytes(),
+            None,
+        )
+    };
+    let group = unique("group");
+    let ends = produce(&bootstrap, &[complaint("e1"), complaint("e2")]);
+    let mut w = Worker::start(&bootstrap, &group, &[&input], &dlq, &alerts);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    // 3.5 s: past the watch's 2 s (a third of the 6 s session), within the session.
+    w.signal("STOP");
+    let ends = produce(&bootstrap, &[complaint("e3")]);
+    std::thread::sleep(Duration::from_millis(3_500));
+    w.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !w
+        .log()
+        .contains("kept this worker's tasks through the pause")
+    {
+        w.assert_running();
+        assert!(Instant::now() < deadline, "hold never lifted:\n{}", w.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    let done = w.stop();
+    assert!(
+        done.log.contains("this process was stopped"),
+        "{}",
+        done.log
+    );
+    assert!(!done.log.contains("tasks lost"), "{}", done.log);
+    assert_eq!(read_all(&bootstrap, &alerts, 3).len(), 3);
+}
+
 /// A changelog topic that exists with a partition count other than the task count
 /// stops the worker at start with one message naming both, before anything is read.
 #[test]
