@@ -1,10 +1,13 @@
 //! Sustained sends/s through the SMTP pool (docs/design.md §10 Sender) to a real SMTP server on loopback
 //! (aiosmtpd via `tests/support/smtp_server.py`, Python from `CHURNWATCH_TEST_PYTHON`),
-//! for several pool sizes. Prints its figures.
+//! for several pool sizes, beside Python's `smtplib` sending the same messages on one
+//! connection to a server of its own in the same run (the baseline). Prints sends/s
+//! and, per connection, the ratio to the baseline.
 //!
 //! `cargo bench --bench smtp` (under `cargo test` it runs small, as a smoke test). The
 //! server is single-threaded Python and parses every message it accepts, so the figure
-//! is a floor for a production relay, not churnwatch's ceiling.
+//! is a floor for a production relay, not churnwatch's ceiling, and a larger pool
+//! soon meets the server's one core.
 
 use std::time::{Duration, Instant};
 
@@ -78,6 +81,7 @@ fn main() {
             })
             .collect();
         let from: lettre::message::Mailbox = cfg.mail.from.parse().expect("from");
+        let baseline = smtplib_rate(&emails, from.email.as_ref());
         let mut sender = Sender::start(
             &cfg.smtp,
             &cfg.send,
@@ -110,9 +114,56 @@ fn main() {
         let secs = started.elapsed().as_secs_f64();
         sender.stop(Duration::from_secs(5));
         assert_eq!(server.received().len(), n, "every email arrived");
+        let rate = n as f64 / secs;
         println!(
-            "smtp: {n} emails, pool {pool}: {secs:.2} s, {:.0} sends/s",
-            n as f64 / secs
+            "smtp: {n} emails, pool {pool}: {secs:.2} s, {rate:.0} sends/s; smtplib on one connection {baseline:.0} sends/s; per connection {:.2}x smtplib",
+            rate / f64::from(pool) / baseline
         );
     }
+}
+
+/// Sends/s of Python's `smtplib` sending `emails` on one connection to a fresh test
+/// server: what one connection of a plain client achieves on this machine.
+fn smtplib_rate(emails: &[churnwatch::outbox::Email], from: &str) -> f64 {
+    let server = smtp_server::Server::start(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, e) in emails.iter().enumerate() {
+        let bytes = e.message.as_ref().expect("rendered");
+        std::fs::write(dir.path().join(format!("{i:07}.eml")), bytes).expect("write");
+        std::fs::write(dir.path().join(format!("{i:07}.to")), &e.to).expect("write");
+    }
+    let script = r#"
+import os, smtplib, sys, time
+d, port, sender = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+names = sorted(n[:-4] for n in os.listdir(d) if n.endswith(".eml"))
+msgs = [(open(os.path.join(d, n + ".to")).read(), open(os.path.join(d, n + ".eml"), "rb").read()) for n in names]
+s = smtplib.SMTP("127.0.0.1", port)
+t = time.perf_counter()
+for to, m in msgs:
+    s.sendmail(sender, [to], m)
+secs = time.perf_counter() - t
+s.quit()
+print(len(msgs) / secs)
+"#;
+    let out = std::process::Command::new(smtp_server::python())
+        .args(["-c", script])
+        .arg(dir.path())
+        .arg(server.port.to_string())
+        .arg(from)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "smtplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        server.received().len(),
+        emails.len(),
+        "smtplib sent them all"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a rate")
 }

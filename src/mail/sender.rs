@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use lettre::address::Envelope;
-use lettre::{Address, AsyncTransport};
+use lettre::Address;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -136,11 +136,7 @@ impl Sender {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        // The pool spawns its reaper task when built: it must be built in the runtime.
-        let pool = {
-            let _in_runtime = runtime.enter();
-            smtp::transport(smtp)?
-        };
+        let pool = smtp::transport(smtp)?;
         let (commands, rx) = mpsc::unbounded_channel();
         let (report_tx, reports) = std::sync::mpsc::channel();
         let held = Arc::new(AtomicUsize::new(0));
@@ -257,8 +253,8 @@ impl Core {
                 Ok(false) => {
                     tracing::warn!(%host, port, "SMTP relay did not answer NOOP; emails wait and are retried")
                 }
-                Err(e) => {
-                    tracing::warn!(%host, port, error = %smtp::describe(&e), "SMTP relay not reachable; emails wait and are retried")
+                Err(Failure::Transient(e) | Failure::Permanent(e)) => {
+                    tracing::warn!(%host, port, error = %e, "SMTP relay not reachable; emails wait and are retried")
                 }
             }
         });
@@ -462,10 +458,9 @@ async fn attempt(pool: &Pool, from: Address, email: &Email) -> Result<String, Fa
     let envelope = Envelope::new(Some(from), vec![to])
         .map_err(|e| Failure::Permanent(format!("cannot build the envelope: {e}")))?;
     let message = smtp::with_date(bytes, jiff::Timestamp::now());
-    match pool.send_raw(&envelope, &message).await {
-        Ok(resp) => Ok(smtp::reply_text(&resp)),
-        Err(e) => Err(smtp::classify(&e)),
-    }
+    pool.send_raw(&envelope, &message)
+        .await
+        .map(|resp| smtp::reply_text(&resp))
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub struct SmtpSettings {
     pub password: Option<Secret>,
     /// Extra root certificate (PEM) for a relay with a private CA.
     pub ca_file: Option<PathBuf>,
-    /// Connect and per-command timeout.
+    /// Timeout for opening a connection (with EHLO, STARTTLS, AUTH) and for each transaction.
     pub timeout: std::time::Duration,
     /// Connections kept open to the relay (and emails in flight at once).
     pub pool_size: u32,

@@ -1,26 +1,55 @@
-//! The SMTP transport (docs/design.md §10 Sender): lettre's async pooled transport on tokio, built from
-//! `[smtp]`, and how its outcomes are told apart (transient, to retry; permanent, to
-//! record).
+//! The SMTP transport (docs/design.md §10 Sender): a small pool of lettre SMTP
+//! connections on tokio, built from `[smtp]`, and how its outcomes are told apart
+//! (transient, to retry; permanent, to record).
+//!
+//! The pool is churnwatch's own because lettre 0.11.23 never sets `TCP_NODELAY`: it
+//! writes a message and its final `.` in two writes, and Nagle's algorithm holds the
+//! second until the relay's delayed ACK, about 40 ms per email and connection. So the
+//! pool opens the TCP connection itself, with `TCP_NODELAY`, and hands it to lettre's
+//! `AsyncSmtpConnection` (greeting, EHLO, STARTTLS, AUTH and the transaction stay
+//! lettre's). Implicit TLS (`smtp.tls = "tls"`) is connected by lettre, which must do
+//! the TLS handshake before the greeting, so it keeps the stall.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, Tokio1Executor};
 
 use super::settings::{SmtpSettings, TlsMode};
 
-/// The pooled transport to the relay.
-pub type Pool = AsyncSmtpTransport<Tokio1Executor>;
+/// A connection unused for longer than this is closed instead of reused (relays drop
+/// idle clients; lettre's pool used the same minute).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Builds the pooled transport. Nothing connects yet: the first send does.
+/// A connection idle for longer than this is checked with NOOP before it is reused:
+/// one used a moment ago is known to work, and a check per email would cost a round
+/// trip each.
+const CHECK_AFTER: Duration = Duration::from_secs(2);
+
+/// The relay's connections: up to `smtp.pool_size` kept open between sends (the
+/// sender never runs more sends at once than that).
+pub struct Pool {
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    params: Option<TlsParameters>,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+    max_idle: usize,
+    hello: ClientId,
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+}
+
+/// Builds the pool. Nothing connects yet: the first send does.
 pub fn transport(s: &SmtpSettings) -> anyhow::Result<Pool> {
-    let tls = match s.tls {
-        TlsMode::None => Tls::None,
-        mode => {
+    let params = match s.tls {
+        TlsMode::None => None,
+        TlsMode::StartTls | TlsMode::Tls => {
             let mut params = TlsParameters::builder(s.host.clone());
             if let Some(ca) = &s.ca_file {
                 let pem = std::fs::read(ca)
@@ -30,32 +59,158 @@ pub fn transport(s: &SmtpSettings) -> anyhow::Result<Pool> {
                 })?;
                 params = params.add_root_certificate(cert);
             }
-            let params = params.build().context("smtp: cannot set up TLS")?;
-            if mode == TlsMode::Tls {
-                Tls::Wrapper(params)
-            } else {
-                Tls::Required(params)
-            }
+            Some(params.build().context("smtp: cannot set up TLS")?)
         }
     };
-    let mut b = Pool::builder_dangerous(s.host.clone())
-        .port(s.port)
-        .tls(tls)
-        .timeout(Some(s.timeout))
-        .pool_config(
-            PoolConfig::new()
-                .max_size(s.pool_size)
-                .idle_timeout(Duration::from_secs(60)),
-        );
-    if !s.username.is_empty() {
-        if let Some(pw) = &s.password {
-            b = b.credentials(Credentials::new(
-                s.username.clone(),
-                pw.expose().to_string(),
-            ));
+    let credentials = match (&s.password, s.username.is_empty()) {
+        (Some(pw), false) => Some(Credentials::new(
+            s.username.clone(),
+            pw.expose().to_string(),
+        )),
+        _ => None,
+    };
+    Ok(Pool {
+        host: s.host.clone(),
+        port: s.port,
+        tls: s.tls,
+        params,
+        credentials,
+        timeout: s.timeout,
+        max_idle: s.pool_size as usize,
+        hello: ClientId::default(),
+        idle: Mutex::new(Vec::new()),
+    })
+}
+
+impl Pool {
+    /// Sends `message` in one SMTP transaction on a pooled connection.
+    pub async fn send_raw(&self, envelope: &Envelope, message: &[u8]) -> Result<Response, Failure> {
+        let mut conn = self.checkout().await?;
+        let sent = tokio::time::timeout(self.timeout, conn.send(envelope, message)).await;
+        match sent {
+            Ok(Ok(resp)) => {
+                self.give_back(conn);
+                Ok(resp)
+            }
+            Ok(Err(e)) => {
+                // A refused transaction leaves the connection usable; lettre marks it
+                // broken when it is not.
+                self.give_back(conn);
+                Err(classify(&e))
+            }
+            Err(_) => Err(Failure::Transient(format!(
+                "no answer from the relay within {}s",
+                self.timeout.as_secs()
+            ))),
         }
     }
-    Ok(b.build())
+
+    /// Whether the relay answers NOOP on a connection of the pool (opened if none is).
+    pub async fn test_connection(&self) -> Result<bool, Failure> {
+        let mut conn = self.checkout().await?;
+        let ok = tokio::time::timeout(self.timeout, conn.test_connected()).await == Ok(true);
+        if ok {
+            self.give_back(conn);
+        }
+        Ok(ok)
+    }
+
+    /// An open connection: an idle one that still works, or a new one.
+    async fn checkout(&self) -> Result<AsyncSmtpConnection, Failure> {
+        loop {
+            let next = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+            let Some((mut conn, since)) = next else {
+                return self.connect().await;
+            };
+            // A connection given up is dropped, not QUIT: the relay may be gone, and a
+            // QUIT could wait for an answer that never comes.
+            let idle = since.elapsed();
+            if idle > IDLE_TIMEOUT || conn.has_broken() {
+                continue;
+            }
+            if idle > CHECK_AFTER {
+                let check = tokio::time::timeout(self.timeout, conn.test_connected()).await;
+                if check != Ok(true) {
+                    continue;
+                }
+            }
+            return Ok(conn);
+        }
+    }
+
+    fn give_back(&self, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.max_idle {
+                idle.push((conn, Instant::now()));
+            }
+        }
+    }
+
+    /// A new connection: TCP with `TCP_NODELAY` (or lettre's own for implicit TLS),
+    /// greeting and EHLO, STARTTLS when configured, AUTH when credentials are set.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
+        let timeout = self.timeout;
+        let transient = |what: &str, e: &dyn std::error::Error| {
+            Failure::Transient(format!(
+                "{what} {}:{}: {}",
+                self.host,
+                self.port,
+                describe(e)
+            ))
+        };
+        let opened = async {
+            let mut conn = match (self.tls, &self.params) {
+                (TlsMode::Tls, Some(params)) => AsyncSmtpConnection::connect_tokio1(
+                    (self.host.as_str(), self.port),
+                    Some(timeout),
+                    &self.hello,
+                    Some(params.clone()),
+                    None,
+                )
+                .await
+                .map_err(|e| classify(&e))?,
+                _ => {
+                    let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                        .await
+                        .map_err(|e| transient("cannot connect to", &e))?;
+                    tcp.set_nodelay(true)
+                        .map_err(|e| transient("cannot set TCP_NODELAY on", &e))?;
+                    AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
+                        .await
+                        .map_err(|e| classify(&e))?
+                }
+            };
+            if let (TlsMode::StartTls, Some(params)) = (self.tls, &self.params) {
+                if !conn.can_starttls() {
+                    return Err(Failure::Transient(
+                        "the relay does not offer STARTTLS, which smtp.tls = \"starttls\" requires"
+                            .into(),
+                    ));
+                }
+                conn.starttls(params.clone(), &self.hello)
+                    .await
+                    .map_err(|e| classify(&e))?;
+            }
+            if let Some(c) = &self.credentials {
+                conn.auth(DEFAULT_MECHANISMS, c)
+                    .await
+                    .map_err(|e| classify(&e))?;
+            }
+            Ok(conn)
+        };
+        match tokio::time::timeout(timeout, opened).await {
+            Ok(r) => r,
+            Err(_) => Err(Failure::Transient(format!(
+                "no connection to {}:{} within {}s",
+                self.host,
+                self.port,
+                timeout.as_secs()
+            ))),
+        }
+    }
 }
 
 /// Why a send did not go through.
