@@ -452,6 +452,9 @@ pub struct Tail {
     next: i64,
     before: i64,
     last_seq: u64,
+    /// Rows of the epoch read since its last marker: a checkpoint whose mirror never
+    /// finished, which the local state may not hold.
+    unfinished: bool,
     broken: Option<&'static str>,
 }
 
@@ -464,6 +467,7 @@ impl Tail {
             next: at.verified_to? + 1,
             before,
             last_seq: at.verified_seq,
+            unfinished: false,
             broken: None,
         })
     }
@@ -485,8 +489,11 @@ impl Tail {
         self.next = offset + 1;
         let epoch = self.at.epoch;
         match record {
-            Read::Row { epoch: e, .. } if e == epoch => {}
-            Read::Marker { epoch: e, marker } if e == epoch => self.last_seq = marker.seq,
+            Read::Row { epoch: e, .. } if e == epoch => self.unfinished = true,
+            Read::Marker { epoch: e, marker } if e == epoch => {
+                self.last_seq = marker.seq;
+                self.unfinished = false;
+            }
             Read::Claim { continues } if continues == Some(epoch) => {}
             _ => self.broken = Some("another replica wrote to the changelog since"),
         }
@@ -502,6 +509,9 @@ impl Tail {
         }
         if self.last_seq != self.at.seq {
             return Err("the local state and the changelog's last checkpoint differ");
+        }
+        if self.unfinished {
+            return Err("a checkpoint after the local state's was written in part");
         }
         Ok(())
     }
@@ -784,6 +794,11 @@ mod tests {
         let (k, v) = &carried()[3];
         t.feed(3, read(3, k, v.as_deref()).expect("ours"));
         assert!(t.finish().is_err());
+        // Rows of a later checkpoint whose marker never came (an old copy of a
+        // volume whose next checkpoint was half-mirrored): not what the store holds.
+        let mut log = carried();
+        log.insert(5, row(0, &put("c3", "a3")));
+        assert!(tail(&log, at(2, 2, 1), 6).is_err());
         // Never verified: no check at all.
         let mut p = at(2, 2, 1);
         p.verified_to = None;

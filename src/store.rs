@@ -244,16 +244,26 @@ impl Mirror {
     }
 }
 
-/// Records `m`'s position in `tx` when the transaction changed a row.
+/// Records `m`'s position in `tx` when the transaction changed a row; a change that
+/// is not mirrored (`m` None and `changed`: a task this worker no longer runs, or no
+/// changelog) forgets the position, since the store then differs from the changelog.
 fn keep_position(
     st: &TaskStore,
     tx: &redb::WriteTransaction,
     m: Option<&Mirror>,
+    changed: bool,
 ) -> Result<(), StoreError> {
-    if let Some(m) = m.filter(|m| !m.changes.is_empty()) {
-        let mut t = tx.open_table(POSITION).map_err(|e| st.err(e))?;
-        t.insert(POSITION_KEY, m.position().encode().as_slice())
-            .map_err(|e| st.err(e))?;
+    match m {
+        Some(m) if !m.changes.is_empty() => {
+            let mut t = tx.open_table(POSITION).map_err(|e| st.err(e))?;
+            t.insert(POSITION_KEY, m.position().encode().as_slice())
+                .map_err(|e| st.err(e))?;
+        }
+        None if changed => {
+            let mut t = tx.open_table(POSITION).map_err(|e| st.err(e))?;
+            t.remove(POSITION_KEY).map_err(|e| st.err(e))?;
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -568,7 +578,7 @@ impl TaskStore {
                 note(Change::put(Key::Outbox(n), bytes));
             }
         }
-        keep_position(self, &tx, mirror.as_deref())?;
+        keep_position(self, &tx, mirror.as_deref(), true)?;
         tx.commit().map_err(|e| self.err(e))?;
         engine.checkpoint_done();
         Ok(())
@@ -582,6 +592,7 @@ impl TaskStore {
         entries: impl IntoIterator<Item = u64>,
         mut mirror: Option<&mut Mirror>,
     ) -> Result<(), StoreError> {
+        let mut changed = false;
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
@@ -590,8 +601,8 @@ impl TaskStore {
             let mut o = tx.open_table(OUTBOX).map_err(|e| self.err(e))?;
             let mut f = tx.open_table(FIRST_FAILURE).map_err(|e| self.err(e))?;
             for n in entries {
-                o.remove(n).map_err(|e| self.err(e))?;
-                f.remove(n).map_err(|e| self.err(e))?;
+                changed |= o.remove(n).map_err(|e| self.err(e))?.is_some();
+                changed |= f.remove(n).map_err(|e| self.err(e))?.is_some();
                 // Also when already gone here: a removal retried because the changelog
                 // write failed must still reach the changelog.
                 if let Some(m) = mirror.as_deref_mut() {
@@ -600,7 +611,7 @@ impl TaskStore {
                 }
             }
         }
-        keep_position(self, &tx, mirror.as_deref())?;
+        keep_position(self, &tx, mirror.as_deref(), changed)?;
         tx.commit().map_err(|e| self.err(e))
     }
 
@@ -612,6 +623,7 @@ impl TaskStore {
         entries: &[(u64, i64)],
         mut mirror: Option<&mut Mirror>,
     ) -> Result<(), StoreError> {
+        let mut changed = false;
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
@@ -625,6 +637,7 @@ impl TaskStore {
                 let pending = o.get(n).map_err(|e| self.err(e))?.is_some();
                 if !known && pending {
                     f.insert(n, at).map_err(|e| self.err(e))?;
+                    changed = true;
                     if let Some(m) = mirror.as_deref_mut() {
                         m.changes
                             .push(Change::put(Key::FirstFailure(n), at.to_le_bytes()));
@@ -632,7 +645,7 @@ impl TaskStore {
                 }
             }
         }
-        keep_position(self, &tx, mirror.as_deref())?;
+        keep_position(self, &tx, mirror.as_deref(), changed)?;
         tx.commit().map_err(|e| self.err(e))
     }
 

@@ -1999,23 +1999,32 @@ fn without_a_changelog_a_task_with_committed_offsets_but_no_state_is_refused() {
     assert_eq!(read_all(&bootstrap, &alerts, 2).len(), 2);
 }
 
+/// An input topic of one partition, and its dead-letter and alerts topics.
+fn one_partition_topics(bootstrap: &str) -> (String, String, String) {
+    let (input, dlq, alerts) = (unique("in"), unique("dlq"), unique("alerts"));
+    create_topics(bootstrap, &[(&input, 1), (&dlq, 1), (&alerts, 1)]);
+    (input, dlq, alerts)
+}
+
+/// A complaint `id` of its own customer (`c-<id>`), for `topic`: one alert each.
+fn complaint_record(topic: &str, id: &str) -> Outgoing {
+    (
+        topic.to_string(),
+        Some(format!("c-{id}")),
+        format!(r#"{{"event_id":"{id}","type":"complaint","customer_id":"c-{id}","occurred_at":"2025-01-01T00:00:00Z"}}"#)
+            .into_bytes(),
+        None,
+    )
+}
+
 /// Without a changelog, a worker that was paused past its session timeout drops its
 /// tasks (another member may own them), but its store still holds their last
 /// checkpoint: given them back, it starts them from there instead of refusing them.
 #[test]
 fn without_a_changelog_a_worker_paused_past_its_session_starts_its_tasks_again_from_its_store() {
     let bootstrap = broker();
-    let (input, dlq, alerts) = (unique("in"), unique("dlq"), unique("alerts"));
-    create_topics(&bootstrap, &[(&input, 1), (&dlq, 1), (&alerts, 1)]);
-    let complaint = |id: &str| -> Outgoing {
-        (
-            input.clone(),
-            Some(format!("c-{id}")),
-            format!(r#"{{"event_id":"{id}","type":"complaint","customer_id":"c-{id}","occurred_at":"2025-01-01T00:00:00Z"}}"#)
-                .into_bytes(),
-            None,
-        )
-    };
+    let (input, dlq, alerts) = one_partition_topics(&bootstrap);
+    let complaint = |id: &str| complaint_record(&input, id);
     let group = unique("group");
     let ends = produce(&bootstrap, &[complaint("e1"), complaint("e2")]);
     let off = [("CHURNWATCH__KAFKA__CHANGELOG", "false")];
@@ -2058,17 +2067,8 @@ fn without_a_changelog_a_worker_paused_past_its_session_starts_its_tasks_again_f
 #[test]
 fn a_worker_paused_shorter_than_its_session_is_held_then_carries_on_with_its_tasks() {
     let bootstrap = broker();
-    let (input, dlq, alerts) = (unique("in"), unique("dlq"), unique("alerts"));
-    create_topics(&bootstrap, &[(&input, 1), (&dlq, 1), (&alerts, 1)]);
-    let complaint = |id: &str| -> Outgoing {
-        (
-            input.clone(),
-            Some(format!("c-{id}")),
-            format!(r#"{{"event_id":"{id}","type":"complaint","customer_id":"c-{id}","occurred_at":"2025-01-01T00:00:00Z"}}"#)
-                .into_bytes(),
-            None,
-        )
-    };
+    let (input, dlq, alerts) = one_partition_topics(&bootstrap);
+    let complaint = |id: &str| complaint_record(&input, id);
     let group = unique("group");
     let ends = produce(&bootstrap, &[complaint("e1"), complaint("e2")]);
     let mut w = Worker::start(&bootstrap, &group, &[&input], &dlq, &alerts);

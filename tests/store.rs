@@ -537,7 +537,8 @@ fn a_store_rebuilt_from_its_compacted_changelog_decides_like_the_original() {
 /// store's own (no state row, not in a full copy) and goes when a restore replaces the
 /// state.
 #[test]
-fn a_mirrored_write_keeps_its_changelog_position_beside_the_state_and_a_restore_drops_it() {
+fn a_mirrored_write_keeps_its_changelog_position_beside_the_state_and_an_unmirrored_one_or_a_restore_drops_it(
+) {
     use churnwatch::changelog::Position;
     let c = cfg();
     let settings = Arc::new(c.engine.clone());
@@ -586,7 +587,22 @@ fn a_mirrored_write_keeps_its_changelog_position_beside_the_state_and_a_restore_
     })
     .expect("copy");
     assert_eq!(copied, rows, "the position is no state row");
+    // A row changed without a mirror (a task this worker no longer runs): the store
+    // no longer matches the changelog, so the position goes.
+    let mut m = Mirror::new(7, 5, Some(60));
+    st.checkpoint(
+        &mut engine,
+        &BTreeMap::new(),
+        (&[email(2)], 1),
+        Some(&mut m),
+    )
+    .expect("checkpoint");
+    assert!(st.position().expect("position").is_some());
+    st.mark_done([1], None).expect("mark");
+    assert_eq!(st.position().expect("position"), None);
+    // One that changes nothing leaves it alone.
     st.set_position(want).expect("set");
+    st.mark_done([1], None).expect("mark again");
     assert_eq!(st.position().expect("position"), Some(want));
     let r = st.restore().expect("restore");
     r.finish().expect("finish");

@@ -33,8 +33,18 @@ const STALL: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct ChangelogContext {
     token_file: Option<PathBuf>,
-    /// Per record of the write in progress: its offset, or why it failed.
-    delivered: Mutex<Vec<Option<Result<i64, String>>>>,
+    /// The number of the write in progress, and per record of it: its offset, or why
+    /// it failed.
+    delivered: Mutex<(usize, Vec<Delivered>)>,
+}
+
+/// One record's delivery report: its offset, or why it failed (None: none yet).
+type Delivered = Option<Result<i64, String>>;
+
+/// A record's delivery opaque: its write's number (low 32 bits) and its index in the
+/// write, so that a late report of a write given up never fills another's slot.
+fn opaque(write: usize, i: usize) -> usize {
+    ((write & 0xffff_ffff) << 32) | (i & 0xffff_ffff)
 }
 
 impl ClientContext for ChangelogContext {
@@ -63,7 +73,7 @@ impl ClientContext for ChangelogContext {
 impl ProducerContext for ChangelogContext {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, i: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
         let got = match result {
             Ok(m) => Ok(m.offset()),
             Err((e, _)) => Err(e.to_string()),
@@ -72,7 +82,11 @@ impl ProducerContext for ChangelogContext {
             .delivered
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = d.get_mut(i) {
+        let (write, i) = (tag >> 32, tag & 0xffff_ffff);
+        if write != (d.0 & 0xffff_ffff) {
+            return;
+        }
+        if let Some(slot) = d.1.get_mut(i) {
             *slot = Some(got);
         }
     }
@@ -205,19 +219,21 @@ impl ChangelogTopic {
     /// Writes `records` to partition `p` in order and waits until the cluster has them
     /// all (acks=all); returns their offsets.
     pub fn write(&self, p: i32, records: &[Record]) -> anyhow::Result<Vec<i64>> {
-        {
+        let write = {
             let mut d = self
                 .producer
                 .context()
                 .delivered
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            d.clear();
-            d.resize(records.len(), None);
-        }
+            d.0 = d.0.wrapping_add(1);
+            d.1.clear();
+            d.1.resize(records.len(), None);
+            d.0
+        };
         for (i, (key, value)) in records.iter().enumerate() {
             let mut rec: BaseRecord<'_, [u8], [u8], usize> =
-                BaseRecord::with_opaque_to(&self.topic, i)
+                BaseRecord::with_opaque_to(&self.topic, opaque(write, i))
                     .partition(p)
                     .key(key);
             if let Some(v) = value {
@@ -247,11 +263,16 @@ impl ChangelogTopic {
                 .delivered
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if let Some(Err(e)) = d.iter().flatten().find(|r| r.is_err()) {
+            if let Some(Err(e)) = d.1.iter().flatten().find(|r| r.is_err()) {
                 bail!("the changelog of task {p} was not written: {e}");
             }
-            if d.iter().all(Option::is_some) {
-                return Ok(d.iter().flatten().filter_map(|r| r.clone().ok()).collect());
+            if d.1.iter().all(Option::is_some) {
+                return Ok(d
+                    .1
+                    .iter()
+                    .flatten()
+                    .filter_map(|r| r.clone().ok())
+                    .collect());
             }
             drop(d);
             if started.elapsed() > STALL {
