@@ -745,6 +745,46 @@ fn auth_over_starttls_with_a_private_ca_and_the_password_never_shows() {
     assert_eq!(server.received().len(), 1);
 }
 
+/// `smtp.tls = "tls"` (TLS from the first byte, port 465): each email arrives over a
+/// relay with a private CA, the second on the connection the first opened.
+#[test]
+fn implicit_tls_delivers_over_a_private_ca_and_reuses_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = openssl_cert(dir.path());
+    let server = Server::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--implicit-tls",
+    ]);
+    let cfg = config(
+        server.port,
+        &[
+            ("CHURNWATCH__SMTP__HOST", "localhost"),
+            ("CHURNWATCH__SMTP__TLS", "tls"),
+            ("CHURNWATCH__SMTP__POOL_SIZE", "1"),
+            ("CHURNWATCH__SMTP__CA_FILE", ca.to_str().unwrap()),
+        ],
+    );
+    let t = templates(&cfg);
+    let sender = start(&cfg);
+    sender.send(job(1, email(&cfg, &t, 1, "tls1@example.com")));
+    sender.send(job(2, email(&cfg, &t, 2, "tls2@example.com")));
+    let reports = finals(&sender, 2, Duration::from_secs(30));
+    assert!(
+        reports.iter().all(|r| matches!(r.status, Status::Sent(_))),
+        "{reports:#?}"
+    );
+    let peers: Vec<String> = server
+        .received()
+        .iter()
+        .map(|m| m["peer"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(peers.len(), 2);
+    assert_eq!(peers[0], peers[1], "one connection for both");
+}
+
 fn first_report(sender: &Sender, what: &str) -> Report {
     let started = Instant::now();
     loop {

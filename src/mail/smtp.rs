@@ -105,14 +105,11 @@ impl Pool {
         }
     }
 
-    /// Whether the relay answers NOOP on a connection of the pool (opened if none is).
+    /// Whether the relay answers NOOP, on a connection of its own: the check runs beside
+    /// the first sends, which must not lose their pooled connection to it.
     pub async fn test_connection(&self) -> Result<bool, Failure> {
-        let mut conn = self.checkout().await?;
-        let ok = tokio::time::timeout(self.timeout, conn.test_connected()).await == Ok(true);
-        if ok {
-            self.give_back(conn);
-        }
-        Ok(ok)
+        let mut conn = self.connect().await?;
+        Ok(tokio::time::timeout(self.timeout, conn.test_connected()).await == Ok(true))
     }
 
     /// An open connection: an idle one that still works, or a new one.

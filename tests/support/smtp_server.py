@@ -11,7 +11,8 @@ line in OUT/attempts.jsonl. When it listens, it prints "PORT <n>" on stdout.
 --transient N   answer the first N DATA attempts of each Message-ID with 451
 --reject SUBSTR answer RCPT TO of addresses containing SUBSTR with 550
 --auth          require AUTH (PLAIN/LOGIN) with these credentials
---tls-cert/key  offer STARTTLS and require it
+--tls-cert/key  offer STARTTLS and require it (--implicit-tls: TLS from the first
+                byte instead, as on port 465)
 """
 
 import argparse
@@ -81,6 +82,8 @@ class Handler:
         record = parse(content)
         record["mail_from"] = envelope.mail_from
         record["rcpt_tos"] = envelope.rcpt_tos
+        # The client's address and port: one per connection.
+        record["peer"] = "%s:%s" % tuple(session.peer[:2])
         record["raw"] = content.decode("utf-8", errors="replace")
         self.log("received.jsonl", record)
         return "250 2.0.0 Ok: queued"
@@ -95,6 +98,7 @@ def main():
     ap.add_argument("--auth", default="")
     ap.add_argument("--tls-cert", default="")
     ap.add_argument("--tls-key", default="")
+    ap.add_argument("--implicit-tls", action="store_true")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     port = a.port
@@ -123,7 +127,10 @@ def main():
     if a.tls_cert:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(a.tls_cert, a.tls_key)
-        kwargs.update(tls_context=ctx, require_starttls=True)
+        if a.implicit_tls:
+            kwargs.update(ssl_context=ctx)
+        else:
+            kwargs.update(tls_context=ctx, require_starttls=True)
     controller = Controller(
         Handler(a.out, a.transient, a.reject),
         hostname="127.0.0.1",
