@@ -8,7 +8,11 @@
 //!
 //! `cargo bench --bench kafka` (uses `CHURNWATCH_TEST_KAFKA` if set, else starts tansu
 //! from `TANSU_BIN` or `~/.cache/churnwatch/tansu-0.6.0/bin/tansu`);
-//! `CHURNWATCH_BENCH_EVENTS` sets N (default 300000).
+//! `CHURNWATCH_BENCH_EVENTS` sets N (default 300000). With `CHURNWATCH_TEST_PYTHON`
+//! set it also runs the worker with emails over SMTP to a local aiosmtpd (no rate
+//! limit, no quiet hours): its consumption beside the plain consumer, and how many
+//! emails the relay had accepted when consumption was done (the rest wait in the
+//! outbox).
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -25,6 +29,8 @@ use rdkafka::{ClientConfig, Message};
 mod broker;
 #[path = "support/gen.rs"]
 mod gen;
+#[path = "../tests/support/smtp_server.rs"]
+mod smtp_server;
 
 use broker::broker;
 
@@ -136,7 +142,7 @@ fn main() {
     );
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for (run, changelog) in [true, false, false, true].into_iter().enumerate() {
-        let (rate, summary) = worker_rate(&broker.addr, topics, n, (run, changelog));
+        let (rate, summary) = worker_rate(&broker.addr, topics, n, (run, changelog), &[]);
         let label = if changelog {
             "worker"
         } else {
@@ -148,6 +154,25 @@ fn main() {
         } else {
             without.push(rate);
         }
+    }
+    if std::env::var_os("CHURNWATCH_TEST_PYTHON").is_some() {
+        let server = smtp_server::Server::start(&[]);
+        let smtp = [
+            ("CHURNWATCH__DELIVERY__TRANSPORT", "smtp".to_string()),
+            ("CHURNWATCH__SMTP__HOST", "127.0.0.1".to_string()),
+            ("CHURNWATCH__SMTP__PORT", server.port.to_string()),
+            ("CHURNWATCH__SMTP__TLS", "none".to_string()),
+            ("CHURNWATCH__DELIVERY__QUIET_HOURS", String::new()),
+            ("CHURNWATCH__DELIVERY__RATE_LIMIT", "0".to_string()),
+            ("CHURNWATCH__SHUTDOWN_GRACE", "2s".to_string()),
+        ];
+        let (rate, summary) = worker_rate(&broker.addr, topics, n, (4, true), &smtp);
+        println!("worker over SMTP: {}", summary.trim());
+        println!(
+            "worker over SMTP / plain consumer = {:.0}%; the relay had accepted {} emails when consumption was done",
+            100.0 * rate / plain_rate.max(1e-9),
+            server.received().len()
+        );
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let (with, without) = (mean(&with), mean(&without));
@@ -166,6 +191,7 @@ fn worker_rate(
     topics: (&str, &str, &str, &str),
     n: usize,
     (run, changelog): (usize, bool),
+    env: &[(&str, String)],
 ) -> (f64, String) {
     let (purchases, support, dlq, alerts) = topics;
     let tag = std::process::id();
@@ -196,6 +222,7 @@ fn worker_rate(
             "CHURNWATCH__DELIVERY__OFFER_SECRET",
             "kafka-bench-offer-key-93d2a7c4e0b1f6a5d8c3b2e1",
         )
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .arg("run")
         .stdout(Stdio::piped())
         .spawn()
