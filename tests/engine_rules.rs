@@ -1412,12 +1412,18 @@ fn overdue_timer_from_late_event_is_batch_invariant() {
 // ---------------------------------------------------------------------------------------
 
 /// `evs` with copies of some events delivered again later, each within four days of
-/// event time after its original (well inside the 7-day dedup window).
+/// event time after the first sighting of its id (well inside the 7-day dedup window).
 fn with_redeliveries(evs: &[Event], copies: &[(u16, u32)]) -> Vec<Event> {
     let mut out: Vec<Event> = evs.to_vec();
     for &(which, delay) in copies {
         let i = usize::from(which) % evs.len();
-        let latest = evs[i].at.plus(delay % (4 * DAY));
+        // Within the window of the id's first sighting: an event reusing an earlier id
+        // (a duplicate) redelivered after that window is new by the dedup contract.
+        let first = evs
+            .iter()
+            .find(|e| e.id_hash == evs[i].id_hash && e.customer_id == evs[i].customer_id)
+            .map_or(evs[i].at, |e| e.at);
+        let latest = first.plus(delay % (4 * DAY));
         let original = out
             .iter()
             .position(|e| e == &evs[i])
