@@ -53,6 +53,9 @@ pub struct Metrics {
     pub checkpoints: Counter,
     /// Changelog offsets still to read by the tasks being restored here.
     pub restore_remaining: Gauge,
+    /// Outbox entries waiting in the stores of the running tasks (decided, not yet
+    /// delivered or acknowledged).
+    pub outbox: Gauge,
     /// Emails not sent because the customer cannot be reached, by `reason` and `at`
     /// (`decision`: the guard at event time; `send`: checked again before sending).
     pub emails_suppressed: Family<Labels, Counter>,
@@ -117,6 +120,7 @@ impl Metrics {
             tasks: Gauge::default(),
             checkpoints: Counter::default(),
             restore_remaining: Gauge::default(),
+            outbox: Gauge::default(),
             emails_suppressed: Family::default(),
             retention_rate: Gauge::default(),
             winback_customers: Family::default(),
@@ -203,6 +207,11 @@ impl Metrics {
             "restore_remaining",
             "Changelog records still to read by the tasks being restored in this worker",
             self.restore_remaining.clone(),
+        );
+        r.register(
+            "outbox_entries",
+            "Outbox entries waiting in the running tasks' stores: decided, not yet delivered or acknowledged",
+            self.outbox.clone(),
         );
     }
 

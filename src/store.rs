@@ -677,6 +677,16 @@ impl TaskStore {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// Outbox entries the store holds (decided effects not yet done).
+    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+        let tx = self.read()?;
+        match tx.open_table(OUTBOX) {
+            Ok(t) => t.len().map_err(|e| self.err(e)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     /// Rows the store holds, over every table (what a changelog marker records).
     pub fn rows(&self) -> Result<u64, StoreError> {
         let tx = self.read()?;

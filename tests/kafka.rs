@@ -1999,6 +1999,11 @@ fn without_a_changelog_a_task_with_committed_offsets_but_no_state_is_refused() {
     assert_eq!(read_all(&bootstrap, &alerts, 2).len(), 2);
 }
 
+/// Whether nothing accepts connections on loopback `port`.
+fn server_absent(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+}
+
 /// An input topic of one partition, and its dead-letter and alerts topics.
 fn one_partition_topics(bootstrap: &str) -> (String, String, String) {
     let (input, dlq, alerts) = (unique("in"), unique("dlq"), unique("alerts"));
@@ -2015,6 +2020,73 @@ fn complaint_record(topic: &str, id: &str) -> Outgoing {
             .into_bytes(),
         None,
     )
+}
+
+/// README "Email delivery (SMTP)": while the relay is down the emails wait in the
+/// outbox, and `churnwatch_outbox_entries` shows them; once it is back they are sent
+/// and the gauge falls to zero.
+#[test]
+fn the_outbox_gauge_shows_emails_waiting_for_a_relay_and_falls_to_zero_once_they_are_sent() {
+    let bootstrap = broker();
+    let (input, dlq, alerts) = one_partition_topics(&bootstrap);
+    let mut records = Vec::new();
+    for i in 0..3 {
+        let id = format!("o{i}");
+        let profile = format!(
+            r#"{{"event_id":"p{i}","type":"customer_profile","customer_id":"c-{id}","occurred_at":"2025-01-01T00:00:00Z","email":"c-{id}@example.org","name":"Harper","locale":"en","timezone":"UTC","marketing_consent":true}}"#
+        );
+        records.push((
+            input.clone(),
+            Some(format!("c-{id}")),
+            profile.into_bytes(),
+            None,
+        ));
+        let mut c = complaint_record(&input, &id);
+        c.2 = String::from_utf8_lossy(&c.2)
+            .replace("2025-01-01T00:00:00Z", "2025-01-02T00:00:00Z")
+            .into_bytes();
+        records.push(c);
+    }
+    let ends = produce(&bootstrap, &records);
+    let (relay, admin) = (smtp_server::free_port(), smtp_server::free_port());
+    let (relay_s, listen) = (relay.to_string(), format!("127.0.0.1:{admin}"));
+    let mut env = smtp_env(&relay_s, "1s");
+    env.push(("CHURNWATCH__ADMIN__LISTEN", listen));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let group = unique("group");
+    let mut w = Worker::start_with(&bootstrap, &group, &[&input], &dlq, &alerts, &env);
+    wait_committed(&bootstrap, &group, &ends, &mut [&mut w]);
+    // The three emails; their alerts leave the outbox once the broker has them.
+    let started = Instant::now();
+    loop {
+        let text = wait_metric(admin, "churnwatch_outbox_entries", 3.0, &w);
+        if metric(&text, "churnwatch_outbox_entries") == 3.0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        server_absent(relay),
+        "nothing listens on the relay's port yet"
+    );
+
+    let server = smtp_server::Server::start_on(relay, &[]);
+    let started = Instant::now();
+    loop {
+        let text = http_get(admin, "/metrics").map(|r| r.1).unwrap_or_default();
+        if server.received().len() == 3 && text.contains("churnwatch_outbox_entries 0") {
+            break;
+        }
+        w.assert_running();
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} sent; {text}",
+            server.received().len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    w.stop();
 }
 
 /// Without a changelog, a worker that was paused past its session timeout drops its

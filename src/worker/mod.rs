@@ -566,6 +566,7 @@ impl<'a> Worker<'a> {
             self.checkpoint(p)?;
         }
         self.tasks.set_outcome_metrics(self.live.crr_days());
+        self.tasks.set_outbox_gauge();
         self.last_checkpoint = Instant::now();
         Ok(())
     }

@@ -431,6 +431,18 @@ impl Tasks {
         self.metrics.tasks.set(self.running.len() as i64);
     }
 
+    /// The outbox gauge: entries waiting in the running tasks' stores (a store that
+    /// cannot be read counts nothing; the next checkpoint reports its error).
+    pub(super) fn set_outbox_gauge(&self) {
+        let waiting: u64 = self
+            .running
+            .keys()
+            .filter_map(|p| self.stores.get(p))
+            .filter_map(|st| st.outbox_len().ok())
+            .sum();
+        self.metrics.outbox.set(waiting as i64);
+    }
+
     /// Effects decided and not yet checkpointed, across the running tasks.
     pub(super) fn pending(&self) -> usize {
         self.running.values().map(|t| t.pending.len()).sum()
