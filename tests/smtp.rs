@@ -785,6 +785,35 @@ fn implicit_tls_delivers_over_a_private_ca_and_reuses_the_connection() {
     assert_eq!(peers[0], peers[1], "one connection for both");
 }
 
+/// A connection the relay dropped while it sat idle in the pool is checked (NOOP after
+/// 2 s idle) and replaced before the next email, which goes out on its first try
+/// instead of failing on the dead connection and waiting for a retry.
+#[test]
+fn a_connection_the_relay_dropped_while_idle_is_replaced_before_the_next_email() {
+    let server = Server::start(&[]);
+    let port = server.port;
+    let cfg = config(port, &[("CHURNWATCH__SMTP__POOL_SIZE", "1")]);
+    let t = templates(&cfg);
+    let sender = start(&cfg);
+    sender.send(job(1, email(&cfg, &t, 1, "idle1@example.com")));
+    let first = finals(&sender, 1, Duration::from_secs(30));
+    assert!(
+        matches!(first.last().unwrap().status, Status::Sent(_)),
+        "{first:#?}"
+    );
+    // The relay restarts: the pooled connection is dead.
+    drop(server);
+    let server = Server::start_on(port, &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    sender.send(job(2, email(&cfg, &t, 2, "idle2@example.com")));
+    let reports = finals(&sender, 1, Duration::from_secs(30));
+    assert!(
+        reports.iter().all(|r| matches!(r.status, Status::Sent(_))),
+        "{reports:#?}"
+    );
+    assert_eq!(server.received().len(), 1);
+}
+
 fn first_report(sender: &Sender, what: &str) -> Report {
     let started = Instant::now();
     loop {

@@ -36,8 +36,7 @@ const CHECK_AFTER: Duration = Duration::from_secs(2);
 pub struct Pool {
     host: String,
     port: u16,
-    tls: TlsMode,
-    params: Option<TlsParameters>,
+    security: Security,
     credentials: Option<Credentials>,
     timeout: Duration,
     max_idle: usize,
@@ -45,11 +44,21 @@ pub struct Pool {
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
 }
 
+/// How a connection is secured (`smtp.tls`), with its TLS parameters.
+enum Security {
+    /// Plain SMTP.
+    Plain,
+    /// Plain, then STARTTLS, which the relay must offer.
+    StartTls(TlsParameters),
+    /// TLS from the first byte.
+    Implicit(TlsParameters),
+}
+
 /// Builds the pool. Nothing connects yet: the first send does.
 pub fn transport(s: &SmtpSettings) -> anyhow::Result<Pool> {
-    let params = match s.tls {
-        TlsMode::None => None,
-        TlsMode::StartTls | TlsMode::Tls => {
+    let security = match s.tls {
+        TlsMode::None => Security::Plain,
+        mode => {
             let mut params = TlsParameters::builder(s.host.clone());
             if let Some(ca) = &s.ca_file {
                 let pem = std::fs::read(ca)
@@ -59,7 +68,12 @@ pub fn transport(s: &SmtpSettings) -> anyhow::Result<Pool> {
                 })?;
                 params = params.add_root_certificate(cert);
             }
-            Some(params.build().context("smtp: cannot set up TLS")?)
+            let params = params.build().context("smtp: cannot set up TLS")?;
+            if mode == TlsMode::Tls {
+                Security::Implicit(params)
+            } else {
+                Security::StartTls(params)
+            }
         }
     };
     let credentials = match (&s.password, s.username.is_empty()) {
@@ -72,8 +86,7 @@ pub fn transport(s: &SmtpSettings) -> anyhow::Result<Pool> {
     Ok(Pool {
         host: s.host.clone(),
         port: s.port,
-        tls: s.tls,
-        params,
+        security,
         credentials,
         timeout: s.timeout,
         max_idle: s.pool_size as usize,
@@ -159,8 +172,8 @@ impl Pool {
             ))
         };
         let opened = async {
-            let mut conn = match (self.tls, &self.params) {
-                (TlsMode::Tls, Some(params)) => AsyncSmtpConnection::connect_tokio1(
+            let mut conn = match &self.security {
+                Security::Implicit(params) => AsyncSmtpConnection::connect_tokio1(
                     (self.host.as_str(), self.port),
                     Some(timeout),
                     &self.hello,
@@ -180,7 +193,7 @@ impl Pool {
                         .map_err(|e| classify(&e))?
                 }
             };
-            if let (TlsMode::StartTls, Some(params)) = (self.tls, &self.params) {
+            if let Security::StartTls(params) = &self.security {
                 if !conn.can_starttls() {
                     return Err(Failure::Transient(
                         "the relay does not offer STARTTLS, which smtp.tls = \"starttls\" requires"
