@@ -431,6 +431,30 @@ impl Position {
     }
 }
 
+/// How far a writer has got in its epoch: what the next mirrored store transaction
+/// starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// The epoch: the offset of the claim that started it.
+    pub epoch: u64,
+    /// The number of its last marker.
+    pub seq: u64,
+    /// Where the partition is verified to (see [`Position::verified_to`]).
+    pub verified_to: Option<i64>,
+}
+
+impl Cursor {
+    /// The position a store keeps for a transaction whose rows get the next marker.
+    pub fn next_position(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            seq: self.seq + 1,
+            verified_to: self.verified_to,
+            verified_seq: self.seq,
+        }
+    }
+}
+
 /// Where the partition is verified to after this writer's records landed at `offsets`
 /// (in order): only if they follow `verified` without a gap, since a gap is somebody
 /// else's record — possibly a newer claim.

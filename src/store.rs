@@ -19,7 +19,7 @@ use redb::{
     ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
-use crate::changelog::{Change, Key, Position};
+use crate::changelog::{Change, Cursor, Key, Position};
 use crate::engine::checkpoint::{Header, Record, RestoreError};
 use crate::engine::settings::Settings;
 use crate::engine::Engine;
@@ -214,32 +214,16 @@ type Stored = (Header, BTreeMap<String, i64>, u64);
 pub struct Mirror {
     /// Every row written or deleted, in order.
     pub changes: Vec<Change>,
-    /// The epoch the rows go under.
-    pub epoch: u64,
-    /// The number of the epoch's last marker so far (the rows get the next).
-    pub seq: u64,
-    /// Where the partition is verified to so far (see [`Position`]).
-    pub verified_to: Option<i64>,
+    /// Where the writer stands in its epoch before this transaction.
+    pub at: Cursor,
 }
 
 impl Mirror {
-    /// An empty mirror of a transaction under `epoch`.
-    pub fn new(epoch: u64, seq: u64, verified_to: Option<i64>) -> Mirror {
+    /// An empty mirror of a transaction written from `at`.
+    pub fn new(at: Cursor) -> Mirror {
         Mirror {
             changes: Vec::new(),
-            epoch,
-            seq,
-            verified_to,
-        }
-    }
-
-    /// The position the store keeps once the transaction wrote something.
-    fn position(&self) -> Position {
-        Position {
-            epoch: self.epoch,
-            seq: self.seq + 1,
-            verified_to: self.verified_to,
-            verified_seq: self.seq,
+            at,
         }
     }
 }
@@ -256,7 +240,7 @@ fn keep_position(
     match m {
         Some(m) if !m.changes.is_empty() => {
             let mut t = tx.open_table(POSITION).map_err(|e| st.err(e))?;
-            t.insert(POSITION_KEY, m.position().encode().as_slice())
+            t.insert(POSITION_KEY, m.at.next_position().encode().as_slice())
                 .map_err(|e| st.err(e))?;
         }
         None if changed => {

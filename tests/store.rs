@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
+use churnwatch::changelog::Cursor;
 use churnwatch::engine::clock::Stamp;
 use churnwatch::engine::Engine;
 use churnwatch::outbox::{Email, Entry};
@@ -498,7 +499,7 @@ fn a_store_rebuilt_from_its_compacted_changelog_decides_like_the_original() {
         offsets.insert("t".to_string(), (round as i64 + 1) * 1_499);
         let st = TaskStore::open(here.path(), 0).expect("open");
         let entries = [email(round as u32 * 2), email(round as u32 * 2 + 1)];
-        let mut m = Mirror::new(0, 0, Some(0));
+        let mut m = Mirror::new(cursor(0, 0, Some(0)));
         st.checkpoint(&mut engine, &offsets, (&entries, next), Some(&mut m))
             .expect("checkpoint");
         // One entry sent, one failing transiently and waiting.
@@ -549,7 +550,7 @@ fn a_mirrored_write_keeps_its_changelog_position_beside_the_state_and_an_unmirro
     for l in &lines()[..200] {
         engine.apply(event::parse(l.as_bytes()).expect("event"), &mut Vec::new());
     }
-    let mut m = Mirror::new(7, 3, Some(40));
+    let mut m = Mirror::new(cursor(7, 3, Some(40)));
     st.checkpoint(
         &mut engine,
         &BTreeMap::new(),
@@ -565,13 +566,13 @@ fn a_mirrored_write_keeps_its_changelog_position_beside_the_state_and_an_unmirro
     };
     assert_eq!(st.position().expect("position"), Some(want));
     // A write that changes nothing keeps the position as it was.
-    let mut m = Mirror::new(7, 4, Some(52));
+    let mut m = Mirror::new(cursor(7, 4, Some(52)));
     st.note_first_failures(&[(99, 1)], Some(&mut m))
         .expect("nothing pending as 99");
     assert!(m.changes.is_empty());
     assert_eq!(st.position().expect("position"), Some(want));
     // Unverified (another writer seen): kept as such, so no carrying on from it.
-    let mut m = Mirror::new(7, 4, None);
+    let mut m = Mirror::new(cursor(7, 4, None));
     st.mark_done([0], Some(&mut m)).expect("mark");
     assert_eq!(
         st.position()
@@ -589,7 +590,7 @@ fn a_mirrored_write_keeps_its_changelog_position_beside_the_state_and_an_unmirro
     assert_eq!(copied, rows, "the position is no state row");
     // A row changed without a mirror (a task this worker no longer runs): the store
     // no longer matches the changelog, so the position goes.
-    let mut m = Mirror::new(7, 5, Some(60));
+    let mut m = Mirror::new(cursor(7, 5, Some(60)));
     st.checkpoint(
         &mut engine,
         &BTreeMap::new(),
@@ -611,4 +612,13 @@ fn a_mirrored_write_keeps_its_changelog_position_beside_the_state_and_an_unmirro
         None,
         "a restored state has no position until its copy is written"
     );
+}
+
+/// Where a writer stands: epoch, last marker, verified offset.
+fn cursor(epoch: u64, seq: u64, verified_to: Option<i64>) -> Cursor {
+    Cursor {
+        epoch,
+        seq,
+        verified_to,
+    }
 }

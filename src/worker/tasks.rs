@@ -18,7 +18,7 @@ mod takeover;
 pub(super) use self::takeover::TakenOver;
 use super::HandOver;
 use super::Outcome;
-use crate::changelog;
+use crate::changelog::{self, Cursor};
 use crate::engine::settings::Settings;
 use crate::engine::{Engine, Snapshot};
 use crate::metrics::Metrics;
@@ -44,35 +44,15 @@ pub(super) struct Task {
     checkpointed: Vec<Option<i64>>,
     /// Per lane, whether its partition is paused (the task holds too many records).
     pub(super) paused: Vec<bool>,
-    /// The changelog epoch this worker writes the task under (None: no changelog).
-    epoch: Option<Epoch>,
+    /// Where this worker stands in the changelog epoch it writes the task under (None:
+    /// no changelog). A cell: mirroring happens through a shared borrow of the tasks.
+    epoch: Option<Cell<Cursor>>,
 }
 
-/// The changelog epoch a task is written under and how far this worker has got in it.
-/// Cells: mirroring happens through a shared borrow of the task list.
-#[derive(Debug)]
-pub(super) struct Epoch {
-    /// The epoch: the offset of the claim that started it.
-    id: u64,
-    /// The number of its last marker.
-    seq: Cell<u64>,
-    /// Where the partition is verified to (see `changelog::Position`).
-    verified_to: Cell<Option<i64>>,
-}
-
-impl Epoch {
-    /// Epoch `id` at marker `seq`, the partition verified up to `verified_to`.
-    pub(super) fn new(id: u64, seq: u64, verified_to: Option<i64>) -> Epoch {
-        Epoch {
-            id,
-            seq: Cell::new(seq),
-            verified_to: Cell::new(verified_to),
-        }
-    }
-
-    /// A mirror for the next store transaction.
-    fn mirror(&self) -> Mirror {
-        Mirror::new(self.id, self.seq.get(), self.verified_to.get())
+impl Task {
+    /// A mirror for the task's next store transaction (None: no changelog).
+    fn mirror(&self) -> Option<Mirror> {
+        self.epoch.as_ref().map(|c| Mirror::new(c.get()))
     }
 }
 
@@ -305,7 +285,7 @@ impl Tasks {
             .collect();
         let st = open_store(&mut self.stores, &self.dir, p)?;
         let first = task.next_entry;
-        let mut m = task.epoch.as_ref().map(Epoch::mirror);
+        let mut m = task.mirror();
         st.checkpoint(&mut task.engine, &offsets, (&task.pending, first), m.as_mut())
             .with_context(|| format!("checkpoint of task {p} failed; stopping so that a restart resumes from the last good one"))?;
         // Effects leave only once the changelog has the checkpoint that decided them:
@@ -470,7 +450,7 @@ impl Tasks {
             return Ok(());
         };
         let task = self.task(p);
-        let mut m = task.and_then(|t| t.epoch.as_ref()).map(Epoch::mirror);
+        let mut m = task.and_then(Task::mirror);
         st.mark_done(entries.iter().copied(), m.as_mut())?;
         match task {
             Some(t) => mirror(self.changelog.as_ref(), st, t, p, m),
@@ -484,7 +464,7 @@ impl Tasks {
             return Ok(());
         };
         let task = self.task(p);
-        let mut m = task.and_then(|t| t.epoch.as_ref()).map(Epoch::mirror);
+        let mut m = task.and_then(Task::mirror);
         st.note_first_failures(entries, m.as_mut())?;
         match task {
             Some(t) => mirror(self.changelog.as_ref(), st, t, p, m),
@@ -525,35 +505,39 @@ fn mirror(
     p: i32,
     m: Option<Mirror>,
 ) -> anyhow::Result<()> {
-    let (Some(log), Some(epoch), Some(m)) = (log, &task.epoch, m) else {
+    let (Some(log), Some(cursor), Some(m)) = (log, &task.epoch, m) else {
         return Ok(());
     };
     if m.changes.is_empty() {
         return Ok(());
     }
+    let at = m.at;
     let mut records: Vec<changelog::Record> = m
         .changes
         .iter()
-        .map(|c| changelog::row(epoch.id, c))
+        .map(|c| changelog::row(at.epoch, c))
         .collect();
     let marker = changelog::Marker {
-        seq: m.seq + 1,
+        seq: at.seq + 1,
         rows: st.rows()?,
         complete: true,
     };
-    records.push(changelog::marker(epoch.id, marker));
+    records.push(changelog::marker(at.epoch, marker));
     let offsets = log.write(p, &records)
         .with_context(|| format!("task {p}: cannot write its changelog; stopping so that the next owner restores the last checkpoint it has"))?;
-    epoch.seq.set(marker.seq);
-    let verified = changelog::verified_after(m.verified_to, &offsets);
-    if verified.is_none() && m.verified_to.is_some() {
+    let verified = changelog::verified_after(at.verified_to, &offsets);
+    if verified.is_none() && at.verified_to.is_some() {
         tracing::warn!(
             task = p,
-            epoch = epoch.id,
+            epoch = at.epoch,
             "changelog: another writer's records landed between this worker's; the task's next assignment restores it in full"
         );
     }
-    epoch.verified_to.set(verified);
+    cursor.set(Cursor {
+        seq: marker.seq,
+        verified_to: verified,
+        ..at
+    });
     Ok(())
 }
 

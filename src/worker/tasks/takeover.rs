@@ -4,14 +4,15 @@
 //! written before the claim, write a full copy of it under the new epoch, then clear
 //! what older epochs left. Nothing of the task's input is read before that.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 
-use super::{open_store, Epoch, Tasks};
-use crate::changelog::{self, Apply, Position, Restored, Restorer, Tail};
+use super::{open_store, Tasks};
+use crate::changelog::{self, Apply, Cursor, Position, Restored, Restorer, Tail};
 use crate::engine::settings::Settings;
 use crate::health::Health;
 use crate::worker::HandOver;
@@ -144,7 +145,11 @@ impl Tasks {
             verified_seq: seq,
         })?;
         let (mut task, left) = self.load(p, settings)?;
-        task.epoch = Some(Epoch::new(epoch, seq, verified));
+        task.epoch = Some(Cell::new(Cursor {
+            epoch,
+            seq,
+            verified_to: verified,
+        }));
         let pos = task.checkpointed.clone();
         for (lane, o) in pos.iter().enumerate() {
             task.merge.start(lane, *o);
@@ -214,7 +219,11 @@ impl Tasks {
         }
         let left = self.start_local(p, pos.clone(), settings, resend_emails)?;
         if let Some(t) = self.running.get_mut(&p) {
-            t.epoch = Some(Epoch::new(at.epoch, at.seq, Some(end)));
+            t.epoch = Some(Cell::new(Cursor {
+                epoch: at.epoch,
+                seq: at.seq,
+                verified_to: Some(end),
+            }));
         }
         tracing::info!(
             task = p,
@@ -230,7 +239,11 @@ impl Tasks {
     /// checkpoint is the epoch's full copy.
     pub(in crate::worker) fn set_epoch(&mut self, p: i32, epoch: u64) {
         if let Some(t) = self.running.get_mut(&p) {
-            t.epoch = Some(Epoch::new(epoch, 0, Some(epoch as i64)));
+            t.epoch = Some(Cell::new(Cursor {
+                epoch,
+                seq: 0,
+                verified_to: Some(epoch as i64),
+            }));
         }
     }
 }
